@@ -1,0 +1,55 @@
+"""DDIM (eta = 0) timesteps and the deterministic step used both to sample and to invert."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDIMScheduler
+
+
+@dataclass(frozen=True)
+class DDIMSchedule:
+    """The noise schedule of a model: cumulative alphas and "leading" timestep spacing."""
+
+    alphas_cumprod: torch.Tensor  # (num_train_timesteps,) float32
+    final_alpha_cumprod: torch.Tensor  # 0-d; the "timestep before the first" (alphas_cumprod[0] for SD)
+    steps_offset: int
+
+    @classmethod
+    def from_config(cls, scheduler_config) -> "DDIMSchedule":
+        """Build from any Stable Diffusion scheduler config (DDIM, PNDM, ... share the betas)."""
+        scheduler = DDIMScheduler.from_config(scheduler_config)
+        return cls(scheduler.alphas_cumprod, scheduler.final_alpha_cumprod, scheduler.config.steps_offset)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return len(self.alphas_cumprod)
+
+    def timesteps(self, steps: int) -> list[int]:
+        """Sampling timesteps, noisiest first: 50 steps give 981, 961, ..., 1."""
+        stride = self.num_train_timesteps // steps
+        return [k * stride + self.steps_offset for k in reversed(range(steps))]
+
+    def sampling_pairs(self, steps: int) -> list[tuple[int, int | None]]:
+        """(t, next cleaner t) for each sampling step; None after the last, the clean end."""
+        ts = self.timesteps(steps)
+        return list(zip(ts, ts[1:] + [None]))
+
+    def inversion_timesteps(self, inversion_steps: int, up_to: int) -> list[int]:
+        """Inversion timesteps, cleanest first, stopping at ``up_to`` (the noisiest one needed)."""
+        return [t for t in reversed(self.timesteps(inversion_steps)) if t <= up_to]
+
+    def alpha_bar(self, t: int | None) -> torch.Tensor:
+        """Cumulative alpha at timestep t; None stands for the clean end of the chain."""
+        return self.final_alpha_cumprod if t is None else self.alphas_cumprod[t]
+
+
+def ddim_step(z: torch.Tensor, eps: torch.Tensor, alpha_bar_from: torch.Tensor, alpha_bar_to: torch.Tensor) -> torch.Tensor:
+    """Move a latent along the deterministic DDIM path (Song et al. 2021, eq. 12 with sigma = 0).
+
+    Sampling goes from a noisier to a cleaner alpha_bar, inversion the other way; the same
+    formula (in the same operation order as diffusers' schedulers) serves both.
+    """
+    x0 = (z - (1 - alpha_bar_from) ** 0.5 * eps) / alpha_bar_from**0.5
+    return alpha_bar_to**0.5 * x0 + (1 - alpha_bar_to) ** 0.5 * eps

@@ -1,0 +1,34 @@
+"""The source trajectory of a generated image: DDIM text-to-image with guidance, every latent recorded."""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from .ddim import DDIMSchedule, ddim_step
+from .guidance import guided_noise
+from .unet import NoisePredictor
+
+
+def generate(
+    predict: NoisePredictor,
+    schedule: DDIMSchedule,
+    noise: torch.Tensor,
+    uncond: torch.Tensor,
+    cond: torch.Tensor,
+    steps: int,
+    scale: float,
+    progress: bool = False,
+) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    """Sample from ``noise`` (1, 4, h, w) with guidance ``scale``.
+
+    Returns the latent entering each timestep (the first is ``noise`` itself) and the final clean latent.
+    """
+    embeddings = torch.cat([uncond, cond])
+    latents, z = {}, noise
+    for t, t_next in tqdm(schedule.sampling_pairs(steps), desc="generation", disable=not progress):
+        latents[t] = z
+        eps_uncond, eps_cond = predict(torch.cat([z, z]), t, embeddings).chunk(2)
+        eps = guided_noise(eps_uncond, None, eps_cond, 1.0, scale)
+        z = ddim_step(z, eps, schedule.alpha_bar(t), schedule.alpha_bar(t_next))
+    return latents, z

@@ -1,0 +1,104 @@
+"""Reading, sizing, converting and writing images.
+
+Sizing rule: scale so the short side is ``resolution``, never letting the long side exceed
+``MAX_ASPECT`` times that, then round each side to the nearest multiple of 64 (at least 64).
+Very long images are therefore shrunk to fit, not refused; an image that is already at the
+resulting size is used as it is, without resampling.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_ASPECT = 2  # the long side is at most this many times the requested short side
+SIZE_MULTIPLE = 64
+SAVE_FORMATS = {"png": "PNG", "webp": "WEBP", "jpg": "JPEG"}
+
+
+class ImageError(ValueError):
+    """An input image cannot be used; the message says why."""
+
+
+def load_image(source: str | Path | BinaryIO) -> Image.Image:
+    """Open an image file as 8-bit RGB: EXIF orientation applied, transparency composited on white.
+
+    Reads anything Pillow reads (PNG, JPEG, WebP, GIF's first frame, ...), in any mode:
+    grayscale, palette, RGBA, CMYK, 16-bit.
+    """
+    name = getattr(source, "name", source)
+    try:
+        with Image.open(source) as image:
+            image.seek(0)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return to_rgb(image)
+    except FileNotFoundError:
+        raise ImageError(f"image: no file at {name}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ImageError(f"image: {name} is not a readable image ({err})") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grayscale: Pillow's convert would clip to 0..255 instead of scaling.
+        values = np.asarray(image, dtype=np.float64) / 257
+        image = Image.fromarray(np.clip(values.round(), 0, 255).astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def working_size(width: int, height: int, resolution: int) -> tuple[int, int]:
+    """The (width, height) a (width, height) image is translated at; see the module docstring."""
+    scale = resolution / min(width, height)
+    scale = min(scale, MAX_ASPECT * resolution / max(width, height))
+    return _round_side(width * scale), _round_side(height * scale)
+
+
+def resize_for_model(image: Image.Image, resolution: int) -> Image.Image:
+    """Resize to ``working_size``, or return the image unchanged when it already has that size."""
+    size = working_size(*image.size, resolution)
+    if size == image.size:
+        return image
+    return image.resize(size, Image.Resampling.LANCZOS)
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB image -> (1, 3, H, W) float32 in [-1, 1]."""
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
+
+
+def tensor_to_image(decoded: torch.Tensor) -> Image.Image:
+    """VAE output (1, 3, H, W) in about [-1, 1] -> RGB image: clamp(x / 2 + 0.5, 0, 1) * 255, rounded."""
+    pixels = (decoded[0].float() / 2 + 0.5).clamp(0, 1) * 255
+    return Image.fromarray(pixels.round().to(torch.uint8).permute(1, 2, 0).cpu().numpy(), "RGB")
+
+
+def save_image(image: Image.Image, path: str | Path, output_format: str, quality: int) -> Path:
+    """Write png, webp or jpg; quality (1-100) applies to the lossy formats. Written whole or not at all."""
+    if output_format not in SAVE_FORMATS:
+        raise ImageError(f"output_format: {output_format!r} is not one of {', '.join(SAVE_FORMATS)}")
+    buffer = io.BytesIO()
+    options = {} if output_format == "png" else {"quality": quality}
+    image.save(buffer, SAVE_FORMATS[output_format], **options)
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(buffer.getvalue())
+    partial.replace(path)
+    return path
+
+
+def _round_side(side: float) -> int:
+    return max(SIZE_MULTIPLE, int(round(side / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
