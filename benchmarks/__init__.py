@@ -1,0 +1,5 @@
+"""Benchmark of plug-and-play translation: where the time goes and how far each run is from its floor.
+
+Run ``python -m benchmarks.run --help``. Results are ratios measured in one process, because
+absolute times on shared machines drift.
+"""

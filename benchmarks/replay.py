@@ -1,0 +1,89 @@
+"""The cost floor of a translation: its UNet batch shapes and VAE work, run bare.
+
+No injection hooks, no scheduler arithmetic, no dtype conversions, no guidance: only the network
+calls that any implementation of the method with the same schedule must make.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+TIMESTEP = 500  # a UNet's cost does not depend on the timestep
+
+
+@dataclass
+class BareTimes:
+    """Seconds of the bare replay, phase by phase."""
+
+    encode_s: float
+    inversion_s: float
+    translation_s: float
+    decode_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.encode_s + self.inversion_s + self.translation_s + self.decode_s
+
+
+class BareReplay:
+    """Bare UNet and VAE calls of a pipeline at one latent size, inputs made once per shape."""
+
+    def __init__(self, pipe, width: int, height: int) -> None:
+        self.unet, self.vae = pipe.unet, pipe.vae
+        self.device, self.dtype = pipe.unet.device, pipe.unet.dtype
+        self.width, self.height = width, height
+        self.latent_size = (height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+        self.text_shape = (pipe.tokenizer.model_max_length, pipe.unet.config.cross_attention_dim)
+        self._inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        generator = torch.Generator("cpu").manual_seed(0)
+        pixels = torch.rand((1, 3, height, width), generator=generator) * 2 - 1
+        self._pixels = pixels.to(self.device, self.vae.dtype)
+        latent = torch.randn((1, 4, *self.latent_size), generator=generator)
+        self._latent = latent.to(self.device, self.vae.dtype)
+
+    @torch.inference_mode()
+    def run(self, inversion: list[int], translation: list[int], decodes: int) -> BareTimes:
+        """Time one VAE encode, the UNet calls of both phases, and ``decodes`` one-image decodes."""
+        encode_s = self._timed(self.encode)
+        inversion_s = self._timed(lambda: self.unet_calls(inversion))
+        translation_s = self._timed(lambda: self.unet_calls(translation))
+        decode_s = self._timed(lambda: [self.decode() for _ in range(decodes)])
+        return BareTimes(encode_s, inversion_s, translation_s, decode_s)
+
+    @torch.inference_mode()
+    def warm_up(self, batch_sizes: set[int], vae: bool) -> None:
+        """Run each shape once, so one-time costs (kernel selection, first touch of the weights)
+        fall on neither the engine's run nor the replay."""
+        self.unet_calls(sorted(batch_sizes))
+        if vae:
+            self.encode()
+            self.decode()
+
+    def unet_calls(self, batch_sizes: list[int]) -> None:
+        for rows in batch_sizes:
+            latents, text = self._unet_inputs(rows)
+            self.unet(latents, TIMESTEP, encoder_hidden_states=text).sample
+
+    def encode(self) -> torch.Tensor:
+        return self.vae.encode(self._pixels).latent_dist.mean
+
+    def decode(self) -> torch.Tensor:
+        return self.vae.decode(self._latent).sample
+
+    def _unet_inputs(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if rows not in self._inputs:
+            generator = torch.Generator("cpu").manual_seed(rows)
+            latents = torch.randn((rows, 4, *self.latent_size), generator=generator)
+            text = torch.randn((rows, *self.text_shape), generator=generator)
+            self._inputs[rows] = (latents.to(self.device, self.dtype), text.to(self.device, self.dtype))
+        return self._inputs[rows]
+
+    def _timed(self, work) -> float:
+        start = time.perf_counter()
+        work()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start

@@ -1,0 +1,407 @@
+"""Benchmark complete real-image translations and compare each with its own cost floor.
+
+    python -m benchmarks.run --quick            # a few minutes on 2 CPU cores
+    python -m benchmarks.run                    # 50/50 steps; see --help for the grid
+
+For every dtype, resolution and prompt count it runs one translation through ``PnPEditor``
+(encode, DDIM inversion, batched translation, decode), then, in the same process, replays the
+exact sequence of UNet batch shapes of that run as bare UNet calls plus the same VAE work. The
+ratio of the two is the overhead of the implementation over the method's minimum. The model is
+Stable Diffusion 1.5-shaped with random weights (built once, saved, and loaded through the same
+code that loads real weights), or a diffusers folder of real weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import diffusers
+import numpy as np
+import torch
+import transformers
+from PIL import Image
+
+from pnp import random_models
+from pnp.config import ConfigError, PnPConfig
+from pnp.editor import PnPEditor
+from pnp.images import load_image, resize_for_model
+from pnp.models import DTYPES, default_device
+
+from .memory import MemoryTracker
+from .replay import BareReplay
+from .schedule import inversion_batches, public_calls, public_rows, translation_batches
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PROMPTS = (
+    "a photo of a robot horse",
+    "a watercolor painting of a horse",
+    "a bronze statue of a horse",
+    "a horse made of lego bricks",
+    "a pencil sketch of a horse",
+    "a horse in a snowy forest, oil painting",
+    "a zebra on a beach at sunset",
+    "a paper origami horse",
+)
+QUICK = dict(resolutions=[256], prompts=[1, 2], steps=10, inversion_steps=10)
+GIB = 2**30
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    folder = model_folder(args.model, args.cache_dir)
+    tracker = MemoryTracker(args.device)
+    runs = []
+    for dtype in args.dtypes:
+        editor = PnPEditor.from_pretrained(folder, args.device, dtype)
+        for resolution in args.resolutions:
+            image = resize_for_model(source_image(args.image, resolution), resolution)
+            replay = BareReplay(editor.pipe, *image.size)
+            replay.warm_up(set(), vae=True)
+            for count in args.prompts:
+                config = make_config(args, resolution, count)
+                run = measure(editor, replay, tracker, config, image, args.repeats)
+                runs.append(run)
+                print(progress_line(run), file=sys.stderr, flush=True)
+        del editor, replay
+    add_prompt_scaling(runs)
+    report = {
+        "command": "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "environment": environment(args.device, tracker),
+        "settings": {
+            "model": args.model,
+            "steps": args.steps,
+            "inversion_steps": args.inversion_steps,
+            "max_batch_size": args.max_batch_size,
+            "image": str(args.image) if args.image else "synthetic",
+            "repeats": args.repeats,
+        },
+        "runs": runs,
+    }
+    out = args.out or RESULTS / f"{datetime.now():%Y%m%d-%H%M%S}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(format_report(report))
+    print(f"\nwritten: {out}")
+    return 0 if all(run["rows_match_schedule"] for run in runs) else 1
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description="Time complete real-image PnP translations and their bare UNet/VAE floor.",
+    )
+    parser.add_argument(
+        "--model", default="random-sd15",
+        help="random-sd15 (Stable Diffusion 1.5 shapes, random weights, built once into --cache-dir), "
+        "tiny (a small random model for tests), or a diffusers folder of real weights",
+    )
+    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "pnp",
+                        help="where a random model is saved on first use (random-sd15 takes 4 GB)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--dtypes", type=_names, default=None,
+                        help="comma-separated; default float32,bfloat16 on the CPU, float16 on CUDA")
+    parser.add_argument("--resolutions", type=_numbers, default=None,
+                        help="comma-separated pixel sizes; default 256 on the CPU, 256,512 on CUDA")
+    parser.add_argument("--prompts", type=_numbers, default=None,
+                        help="comma-separated prompt counts P; default 1,2,4 on the CPU, 1,2,4,8 on CUDA")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps N (default 50)")
+    parser.add_argument("--inversion-steps", type=int, default=None, help="DDIM inversion steps (default 50)")
+    parser.add_argument("--max-batch-size", type=int, default=None,
+                        help="most prompts per UNet call, as in PnPConfig (default: all in one call)")
+    parser.add_argument("--image", type=Path, default=None,
+                        help="source image (default: a synthetic one; content does not change the cost)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's own choice, one per core)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run each translation and its replay this many times, alternately, and keep the "
+                        "fastest of each (default 1); more repeats resist other load on the machine")
+    parser.add_argument("--quick", action="store_true",
+                        help="256 px, P = 1,2, 10/10 steps unless given otherwise: a few minutes on 2 cores")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON file to write (default: benchmarks/results/<date-time>.json)")
+    args = parser.parse_args(argv)
+
+    args.device = args.device or default_device()
+    cuda = torch.device(args.device).type == "cuda"
+    preset = QUICK if args.quick else dict(
+        resolutions=[256, 512] if cuda else [256],
+        prompts=[1, 2, 4, 8] if cuda else [1, 2, 4],
+        steps=50,
+        inversion_steps=50,
+    )
+    for name, value in preset.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.dtypes = args.dtypes or (["float16"] if cuda else ["float32", "bfloat16"])
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads: {args.threads} is not a positive whole number")
+    if args.repeats < 1:
+        parser.error(f"--repeats: {args.repeats} is not a positive whole number")
+    unknown = [name for name in args.dtypes if name not in DTYPES]
+    if unknown:
+        parser.error(f"--dtypes: {', '.join(unknown)} not among {', '.join(DTYPES)}")
+    try:
+        for resolution in args.resolutions:
+            for count in args.prompts:
+                make_config(args, resolution, count)
+    except ConfigError as err:
+        parser.error(str(err))
+    return args
+
+
+def make_config(args: argparse.Namespace, resolution: int, count: int) -> PnPConfig:
+    """The translation of one run; prompt texts differ but their cost does not (CLIP pads to 77 tokens)."""
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(count)]
+    return PnPConfig(
+        prompts=prompts,
+        steps=args.steps,
+        inversion_steps=args.inversion_steps,
+        resolution=resolution,
+        max_batch_size=args.max_batch_size,
+    )
+
+
+def model_folder(model: str, cache_dir: Path) -> Path:
+    """A diffusers folder for ``model``: random models are built and saved once, then reused."""
+    if model not in random_models.RANDOM_MODELS:
+        return Path(model)
+    folder = cache_dir / f"{model}-{_random_model_stamp()}"
+    if not (folder / "model_index.json").is_file():
+        print(f"building the {model} random model into {folder} (first use only)", file=sys.stderr, flush=True)
+        partial = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        random_models.save_random_pipeline(model, partial)
+        partial.rename(folder)
+    return folder
+
+
+def _random_model_stamp() -> str:
+    # A cached model stays valid only while the code and libraries that built it are unchanged.
+    recipe = inspect.getsource(random_models) + diffusers.__version__ + transformers.__version__
+    return hashlib.sha256(recipe.encode()).hexdigest()[:10]
+
+
+def source_image(path: Path | None, resolution: int) -> Image.Image:
+    """The given image, or a synthetic one with smooth gradients and a disc."""
+    if path is not None:
+        return load_image(path)
+    y, x = np.mgrid[0:resolution, 0:resolution] / resolution
+    disc = ((x - 0.55) ** 2 + (y - 0.45) ** 2 < 0.08) * 160
+    pixels = np.stack([x * 255, y * 200 + disc * 0.3, 90 + disc], axis=-1)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def measure(editor: PnPEditor, replay: BareReplay, tracker: MemoryTracker, config: PnPConfig, image, repeats: int = 1) -> dict:
+    """A translation through the engine, then its bare replay, ``repeats`` times; the fastest of
+    each, the rows, and the peak memory of both."""
+    scheduler = editor.pipe.scheduler.config
+    inversion = inversion_batches(config, scheduler.num_train_timesteps, scheduler.steps_offset)
+    translation = translation_batches(config)
+    replay.warm_up(set(inversion + translation), vae=False)
+    editor.pipe.encode_prompt(config.prompts, editor.device, 1, False)
+
+    load_before = os.getloadavg()[0]
+    best = bare = None
+    for _ in range(repeats):
+        # Alternating engine and replay exposes both to the same drift; the fastest of each is the
+        # least disturbed by other work on the machine.
+        with tracker.measure() as engine_memory:
+            start = time.perf_counter()
+            result = editor(config, image=image)
+            total_s = time.perf_counter() - start
+        if best is None or total_s < best[0]:
+            best = (total_s, result.metrics, result.unet_batch_sizes)
+        decodes = len(result.images)
+        del result
+        with tracker.measure() as bare_memory:
+            times = replay.run(inversion, translation, decodes)
+        if bare is None or times.total_s < bare.total_s:
+            bare = times
+    total_s, metrics, recorded = best
+    load_after = os.getloadavg()[0]
+
+    count = len(config.prompts)
+    phases = {name: metrics[name] for name in ("encode_prompts_s", "encode_s", "inversion_s", "translation_s", "decode_s")}
+    phases["other_s"] = total_s - sum(phases.values())
+    return {
+        "dtype": str(editor.dtype).removeprefix("torch."),
+        "resolution": config.resolution,
+        "size": list(image.size),
+        "prompts": count,
+        "steps": config.steps,
+        "inversion_steps": config.inversion_steps,
+        "unet_calls": metrics["unet_calls"],
+        "unet_rows": metrics["unet_rows"],
+        "planned_rows": sum(inversion) + sum(translation),
+        "rows_match_schedule": recorded == inversion + translation,
+        "public_calls": public_calls(count, config.steps),
+        "public_rows": public_rows(count, config.steps),
+        "public_rows_ratio": public_rows(count, config.steps) / metrics["unet_rows"],
+        "time": {**phases, "total_s": total_s},
+        "seconds_per_image": total_s / count,
+        "bare": {**vars(bare), "total_s": bare.total_s},
+        "overhead": {
+            "total": total_s / bare.total_s,
+            "inversion": phases["inversion_s"] / bare.inversion_s,
+            "translation": phases["translation_s"] / bare.translation_s,
+            "vae": (phases["encode_s"] + phases["decode_s"]) / (bare.encode_s + bare.decode_s),
+        },
+        "memory": {
+            "method": tracker.method,
+            "peak_bytes": engine_memory.peak,
+            "working_bytes": engine_memory.working,
+            "bare_peak_bytes": bare_memory.peak,
+            "bare_working_bytes": bare_memory.working,
+            "working_ratio": engine_memory.working / bare_memory.working if bare_memory.working else None,
+        },
+        "repeats": repeats,
+        "load_average": [load_before, load_after],
+    }
+
+
+def add_prompt_scaling(runs: list[dict]) -> None:
+    """time(P) / time(P0) against the fewest prompts P0 of the same dtype and resolution, and the
+    marginal cost of each extra prompt as a fraction of that run's time (1.0 = as costly as a new run)."""
+    for run in runs:
+        group = [r for r in runs if (r["dtype"], r["resolution"]) == (run["dtype"], run["resolution"])]
+        base = min(group, key=lambda r: r["prompts"])
+        extra = run["prompts"] - base["prompts"]
+        total, base_total = run["time"]["total_s"], base["time"]["total_s"]
+        run["scaling"] = {
+            "base_prompts": base["prompts"],
+            "time_ratio": total / base_total,
+            "translation_ratio": run["time"]["translation_s"] / base["time"]["translation_s"],
+            "marginal_cost": (total - base_total) / extra / base_total if extra else None,
+        }
+
+
+def environment(device: str, tracker: MemoryTracker) -> dict:
+    """What the figures were measured on."""
+    if torch.device(device).type == "cuda":
+        name = torch.cuda.get_device_name(torch.device(device))
+    else:
+        name = _cpu_name()
+    return {
+        "device": device,
+        "device_name": name,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "memory_method": tracker.method,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def progress_line(run: dict) -> str:
+    return (
+        f"{run['dtype']} {run['resolution']}px P={run['prompts']}: {run['time']['total_s']:.1f} s, "
+        f"bare {run['bare']['total_s']:.1f} s, overhead {run['overhead']['total']:.3f}"
+    )
+
+
+def format_report(report: dict) -> str:
+    """Two Markdown tables: where the time goes, and how far each run is from its floor."""
+    runs = report["runs"]
+    env = report["environment"]
+    lines = [
+        f"{report['command']}",
+        f"{env['device_name']}, {env['threads']} threads, torch {env['torch']}, diffusers {env['diffusers']}; "
+        f"steps {report['settings']['steps']}, inversion steps {report['settings']['inversion_steps']}, "
+        f"model {report['settings']['model']}",
+        "",
+        "Where the time goes (seconds)",
+        "",
+    ]
+    time_rows = [
+        [
+            r["dtype"], r["resolution"], r["prompts"], r["unet_calls"], r["unet_rows"],
+            f"{r['public_rows']} ({r['public_rows_ratio']:.1f}x)",
+            *(f"{r['time'][k]:.2f}" for k in ("encode_prompts_s", "encode_s", "inversion_s", "translation_s", "decode_s", "total_s")),
+            f"{r['seconds_per_image']:.2f}",
+            f"{r['scaling']['time_ratio']:.2f}",
+        ]
+        for r in runs
+    ]
+    lines += markdown_table(
+        ["dtype", "px", "P", "UNet calls", "UNet rows", "public rows", "text", "encode", "inversion",
+         "translation", "decode", "total", "s/image", "time(P)/time(P0)"],
+        time_rows,
+    )
+    lines += ["", "Distance to the floor (bare UNet + VAE replay of the same shapes, same process)", ""]
+    floor_rows = [
+        [
+            r["dtype"], r["resolution"], r["prompts"], f"{r['bare']['total_s']:.2f}",
+            *(f"{r['overhead'][k]:.3f}" for k in ("total", "inversion", "translation", "vae")),
+            f"{r['memory']['peak_bytes'] / GIB:.2f}",
+            f"{r['memory']['working_bytes'] / GIB:.2f}",
+            f"{r['memory']['bare_working_bytes'] / GIB:.2f}",
+        ]
+        for r in runs
+    ]
+    memory = "peak allocated" if "cuda" in env["memory_method"] else "peak RSS"
+    lines += markdown_table(
+        ["dtype", "px", "P", "bare s", "total/bare", "inversion/bare", "translation/bare", "VAE/bare",
+         f"{memory} GiB", "working GiB", "bare working GiB"],
+        floor_rows,
+    )
+    marginal = [r for r in runs if r["scaling"]["marginal_cost"] is not None]
+    if marginal:
+        lines += ["", "Each extra prompt costs, as a fraction of the fewest-prompt run: " + ", ".join(
+            f"{r['dtype']} {r['resolution']}px P={r['prompts']}: {r['scaling']['marginal_cost']:.2f}" for r in marginal
+        )]
+    busy = [r for r in runs if max(r["load_average"]) > env["threads"] + 1]
+    if busy:
+        lines += ["", f"NOTE: the 1-minute load average exceeded {env['threads'] + 1} during {len(busy)} run(s): "
+                  "other processes shared the CPU, so times and ratios are disturbed (see load_average in the JSON)"]
+    if not all(r["rows_match_schedule"] for r in runs):
+        lines += ["", "WARNING: the engine's UNet calls differ from what the schedule implies (rows_match_schedule)"]
+    return "\n".join(lines)
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> list[str]:
+    cells = [[str(c) for c in row] for row in [headers, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    out = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
+    out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return out
+
+
+def _numbers(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

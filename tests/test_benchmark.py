@@ -1,0 +1,131 @@
+"""The benchmark command, run end to end in quick mode on the tiny random model, and its row plan."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from benchmarks.schedule import inversion_batches, public_rows, translation_batches
+from pnp.config import PnPConfig
+from pnp.editor import PnPEditor
+from pnp.random_models import build_random_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK_STEPS = 10  # what --quick promises in the command's help
+
+
+def rows_by_hand(prompts: int, steps: int) -> int:
+    """One row per inversion step; per sampling step, P uncond + P cond rows, plus the source row
+    in the first int(0.8 N) steps (the residual-injection window, longer than attention's)."""
+    return steps + 2 * prompts * steps + int(0.8 * steps)
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """The report and printed tables of one quick run (one thread: robust on a busy machine)."""
+    tmp = tmp_path_factory.mktemp("bench")
+    out = tmp / "nested" / "report.json"
+    command = [
+        sys.executable, "-m", "benchmarks.run", "--quick", "--model", "tiny", "--resolutions", "128",
+        "--dtypes", "float32", "--threads", "1", "--cache-dir", str(tmp / "cache"), "--out", str(out),
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(out.read_text()), done.stdout
+
+
+def test_quick_run_covers_the_quick_grid(quick):
+    report, _ = quick
+    assert [(r["dtype"], r["resolution"], r["prompts"]) for r in report["runs"]] == [
+        ("float32", 128, 1),
+        ("float32", 128, 2),
+    ]
+    assert all(r["steps"] == r["inversion_steps"] == QUICK_STEPS for r in report["runs"])
+    assert report["environment"]["threads"] == 1
+
+
+def test_rows_and_calls_are_what_the_schedule_implies(quick):
+    for run in quick[0]["runs"]:
+        assert run["rows_match_schedule"]
+        assert run["unet_rows"] == rows_by_hand(run["prompts"], QUICK_STEPS)
+        assert run["unet_calls"] == 2 * QUICK_STEPS
+
+
+def test_public_rows_count_both_999_step_passes_and_three_rows_per_prompt_step(quick):
+    for run in quick[0]["runs"]:
+        assert run["public_rows"] == 999 + 999 + 3 * QUICK_STEPS * run["prompts"]
+        assert run["public_calls"] == 999 + 999 + QUICK_STEPS * run["prompts"]
+        assert run["public_rows_ratio"] == pytest.approx(run["public_rows"] / run["unet_rows"])
+
+
+def test_times_add_up_and_ratios_are_positive(quick):
+    for run in quick[0]["runs"]:
+        phases = {k: v for k, v in run["time"].items() if k != "total_s"}
+        assert all(v > 0 for k, v in phases.items() if k != "other_s")
+        assert sum(phases.values()) == pytest.approx(run["time"]["total_s"])
+        assert run["seconds_per_image"] * run["prompts"] == pytest.approx(run["time"]["total_s"])
+        assert run["bare"]["total_s"] == pytest.approx(
+            sum(run["bare"][k] for k in ("encode_s", "inversion_s", "translation_s", "decode_s"))
+        )
+        assert run["overhead"]["total"] == pytest.approx(run["time"]["total_s"] / run["bare"]["total_s"])
+        assert all(v > 0 for v in run["overhead"].values())
+        assert 0 < run["memory"]["working_bytes"] < run["memory"]["peak_bytes"]
+
+
+def test_prompt_scaling_is_relative_to_one_prompt(quick):
+    one, two = quick[0]["runs"]
+    assert one["scaling"]["time_ratio"] == 1 and one["scaling"]["marginal_cost"] is None
+    assert two["scaling"]["time_ratio"] == pytest.approx(two["time"]["total_s"] / one["time"]["total_s"])
+    assert two["scaling"]["marginal_cost"] == pytest.approx(two["scaling"]["time_ratio"] - 1)
+
+
+def test_tables_are_printed(quick):
+    report, stdout = quick
+    rows = [line for line in stdout.splitlines() if line.startswith("| float32")]
+    assert len(rows) == 2 * len(report["runs"])  # one line per run in each of the two tables
+
+
+@pytest.mark.parametrize(
+    "steps, inversion_steps, expected_calls",
+    [
+        (10, 10, 10),
+        # 20 inversion steps over 10 sampling steps: stride 50 reaches the noisiest sampling
+        # timestep, 901, at its 19th timestep (18 * 50 + 1) and stops there.
+        (10, 20, 19),
+        (50, 50, 50),
+    ],
+)
+def test_inversion_stops_at_the_noisiest_sampling_timestep(steps, inversion_steps, expected_calls):
+    config = PnPConfig(steps=steps, inversion_steps=inversion_steps, resolution=128)
+    assert inversion_batches(config) == [1] * expected_calls
+
+
+def test_translation_plan_with_chunks():
+    config = PnPConfig(prompts=["a", "b", "c"], steps=5, resolution=128, max_batch_size=2)
+    # int(0.8 * 5) = 4 steps carry the source row, in the first chunk only.
+    assert translation_batches(config) == [5, 2] * 4 + [4, 2]
+    assert public_rows(3, 5) == 999 + 999 + 45
+
+
+@pytest.fixture
+def one_thread():
+    # Tiny convolutions on two threads slow down tenfold when another process holds a core.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_plan_matches_the_engine_with_chunks_and_uneven_inversion(one_thread):
+    editor = PnPEditor(build_random_pipeline("tiny"))
+    config = PnPConfig(prompts=["a", "b", "c"], steps=4, inversion_steps=8, resolution=128, max_batch_size=2)
+    image = Image.fromarray(np.full((128, 128, 3), 120, np.uint8), "RGB")
+    result = editor(config, image=image)
+    assert result.unet_batch_sizes == inversion_batches(config) + translation_batches(config)
