@@ -35,7 +35,7 @@ from pnp import random_models
 from pnp.config import ConfigError, PnPConfig
 from pnp.editor import PnPEditor
 from pnp.images import load_image, resize_for_model
-from pnp.models import DTYPES, default_device
+from pnp.models import DTYPES, default_device, default_dtype
 
 from .memory import MemoryTracker
 from .replay import BareReplay
@@ -58,6 +58,9 @@ GIB = 2**30
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.rows_only:
+        print("\n".join(rows_table(args)))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     diffusers.utils.logging.disable_progress_bar()
@@ -131,7 +134,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="run each translation and its replay this many times, alternately, and keep the "
                         "fastest of each (default 1); more repeats resist other load on the machine")
     parser.add_argument("--quick", action="store_true",
-                        help="256 px, P = 1,2, 10/10 steps unless given otherwise: a few minutes on 2 cores")
+                        help="256 px, P = 1,2, 10/10 steps, the device's default dtype, unless given otherwise: "
+                        "a few minutes on 2 CPU cores")
+    parser.add_argument("--rows-only", action="store_true",
+                        help="print the UNet calls and rows of each prompt count, ours and the public "
+                        "implementations', computed from the schedule; run nothing")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON file to write (default: benchmarks/results/<date-time>.json)")
     args = parser.parse_args(argv)
@@ -147,7 +154,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name, value in preset.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    args.dtypes = args.dtypes or (["float16"] if cuda else ["float32", "bfloat16"])
+    if args.dtypes is None:
+        everything = ["float16"] if cuda else ["float32", "bfloat16"]
+        args.dtypes = [str(default_dtype(args.device)).removeprefix("torch.")] if args.quick else everything
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads: {args.threads} is not a positive whole number")
     if args.repeats < 1:
@@ -325,6 +334,21 @@ def progress_line(run: dict) -> str:
     )
 
 
+def rows_table(args: argparse.Namespace) -> list[str]:
+    """Markdown table of the UNet work of each prompt count, from the schedule alone."""
+    rows = []
+    for count in args.prompts:
+        config = make_config(args, args.resolutions[0], count)
+        batches = inversion_batches(config) + translation_batches(config)
+        ours, public = sum(batches), public_rows(count, config.steps)
+        rows.append([count, config.steps, config.inversion_steps, len(batches), ours,
+                     public_calls(count, config.steps), public, f"{public / ours:.1f}x"])
+    return markdown_table(
+        ["P", "steps", "inversion steps", "UNet calls", "UNet rows", "public calls", "public rows", "public/ours"],
+        rows,
+    )
+
+
 def format_report(report: dict) -> str:
     """Two Markdown tables: where the time goes, and how far each run is from its floor."""
     runs = report["runs"]
@@ -394,13 +418,17 @@ def markdown_table(headers: list[str], rows: list[list]) -> list[str]:
 
 def _numbers(text: str) -> list[int]:
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        numbers = [int(part) for part in _names(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+    return numbers
 
 
 def _names(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected at least one value")
+    return names
 
 
 if __name__ == "__main__":

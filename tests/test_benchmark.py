@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from benchmarks.run import main
 from benchmarks.schedule import inversion_batches, public_rows, translation_batches
 from pnp.config import PnPConfig
 from pnp.editor import PnPEditor
@@ -129,3 +130,13 @@ def test_plan_matches_the_engine_with_chunks_and_uneven_inversion(one_thread):
     image = Image.fromarray(np.full((128, 128, 3), 120, np.uint8), "RGB")
     result = editor(config, image=image)
     assert result.unet_batch_sizes == inversion_batches(config) + translation_batches(config)
+
+
+def test_rows_only_prints_the_default_schedule_without_running(capsys):
+    assert main(["--rows-only", "--prompts", "1,8", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for count in (1, 8):
+        ours, public = rows_by_hand(count, 50), 999 + 999 + 3 * 50 * count
+        row = next(line for line in lines if line.startswith(f"| {count} "))
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert cells[3:7] == ["100", str(ours), str(999 + 999 + 50 * count), str(public)]
