@@ -47,10 +47,10 @@ class BareReplay:
     @torch.inference_mode()
     def run(self, inversion: list[int], translation: list[int], decodes: int) -> BareTimes:
         """Time one VAE encode, the UNet calls of both phases, and ``decodes`` one-image decodes."""
-        encode_s = self._timed(self.encode)
-        inversion_s = self._timed(lambda: self.unet_calls(inversion))
-        translation_s = self._timed(lambda: self.unet_calls(translation))
-        decode_s = self._timed(lambda: [self.decode() for _ in range(decodes)])
+        encode_s = timed(self.encode, self.device)
+        inversion_s = timed(lambda: self.unet_calls(inversion), self.device)
+        translation_s = timed(lambda: self.unet_calls(translation), self.device)
+        decode_s = timed(lambda: [self.decode() for _ in range(decodes)], self.device)
         return BareTimes(encode_s, inversion_s, translation_s, decode_s)
 
     @torch.inference_mode()
@@ -64,7 +64,7 @@ class BareReplay:
 
     def unet_calls(self, batch_sizes: list[int]) -> None:
         for rows in batch_sizes:
-            latents, text = self._unet_inputs(rows)
+            latents, text = self.unet_inputs(rows)
             self.unet(latents, TIMESTEP, encoder_hidden_states=text).sample
 
     def encode(self) -> torch.Tensor:
@@ -73,7 +73,8 @@ class BareReplay:
     def decode(self) -> torch.Tensor:
         return self.vae.decode(self._latent).sample
 
-    def _unet_inputs(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def unet_inputs(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random latents and text embeddings of ``rows`` rows, in the UNet's dtype, made once."""
         if rows not in self._inputs:
             generator = torch.Generator("cpu").manual_seed(rows)
             latents = torch.randn((rows, 4, *self.latent_size), generator=generator)
@@ -81,9 +82,11 @@ class BareReplay:
             self._inputs[rows] = (latents.to(self.device, self.dtype), text.to(self.device, self.dtype))
         return self._inputs[rows]
 
-    def _timed(self, work) -> float:
-        start = time.perf_counter()
-        work()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter() - start
+
+def timed(work, device: torch.device) -> float:
+    """Seconds ``work()`` takes, including the GPU work it queued."""
+    start = time.perf_counter()
+    work()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start

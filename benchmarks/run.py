@@ -61,8 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.rows_only:
         print("\n".join(rows_table(args)))
         return 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     folder = model_folder(args.model, args.cache_dir)
@@ -108,14 +106,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m benchmarks.run",
         description="Time complete real-image PnP translations and their bare UNet/VAE floor.",
     )
-    parser.add_argument(
-        "--model", default="random-sd15",
-        help="random-sd15 (Stable Diffusion 1.5 shapes, random weights, built once into --cache-dir), "
-        "tiny (a small random model for tests), or a diffusers folder of real weights",
-    )
-    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "pnp",
-                        help="where a random model is saved on first use (random-sd15 takes 4 GB)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    add_machine_options(parser)
     parser.add_argument("--dtypes", type=_names, default=None,
                         help="comma-separated; default float32,bfloat16 on the CPU, float16 on CUDA")
     parser.add_argument("--resolutions", type=_numbers, default=None,
@@ -128,8 +119,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="most prompts per UNet call, as in PnPConfig (default: all in one call)")
     parser.add_argument("--image", type=Path, default=None,
                         help="source image (default: a synthetic one; content does not change the cost)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: torch's own choice, one per core)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="run each translation and its replay this many times, alternately, and keep the "
                         "fastest of each (default 1); more repeats resist other load on the machine")
@@ -143,7 +132,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="JSON file to write (default: benchmarks/results/<date-time>.json)")
     args = parser.parse_args(argv)
 
-    args.device = args.device or default_device()
+    check_machine_options(parser, args)
     cuda = torch.device(args.device).type == "cuda"
     preset = QUICK if args.quick else dict(
         resolutions=[256, 512] if cuda else [256],
@@ -157,8 +146,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.dtypes is None:
         everything = ["float16"] if cuda else ["float32", "bfloat16"]
         args.dtypes = [str(default_dtype(args.device)).removeprefix("torch.")] if args.quick else everything
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads: {args.threads} is not a positive whole number")
     if args.repeats < 1:
         parser.error(f"--repeats: {args.repeats} is not a positive whole number")
     unknown = [name for name in args.dtypes if name not in DTYPES]
@@ -171,6 +158,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except ConfigError as err:
         parser.error(str(err))
     return args
+
+
+def add_machine_options(parser: argparse.ArgumentParser) -> None:
+    """The model, device and thread options that every benchmark command shares."""
+    parser.add_argument(
+        "--model", default="random-sd15",
+        help="random-sd15 (Stable Diffusion 1.5 shapes, random weights, built once into --cache-dir), "
+        "tiny (a small random model for tests), or a diffusers folder of real weights",
+    )
+    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "pnp",
+                        help="where a random model is saved on first use (random-sd15 takes 4 GB)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's own choice, one per core)")
+
+
+def check_machine_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Fill in the default device and apply --threads, or stop with a usage error."""
+    args.device = args.device or default_device()
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads: {args.threads} is not a positive whole number")
+        torch.set_num_threads(args.threads)
 
 
 def make_config(args: argparse.Namespace, resolution: int, count: int) -> PnPConfig:
