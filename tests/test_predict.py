@@ -12,6 +12,7 @@ from cog import CancelationException, Path
 from PIL import Image
 
 import predict
+from cog_server import FORM_ORDER
 from pnp.config import (
     MAX_INVERSION_STEPS,
     MAX_PROMPTS,
@@ -32,13 +33,6 @@ from predict import Predictor
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-# The order of the web form, as the tracker specifies it.
-FORM_ORDER = [
-    "input_image", "generation_prompt", "translation_prompts", "scale", "feature_injection_threshold",
-    "attention_injection_threshold", "negative_prompt", "negative_prompt_alpha", "negative_prompt_schedule",
-    "num_inference_steps", "num_inversion_steps", "generation_scale", "seed", "resolution", "output_format",
-    "output_quality",
-]
 # Form input -> PnPConfig field, where the engine takes the value as it is.
 ENGINE_FIELDS = {
     "scale": "scale", "feature_injection_threshold": "feature_injection_threshold",
