@@ -137,12 +137,10 @@ class Predictor(BasePredictor):
         ),
     ) -> list[Path]:
         """Translate the source into every prompt; the generated source (generation mode) comes first."""
-        self._remove_previous_outputs()
+        self._remove_outputs()
+        chosen = "random seed" if seed is None else "seed"
         if seed is None:
             seed = random.randint(0, 2**32 - 1)
-            print(f"Using random seed {seed}")
-        else:
-            print(f"Using seed {seed}")
         try:
             config = PnPConfig(
                 prompts=translation_prompts.split(PROMPT_SEPARATOR),
@@ -161,6 +159,7 @@ class Predictor(BasePredictor):
                 output_format=output_format,
                 output_quality=output_quality,
             )
+            print(f"Using {chosen} {seed}")
             image = None
             if input_image is not None and config.generation_prompt:
                 print("Both input_image and generation_prompt were given: the generation prompt is used, the image is ignored")
@@ -170,19 +169,20 @@ class Predictor(BasePredictor):
             result = self.editor(config, image, progress=True)
             paths = write_outputs(result, config.prompts, self.output_dir, config.output_format, config.output_quality)
         except (ConfigError, ImageError) as err:
-            self._remove_previous_outputs()
+            self._remove_outputs()
             raise type(err)(_with_form_names(str(err))) from None
         except BaseException:
             # Failures and cancellations (cog.CancelationException is a BaseException) leave no files.
-            self._remove_previous_outputs()
+            self._remove_outputs()
             raise
         scope = current_scope()
         for name, value in result.metrics.items():
             scope.record_metric(name, value)
         return [Path(p) for p in paths]
 
-    def _remove_previous_outputs(self) -> None:
-        # By the time the next prediction starts, Cog has already uploaded or encoded the outputs.
+    def _remove_outputs(self) -> None:
+        # Outputs live until the next prediction starts (Cog has uploaded or encoded them by then)
+        # or until their own prediction fails.
         if self.output_dir is not None:
             shutil.rmtree(self.output_dir, ignore_errors=True)
             self.output_dir = None

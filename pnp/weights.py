@@ -68,6 +68,7 @@ def download_weights(model: str, out: str | Path) -> Path:
     out = Path(out)
     if (out / MARKER).exists():
         raise ModelError(f"{out} already holds a model ({MARKER}); delete it first to download again")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=".download-", suffix=".partial", dir=out))
     try:
@@ -84,8 +85,12 @@ def download_weights(model: str, out: str | Path) -> Path:
             if name.endswith(FP16_SUFFIX):
                 (partial / name).rename(partial / name.replace(FP16_SUFFIX, ".safetensors"))
         _move_into(partial, out)
-    finally:
+    except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    shutil.rmtree(partial, ignore_errors=True)
     return out
 
 

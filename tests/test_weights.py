@@ -128,9 +128,14 @@ def test_an_interrupted_download_leaves_nothing_that_looks_complete(hub_repo, mo
     monkeypatch.setattr("huggingface_hub.HfApi", lambda: hub)
     monkeypatch.setattr("huggingface_hub.snapshot_download", hub.snapshot_download)
     out = tmp_path / "weights"
+    out.mkdir()
+    (out / "README.md").write_text("kept")
     with pytest.raises(ModelError, match="downloading owner/model failed .*connection reset"):
         download_weights("owner/model", out)
-    assert list(out.iterdir()) == []
+    assert [p.name for p in out.iterdir()] == ["README.md"]
+    with pytest.raises(ModelError):
+        download_weights("owner/model", tmp_path / "new")
+    assert not (tmp_path / "new").exists()
 
 
 def test_download_refuses_to_overwrite_a_model(fake_hub, tmp_path):
