@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import requests
 from PIL import Image
 
@@ -136,3 +137,11 @@ def decode_data_uri(uri: str) -> tuple[str, bytes]:
     header, _, payload = uri.partition(",")
     assert header.startswith("data:") and header.endswith(";base64"), header[:80]
     return header[len("data:"):-len(";base64")], base64.b64decode(payload)
+
+
+def sample_photo() -> Image.Image:
+    """A 256x128 RGB image with gradients and a square: an input whose size the outputs must keep."""
+    y, x = np.mgrid[0:128, 0:256]
+    pixels = np.stack([x, y * 2, np.full_like(x, 90)], axis=-1)
+    pixels[30:90, 100:180] = (250, 30, 30)
+    return Image.fromarray(pixels.astype(np.uint8), "RGB")

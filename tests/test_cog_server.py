@@ -11,12 +11,11 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import numpy as np
 import pytest
 import requests
 from PIL import Image
 
-from cog_server import FORM_ORDER, CogServer, data_uri, decode_data_uri, write_schema
+from cog_server import FORM_ORDER, CogServer, data_uri, decode_data_uri, sample_photo, write_schema
 from pnp.config import MAX_RESOLUTION, MAX_SAMPLING_STEPS, MIN_RESOLUTION, NEGATIVE_SCHEDULES, OUTPUT_FORMATS
 from pnp.random_models import save_random_pipeline
 
@@ -54,11 +53,7 @@ def server(tmp_path_factory, schema_folder):
 
 @pytest.fixture
 def photo():
-    """A 256x128 image with gradients and a square."""
-    y, x = np.mgrid[0:128, 0:256]
-    pixels = np.stack([x, y * 2, np.full_like(x, 90)], axis=-1)
-    pixels[30:90, 100:180] = (250, 30, 30)
-    return Image.fromarray(pixels.astype(np.uint8), "RGB")
+    return sample_photo()
 
 
 def decoded_images(outputs):
@@ -74,7 +69,7 @@ def decoded_images(outputs):
 def test_setup_is_ready_and_logged(server):
     health = requests.get(f"{server.url}/health-check", timeout=10).json()
     assert health["status"] == "READY"
-    assert "on cpu as float32" in health["setup"]["logs"]
+    assert "on cpu as float32" in health["setup"]["logs"], health
 
 
 def test_openapi_lists_every_input_in_form_order(server):
