@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default=DEFAULT_MODEL,
                    help="diffusers model folder, model-hub id, or 'tiny' / 'random-sd15' (random weights, for testing)")
     t.add_argument("--steps", type=int, default=defaults.steps, help="sampling steps")
-    t.add_argument("--inversion-steps", type=int, default=defaults.inversion_steps, help="DDIM inversion steps")
+    t.add_argument("--inversion-steps", type=int, default=None, help="DDIM inversion steps (default: as --steps)")
     t.add_argument("--scale", type=float, default=defaults.scale, help="guidance scale of the translation")
     t.add_argument("--generation-scale", type=float, default=defaults.generation_scale,
                    help="guidance scale of the source generation")

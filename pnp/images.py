@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_LONG_SIDE = 2  # the long side is at most this many times the requested resolution
-MAX_ASPECT = 8  # longest accepted side ratio; beyond it the short side would shrink below 64 px at 256
+MAX_ASPECT = 8  # more extreme strips would lose their short side to the 64-px rounding
 SIZE_MULTIPLE = 64
 SAVE_FORMATS = {"png": "PNG", "webp": "WEBP", "jpg": "JPEG"}
 
