@@ -16,12 +16,16 @@ from typing import Optional
 
 from cog import BasePredictor, Input, Path, current_scope
 
-from pnp.config import ConfigError, PnPConfig
-from pnp.editor import PnPEditor
-from pnp.images import ImageError, load_image
-from pnp.models import quiet_library_output
-from pnp.outputs import write_outputs
-from pnp.weights import locate_weights
+# Read by transformers at import time; it otherwise fills the setup logs with advice about
+# optional image backends the pipeline never uses.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from pnp.config import ConfigError, PnPConfig  # noqa: E402
+from pnp.editor import PnPEditor  # noqa: E402
+from pnp.images import ImageError, load_image  # noqa: E402
+from pnp.models import quiet_library_output  # noqa: E402
+from pnp.outputs import write_outputs  # noqa: E402
+from pnp.weights import locate_weights  # noqa: E402
 
 WEIGHTS_DIR = LocalPath(__file__).resolve().parent / "weights"
 PROMPT_SEPARATOR = ";"
@@ -36,6 +40,8 @@ FORM_NAMES = {
 
 
 class Predictor(BasePredictor):
+    """Plug-and-play translation of an uploaded or generated image into one image per prompt."""
+
     def setup(self) -> None:
         """Load the weights once ($PNP_WEIGHTS, else weights/, else a download); $PNP_DEVICE and $PNP_DTYPE override the defaults."""
         quiet_library_output()
@@ -101,11 +107,11 @@ class Predictor(BasePredictor):
             le=999,
             description="Sampling steps of the translation, and of the source generation in generation mode, from 1 to 999. More steps take longer; 50 is the method's usual setting.",
         ),
-        num_inversion_steps: int = Input(
-            default=50,
+        num_inversion_steps: Optional[int] = Input(
+            default=None,
             ge=1,
             le=1000,
-            description="DDIM inversion steps of an input image (ignored in generation mode). More steps invert more exactly but take longer; the original method used 999. The inversion must pass through every sampling step, so with 50 inference steps use 50, 99-100, 197-200, 246-250, 491-500 or 981-1000; other values fail with a message listing the values that work.",
+            description="DDIM inversion steps of an input image, from 1 to 1000 (ignored in generation mode); leave blank for as many as `num_inference_steps`. More steps invert more exactly but take longer; the original method used 999. The inversion must pass through every sampling step, so with 50 inference steps use 50, 99-100, 197-200, 246-250, 491-500 or 981-1000; other values fail with a message listing the values that work.",
         ),
         generation_scale: float = Input(
             default=5.0,

@@ -1,4 +1,5 @@
-"""Running the real Cog HTTP server (coglet, from PyPI) on predict.py in a subprocess, for tests.
+"""Running the real Cog HTTP server (coglet, from PyPI) on predict.py in a subprocess, for tests;
+and what the Cog test modules share: the form's input order, fast inputs, a sample photo.
 
 The server reads its OpenAPI schema from .cog/openapi_schema.json under its working directory,
 so each server runs in its own folder holding the schema that scripts/openapi_schema.py writes.
@@ -30,6 +31,8 @@ FORM_ORDER = [
     "num_inference_steps", "num_inversion_steps", "generation_scale", "seed", "resolution", "output_format",
     "output_quality",
 ]
+# Inputs that make a prediction on the tiny model take a fraction of a second.
+FAST = {"num_inference_steps": 2, "num_inversion_steps": 2, "resolution": 128}
 
 
 def write_schema(folder: Path) -> Path:

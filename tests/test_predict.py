@@ -2,7 +2,7 @@
 
 import ast
 import inspect
-import os
+import typing
 from pathlib import Path as LocalPath
 
 import numpy as np
@@ -12,7 +12,8 @@ from cog import CancelationException, Path
 from PIL import Image
 
 import predict
-from cog_server import FORM_ORDER, sample_photo
+from cog_server import FAST, FORM_ORDER, sample_photo
+from helpers import all_hooks
 from pnp.config import (
     MAX_INVERSION_STEPS,
     MAX_PROMPTS,
@@ -28,10 +29,7 @@ from pnp.config import (
 )
 from pnp.images import ImageError
 from pnp.models import ModelError
-from pnp.random_models import save_random_pipeline
 from predict import Predictor
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # Form input -> PnPConfig field, where the engine takes the value as it is.
 ENGINE_FIELDS = {
@@ -42,21 +40,15 @@ ENGINE_FIELDS = {
     "seed": "seed", "resolution": "resolution", "output_format": "output_format", "output_quality": "output_quality",
     "generation_prompt": "generation_prompt",
 }
-FAST = {"num_inference_steps": 2, "num_inversion_steps": 2, "resolution": 128}
 PREDICT_PARAMETERS = {
     name: p.default for name, p in inspect.signature(Predictor.predict).parameters.items() if name != "self"
 }
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return save_random_pipeline("tiny", tmp_path_factory.mktemp("cog-weights") / "tiny")
-
-
-@pytest.fixture(scope="module")
-def predictor(weights):
+def predictor(tiny_model_dir):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PNP_WEIGHTS", str(weights))
+        mp.setenv("PNP_WEIGHTS", str(tiny_model_dir))
         mp.setenv("PNP_DEVICE", "cpu")
         mp.setenv("PNP_DTYPE", "float32")
         model = Predictor()
@@ -108,10 +100,13 @@ def test_every_input_is_documented_in_sentences():
 def test_defaults_are_the_engine_defaults():
     engine = PnPConfig()
     for name, field_name in ENGINE_FIELDS.items():
-        if name != "seed":
+        if name not in ("seed", "num_inversion_steps"):
             assert PREDICT_PARAMETERS[name].default == getattr(engine, field_name), name
     assert PREDICT_PARAMETERS["translation_prompts"].default.split(";") == engine.prompts
-    assert PREDICT_PARAMETERS["input_image"].default is None and PREDICT_PARAMETERS["seed"].default is None
+    # Blank: a random seed, and as many inversion steps as sampling steps (the engine's default).
+    assert PnPConfig(inversion_steps=None).inversion_steps == engine.steps
+    for name in ("input_image", "seed", "num_inversion_steps"):
+        assert PREDICT_PARAMETERS[name].default is None, name
 
 
 def test_choices_are_the_engine_choices():
@@ -126,7 +121,8 @@ def test_choices_are_the_engine_choices():
 def test_bounds_are_the_engine_bounds(name):
     """The engine accepts each bound and refuses the next value beyond it, naming the parameter."""
     field, engine_name = PREDICT_PARAMETERS[name], ENGINE_FIELDS[name]
-    step = 1 if isinstance(field.default, int) or name == "seed" else 0.01
+    hint = typing.get_type_hints(Predictor.predict)[name]
+    step = 1 if int in (hint, *typing.get_args(hint)) else 0.01
 
     def config(value):
         extra = {}
@@ -246,7 +242,8 @@ def test_seed_fixed_reproduces_blank_is_random_and_logged(predictor, outputs_roo
         ({"generation_prompt": "a house", "translation_prompts": " ; ;"}, "translation_prompts", "non-empty"),
         ({"generation_prompt": "a house", "translation_prompts": ";".join(["a cat"] * (MAX_PROMPTS + 1))},
          "translation_prompts", f"at most {MAX_PROMPTS}"),
-        ({"generation_prompt": "a house", "num_inversion_steps": 3}, "num_inversion_steps", "num_inference_steps=2"),
+        ({"input_image": "photo", "num_inversion_steps": 3}, "num_inversion_steps", "num_inference_steps=2"),
+        ({"input_image": "photo", "num_inference_steps": 30}, "num_inversion_steps", "num_inference_steps=30"),
         ({"generation_prompt": "a house", "num_inference_steps": 1000}, "num_inference_steps", "1 to 999"),
         ({"generation_prompt": "a house", "scale": 60.0}, "scale", "0 to 50"),
         ({"generation_prompt": "a house", "resolution": 500}, "resolution", "multiple of 64"),
@@ -254,7 +251,9 @@ def test_seed_fixed_reproduces_blank_is_random_and_logged(predictor, outputs_roo
         ({"generation_prompt": "a house", "negative_prompt_schedule": "cubic"}, "negative_prompt_schedule", "linear"),
     ],
 )
-def test_bad_inputs_name_the_input_to_change(predictor, outputs_root, inputs, form_name, hint):
+def test_bad_inputs_name_the_input_to_change(predictor, outputs_root, photo_file, inputs, form_name, hint):
+    if inputs.get("input_image") == "photo":
+        inputs = {**inputs, "input_image": photo_file}
     with pytest.raises(ConfigError) as caught:
         run(predictor, **inputs)
     message = str(caught.value)
@@ -304,7 +303,7 @@ def test_interrupted_predictions_leave_the_model_clean(predictor, cat_and_dog, o
     finally:
         handle.remove()
     assert list(outputs_root.iterdir()) == []  # neither these outputs nor the previous prediction's
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in unet.modules())
+    assert all_hooks(unet) == []
     assert {name: type(p) for name, p in unet.attn_processors.items()} == processors
 
     after = [pixels(p) for p in run(predictor, **inputs)]
@@ -321,15 +320,15 @@ def test_each_prediction_removes_the_previous_outputs(predictor, photo_file, out
 # --- Setup ---
 
 
-def test_setup_logs_what_it_loaded(weights, monkeypatch, capsys):
-    monkeypatch.setenv("PNP_WEIGHTS", str(weights))
+def test_setup_logs_what_it_loaded(tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.setenv("PNP_WEIGHTS", str(tiny_model_dir))
     monkeypatch.setenv("PNP_DEVICE", "cpu")
     monkeypatch.setenv("PNP_DTYPE", "bfloat16")
     model = Predictor()
     model.setup()
     assert model.editor.dtype == torch.bfloat16 and model.editor.device.type == "cpu"
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert str(weights) in line and "cpu" in line and "bfloat16" in line and line.endswith(" s")
+    assert str(tiny_model_dir) in line and "cpu" in line and "bfloat16" in line and line.endswith(" s")
 
 
 def test_setup_refuses_a_missing_weights_folder(tmp_path, monkeypatch):
