@@ -165,10 +165,11 @@ class Predictor(BasePredictor):
                 output_format=output_format,
                 output_quality=output_quality,
             )
-            print(f"Using {chosen} {seed}")
             image = None
-            if input_image is not None and config.generation_prompt:
-                print("Both input_image and generation_prompt were given: the generation prompt is used, the image is ignored")
+            if config.generation_prompt:
+                print(f"Generating the source image with {chosen} {seed}")
+                if input_image is not None:
+                    print("Both input_image and generation_prompt were given: the generation prompt is used, the image is ignored")
             elif input_image is not None:
                 image = load_image(input_image)
             self.output_dir = tempfile.mkdtemp(prefix="pnp-outputs-")

@@ -232,7 +232,7 @@ def test_seed_fixed_reproduces_blank_is_random_and_logged(predictor, outputs_roo
     assert len(seeds) == 2 and seeds[0] != seeds[1]
     assert not np.array_equal(first, second)
     assert np.array_equal(source(seeds[0]), first)
-    assert f"Using seed {seeds[0]}" in capsys.readouterr().out
+    assert f"with seed {seeds[0]}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
