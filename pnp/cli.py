@@ -13,6 +13,7 @@ from .images import ImageError, load_image
 from .models import DEFAULT_MODEL, DTYPES, ModelError, quiet_library_output
 from .outputs import write_outputs
 from .random_models import RANDOM_MODELS, random_model_folder
+from .weights import download_weights
 
 EXIT_USAGE = 2
 
@@ -68,8 +69,6 @@ def _translate(args: argparse.Namespace) -> int:
 
 
 def _download_weights(args: argparse.Namespace) -> int:
-    from .weights import download_weights
-
     print(download_weights(args.model, Path(args.out)))
     return 0
 

@@ -106,4 +106,5 @@ def save_image(image: Image.Image, path: str | Path, output_format: str, quality
 
 
 def _round_side(side: float) -> int:
-    return max(SIZE_MULTIPLE, int(round(side / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
+    # Half-way sizes round up (160 -> 192): Python's round() would round half to even.
+    return max(SIZE_MULTIPLE, int(side / SIZE_MULTIPLE + 0.5) * SIZE_MULTIPLE)

@@ -105,6 +105,7 @@ def test_unreadable_files_give_clear_errors(tmp_path):
         ((100, 60), 128, (192, 128)),  # small images are enlarged
         ((4000, 1000), 512, (1024, 256)),  # long side capped at twice the resolution
         ((800, 100), 128, (256, 64)),
+        ((160, 128), 128, (192, 128)),  # half-way rounds up
     ],
 )
 def test_working_size(size, resolution, expected):
