@@ -30,8 +30,9 @@ class PnPConfig:
     generation_prompt: str = ""
     # Sampling steps of the translation (and of the generation, in generation mode).
     steps: int = 50
-    # DDIM inversion steps for a real image; must put a latent on every sampling timestep.
-    inversion_steps: int = 50
+    # DDIM inversion steps for a real image (None: as many as sampling steps); must put a
+    # latent on every sampling timestep. Unused in generation mode.
+    inversion_steps: int | None = None
     # Classifier-free guidance scale of the translation.
     scale: float = 10.0
     # Classifier-free guidance scale of the source generation.
@@ -59,6 +60,8 @@ class PnPConfig:
         self.prompts = [p.strip() for p in self.prompts if p and p.strip()]
         self.generation_prompt = self.generation_prompt.strip()
         self.negative_prompt = self.negative_prompt.strip()
+        if self.inversion_steps is None:
+            self.inversion_steps = self.steps
         self.validate()
 
     def validate(self) -> None:
@@ -71,7 +74,7 @@ class PnPConfig:
             )
         _check_int("steps", self.steps, 1, MAX_SAMPLING_STEPS)
         _check_int("inversion_steps", self.inversion_steps, 1, MAX_INVERSION_STEPS)
-        if self.inversion_steps not in valid_inversion_steps(self.steps):
+        if not self.generation_prompt and self.inversion_steps not in valid_inversion_steps(self.steps):
             raise ConfigError(
                 f"inversion_steps: {self.inversion_steps} inversion steps do not reach every one of the "
                 f"{self.steps} sampling timesteps; with steps={self.steps} use one of "
@@ -111,16 +114,15 @@ class PnPConfig:
 def valid_inversion_steps(steps: int, num_train_timesteps: int = 1000) -> list[int]:
     """Inversion step counts whose timesteps include every sampling timestep of ``steps`` steps.
 
-    Both schedules use "leading" spacing, t_k = k * (T // n) + offset, so the inversion grid
-    contains the sampling grid when its stride divides the sampling stride and it reaches the
-    noisiest sampling timestep. Inversion never runs past that timestep.
+    Both schedules use "leading" spacing, t_k = k * (T // n) + offset; the inversion grid must
+    contain every sampling timestep. Inversion never runs past the noisiest one.
     """
     stride = num_train_timesteps // steps
-    last = (steps - 1) * stride
+    needed = [k * stride for k in range(steps)]
     valid = []
     for m in range(steps, MAX_INVERSION_STEPS + 1):
         m_stride = num_train_timesteps // m
-        if stride % m_stride == 0 and (m - 1) * m_stride >= last:
+        if needed[-1] <= (m - 1) * m_stride and all(t % m_stride == 0 for t in needed):
             valid.append(m)
     return valid
 

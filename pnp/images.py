@@ -1,9 +1,10 @@
 """Reading, sizing, converting and writing images.
 
-Sizing rule: scale so the short side is ``resolution``, never letting the long side exceed
-``MAX_ASPECT`` times that, then round each side to the nearest multiple of 64 (at least 64).
-Very long images are therefore shrunk to fit, not refused; an image that is already at the
-resulting size is used as it is, without resampling.
+Sizing rule: scale so the short side is ``resolution``, but never let the long side exceed
+``MAX_LONG_SIDE`` times ``resolution`` (longer images are shrunk further to fit), then round each
+side to the nearest multiple of 64 (at least 64). Images more than ``MAX_ASPECT`` times longer
+than wide (or the reverse) are refused. An image already at the resulting size is used as it
+is, without resampling.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-MAX_ASPECT = 2  # the long side is at most this many times the requested short side
+MAX_LONG_SIDE = 2  # the long side is at most this many times the requested resolution
+MAX_ASPECT = 8  # more extreme strips would lose their short side to the 64-px rounding
 SIZE_MULTIPLE = 64
 SAVE_FORMATS = {"png": "PNG", "webp": "WEBP", "jpg": "JPEG"}
 
@@ -40,7 +42,7 @@ def load_image(source: str | Path | BinaryIO) -> Image.Image:
             return to_rgb(image)
     except FileNotFoundError:
         raise ImageError(f"image: no file at {name}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ImageError(f"image: {name} is not a readable image ({err})") from None
 
 
@@ -61,8 +63,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def working_size(width: int, height: int, resolution: int) -> tuple[int, int]:
     """The (width, height) a (width, height) image is translated at; see the module docstring."""
-    scale = resolution / min(width, height)
-    scale = min(scale, MAX_ASPECT * resolution / max(width, height))
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise ImageError(
+            f"image: {width}x{height} is more than {MAX_ASPECT} times longer than wide; crop it first"
+        )
+    scale = min(resolution / min(width, height), MAX_LONG_SIDE * resolution / max(width, height))
     return _round_side(width * scale), _round_side(height * scale)
 
 
@@ -101,4 +106,5 @@ def save_image(image: Image.Image, path: str | Path, output_format: str, quality
 
 
 def _round_side(side: float) -> int:
-    return max(SIZE_MULTIPLE, int(round(side / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
+    # Half-way sizes round up (160 -> 192): Python's round() would round half to even.
+    return max(SIZE_MULTIPLE, int(side / SIZE_MULTIPLE + 0.5) * SIZE_MULTIPLE)

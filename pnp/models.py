@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline
+from diffusers.utils import logging as diffusers_logging
+from transformers.utils import logging as transformers_logging
 
 log = logging.getLogger(__name__)
 
@@ -16,6 +18,13 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 class ModelError(RuntimeError):
     """The model cannot be loaded; the message says how to provide it."""
+
+
+def quiet_library_output() -> None:
+    """Silence diffusers' and transformers' load-time progress bars and advice, keeping errors."""
+    for library in (diffusers_logging, transformers_logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()
 
 
 def default_device() -> str:
@@ -54,6 +63,8 @@ def load_pipeline(model: str | Path, device: str | None = None, dtype: torch.dty
     are accepted: the inversion and the guidance formula assume it.
     """
     device = device or default_device()
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device: {device} was asked for but no CUDA GPU is available; use --device cpu")
     dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype or default_dtype(device)
     pipe = _from_pretrained(str(model), dtype)
     prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")

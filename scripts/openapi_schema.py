@@ -1,0 +1,74 @@
+"""Write the OpenAPI schema of predict.py to .cog/openapi_schema.json, as `cog build` bakes it into the image.
+
+The Cog HTTP server (coglet) validates inputs and serves /openapi.json only from that file. cog
+0.23's Python SDK cannot write it (`cog build` does, with the Go command-line tool, which needs
+Docker); cog 0.19.3 is the last release whose Python SDK has the generator, and its output has
+the same form. It is installed, without dependencies, into .cog/cog-0.19.3/ on first use and put
+in front of the installed cog only for the generator's own process.
+
+    python scripts/openapi_schema.py [--project DIR] [--out FILE]
+
+Needs the project's virtual environment (the generator imports predict.py) and, on first use,
+access to PyPI (or a pip configured with a local index).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+GENERATOR_VERSION = "0.19.3"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def generator_sdk(folder: Path) -> Path:
+    """The folder holding cog 0.19.3's Python SDK, installed there with pip if it is not yet."""
+    if not (folder / "cog" / "command" / "openapi_schema.py").is_file():
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(folder),
+             f"cog=={GENERATOR_VERSION}"],
+            check=True,
+        )
+    return folder
+
+
+def generate_schema(project: Path, sdk: Path) -> dict:
+    """Run the generator in ``project`` (it reads cog.yaml and imports the predictor) and return the schema."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(sdk), str(project), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run(
+        [sys.executable, "-m", "cog.command.openapi_schema"],
+        cwd=project, env=env, capture_output=True, text=True,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"schema generation failed in {project}:\n{done.stderr.strip()}")
+    return json.loads(done.stdout)
+
+
+def write_schema(schema: dict, out: Path) -> Path:
+    """Write the schema whole or not at all."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    partial.write_text(json.dumps(schema, indent=2) + "\n")
+    partial.replace(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--project", type=Path, default=ROOT, help="folder with cog.yaml and predict.py")
+    parser.add_argument("--out", type=Path, help="schema file (default: PROJECT/.cog/openapi_schema.json)")
+    parser.add_argument("--sdk", type=Path, default=ROOT / ".cog" / f"cog-{GENERATOR_VERSION}",
+                        help="where cog's schema generator is (installed there if missing)")
+    args = parser.parse_args(argv)
+    project = args.project.resolve()
+    schema = generate_schema(project, generator_sdk(args.sdk))
+    print(write_schema(schema, args.out or project / ".cog" / "openapi_schema.json"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

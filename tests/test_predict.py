@@ -1,0 +1,349 @@
+"""The Cog predictor in-process: its inputs, outputs, errors and setup, on a tiny random-weight model."""
+
+import ast
+import inspect
+import typing
+from pathlib import Path as LocalPath
+
+import numpy as np
+import pytest
+import torch
+from cog import CancelationException, Path
+from PIL import Image
+
+import predict
+from cog_server import FAST, FORM_ORDER, sample_photo
+from helpers import all_hooks
+from pnp.config import (
+    MAX_INVERSION_STEPS,
+    MAX_PROMPTS,
+    MAX_RESOLUTION,
+    MAX_SAMPLING_STEPS,
+    MIN_RESOLUTION,
+    NEGATIVE_SCHEDULES,
+    OUTPUT_FORMATS,
+    ConfigError,
+    PnPConfig,
+    describe_ranges,
+    valid_inversion_steps,
+)
+from pnp.images import ImageError
+from pnp.models import ModelError
+from predict import Predictor
+
+# Form input -> PnPConfig field, where the engine takes the value as it is.
+ENGINE_FIELDS = {
+    "scale": "scale", "feature_injection_threshold": "feature_injection_threshold",
+    "attention_injection_threshold": "attention_injection_threshold", "negative_prompt": "negative_prompt",
+    "negative_prompt_alpha": "negative_prompt_alpha", "negative_prompt_schedule": "negative_prompt_schedule",
+    "num_inference_steps": "steps", "num_inversion_steps": "inversion_steps", "generation_scale": "generation_scale",
+    "seed": "seed", "resolution": "resolution", "output_format": "output_format", "output_quality": "output_quality",
+    "generation_prompt": "generation_prompt",
+}
+PREDICT_PARAMETERS = {
+    name: p.default for name, p in inspect.signature(Predictor.predict).parameters.items() if name != "self"
+}
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model_dir):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PNP_WEIGHTS", str(tiny_model_dir))
+        mp.setenv("PNP_DEVICE", "cpu")
+        mp.setenv("PNP_DTYPE", "float32")
+        model = Predictor()
+        model.setup()
+    return model
+
+
+@pytest.fixture
+def outputs_root(tmp_path, monkeypatch):
+    """Where the predictor's per-prediction output folders go during one test."""
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(root))
+    return root
+
+
+@pytest.fixture
+def photo_file(tmp_path):
+    path = tmp_path / "photo.png"
+    sample_photo().save(path)
+    return Path(path)
+
+
+def run(model, **inputs):
+    """Call predict() as Cog does: every input given, defaults for those not in ``inputs``."""
+    values = {name: field.default for name, field in PREDICT_PARAMETERS.items()}
+    values.update(FAST)
+    values.update(inputs)
+    return model.predict(**values)
+
+
+def pixels(path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.float64)
+
+
+# --- The form: order, documentation, bounds ---
+
+
+def test_inputs_follow_the_form_order():
+    assert list(PREDICT_PARAMETERS) == FORM_ORDER
+
+
+def test_every_input_is_documented_in_sentences():
+    for name, field in PREDICT_PARAMETERS.items():
+        assert field.description and len(field.description) > 60 and field.description.endswith("."), name
+
+
+def test_defaults_are_the_engine_defaults():
+    engine = PnPConfig()
+    for name, field_name in ENGINE_FIELDS.items():
+        if name not in ("seed", "num_inversion_steps"):
+            assert PREDICT_PARAMETERS[name].default == getattr(engine, field_name), name
+    assert PREDICT_PARAMETERS["translation_prompts"].default.split(";") == engine.prompts
+    # Blank: a random seed, and as many inversion steps as sampling steps (the engine's default).
+    assert PnPConfig(inversion_steps=None).inversion_steps == engine.steps
+    for name in ("input_image", "seed", "num_inversion_steps"):
+        assert PREDICT_PARAMETERS[name].default is None, name
+
+
+def test_choices_are_the_engine_choices():
+    assert PREDICT_PARAMETERS["negative_prompt_schedule"].choices == list(NEGATIVE_SCHEDULES)
+    assert PREDICT_PARAMETERS["output_format"].choices == list(OUTPUT_FORMATS)
+    assert PREDICT_PARAMETERS["resolution"].choices == list(range(MIN_RESOLUTION, MAX_RESOLUTION + 1, 64))
+    for choice in PREDICT_PARAMETERS["resolution"].choices:
+        PnPConfig(resolution=choice)
+
+
+@pytest.mark.parametrize("name", [n for n, f in PREDICT_PARAMETERS.items() if f.ge is not None or f.le is not None])
+def test_bounds_are_the_engine_bounds(name):
+    """The engine accepts each bound and refuses the next value beyond it, naming the parameter."""
+    field, engine_name = PREDICT_PARAMETERS[name], ENGINE_FIELDS[name]
+    hint = typing.get_type_hints(Predictor.predict)[name]
+    step = 1 if int in (hint, *typing.get_args(hint)) else 0.01
+
+    def config(value):
+        extra = {}
+        if engine_name == "steps" and value >= 1:
+            extra = {"inversion_steps": valid_inversion_steps(value)[0]}
+        if engine_name == "inversion_steps":
+            extra = {"steps": 1}
+        return PnPConfig(**{engine_name: value}, **extra)
+
+    for bound, outside in ((field.ge, field.ge - step), (field.le, field.le + step)):
+        assert bound is not None, f"{name} needs both bounds"
+        config(bound)
+        with pytest.raises(ConfigError, match=f"^{engine_name}:"):
+            config(outside)
+    assert PREDICT_PARAMETERS["num_inference_steps"].le == MAX_SAMPLING_STEPS
+    assert PREDICT_PARAMETERS["num_inversion_steps"].le == MAX_INVERSION_STEPS
+
+
+def test_descriptions_state_the_limits_the_engine_enforces():
+    assert f"at most {MAX_PROMPTS}" in PREDICT_PARAMETERS["translation_prompts"].description
+    inversion = PREDICT_PARAMETERS["num_inversion_steps"].description
+    for values in describe_ranges(valid_inversion_steps(PREDICT_PARAMETERS["num_inference_steps"].default)).split(", "):
+        assert values in inversion
+
+
+def test_input_arguments_are_literals_that_cog_build_can_read():
+    """`cog build` parses predict.py without running it and drops what is not a literal (see predict.py)."""
+    source = LocalPath(predict.__file__).read_text()
+    method = next(
+        node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.FunctionDef) and node.name == "predict"
+    )
+    calls = [d for d in method.args.defaults if isinstance(d, ast.Call)]
+    assert len(calls) == len(FORM_ORDER)
+    for call in calls:
+        for keyword in call.keywords:
+            value = keyword.value
+            if keyword.arg == "choices":
+                assert isinstance(value, ast.List) and all(isinstance(e, ast.Constant) for e in value.elts)
+            else:
+                assert isinstance(value, ast.Constant), ast.get_source_segment(source, value)
+            if keyword.arg == "description":
+                # The parser takes the text between the quotes as it is: no escapes, no joined strings.
+                assert ast.get_source_segment(source, value) == f'"{value.value}"'
+
+
+# --- Predictions ---
+
+
+def test_image_mode_keeps_the_input_size(predictor, photo_file, outputs_root):
+    [output] = run(predictor, input_image=photo_file, translation_prompts="  a photo of a cat  ")
+    assert isinstance(output, Path) and output.name == "00-a-photo-of-a-cat.png"
+    with Image.open(output) as image:
+        assert (image.format, image.size) == ("PNG", (256, 128))
+
+
+@pytest.fixture(scope="module")
+def cat_and_dog(predictor, tmp_path_factory):
+    """Inputs translating a photo into two prompts, and their outputs' names and pixels."""
+    path = tmp_path_factory.mktemp("cat-and-dog") / "photo.png"
+    sample_photo().save(path)
+    inputs = {"input_image": Path(path), "translation_prompts": "a cat;; a dog ;"}
+    outputs = run(predictor, **inputs)
+    return inputs, [p.name for p in outputs], [pixels(p) for p in outputs]
+
+
+def test_several_prompts_come_out_in_prompt_order(predictor, cat_and_dog, outputs_root):
+    inputs, names, (cat, dog) = cat_and_dog
+    assert names == ["00-a-cat.png", "01-a-dog.png"]
+    [alone] = run(predictor, input_image=inputs["input_image"], translation_prompts="a dog")
+    # Batched and single runs may differ by rounding only; the two prompts differ far more.
+    assert np.abs(pixels(alone) - dog).mean() < 0.1 * np.abs(pixels(alone) - cat).mean()
+
+
+@pytest.mark.parametrize("output_format, pil_format", [("png", "PNG"), ("webp", "WEBP"), ("jpg", "JPEG")])
+def test_generation_mode_returns_the_source_first(predictor, outputs_root, output_format, pil_format):
+    outputs = run(predictor, generation_prompt="a house", translation_prompts="a castle; a tent", seed=3,
+                  output_format=output_format)
+    assert [p.name for p in outputs] == [f"00-source.{output_format}", f"01-a-castle.{output_format}",
+                                         f"02-a-tent.{output_format}"]
+    for path in outputs:
+        with Image.open(path) as image:
+            assert (image.format, image.size) == (pil_format, (128, 128))
+
+
+def test_output_quality_applies_to_lossy_formats(predictor, photo_file, outputs_root):
+    sizes = {}
+    for quality in (5, 95):
+        [output] = run(predictor, input_image=photo_file, output_format="jpg", output_quality=quality)
+        sizes[quality] = output.stat().st_size
+    assert sizes[5] < sizes[95] / 2
+
+
+def test_generation_prompt_wins_over_an_image(predictor, photo_file, outputs_root, capsys):
+    outputs = run(predictor, input_image=photo_file, generation_prompt="a house", translation_prompts="a castle")
+    assert [p.name for p in outputs] == ["00-source.png", "01-a-castle.png"]
+    with Image.open(outputs[0]) as source:
+        assert source.size == (128, 128)  # square like every generated source, not the input's 256x128
+    assert "image is ignored" in capsys.readouterr().out
+
+
+def test_seed_fixed_reproduces_blank_is_random_and_logged(predictor, outputs_root, capsys):
+    def source(seed):
+        return pixels(run(predictor, generation_prompt="a house", translation_prompts="a castle", seed=seed)[0])
+
+    first, second = source(None), source(None)
+    seeds = [int(line.split()[-1]) for line in capsys.readouterr().out.splitlines() if "random seed" in line]
+    assert len(seeds) == 2 and seeds[0] != seeds[1]
+    assert not np.array_equal(first, second)
+    assert np.array_equal(source(seeds[0]), first)
+    assert f"with seed {seeds[0]}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "inputs, form_name, hint",
+    [
+        ({}, "input_image", "generation prompt"),
+        ({"generation_prompt": "a house", "translation_prompts": " ; ;"}, "translation_prompts", "non-empty"),
+        ({"generation_prompt": "a house", "translation_prompts": ";".join(["a cat"] * (MAX_PROMPTS + 1))},
+         "translation_prompts", f"at most {MAX_PROMPTS}"),
+        ({"input_image": "photo", "num_inversion_steps": 3}, "num_inversion_steps", "num_inference_steps=2"),
+        ({"input_image": "photo", "num_inference_steps": 30}, "num_inversion_steps", "num_inference_steps=30"),
+        ({"generation_prompt": "a house", "num_inference_steps": 1000}, "num_inference_steps", "1 to 999"),
+        ({"generation_prompt": "a house", "scale": 60.0}, "scale", "0 to 50"),
+        ({"generation_prompt": "a house", "resolution": 500}, "resolution", "multiple of 64"),
+        ({"generation_prompt": "a house", "output_format": "gif"}, "output_format", "png"),
+        ({"generation_prompt": "a house", "negative_prompt_schedule": "cubic"}, "negative_prompt_schedule", "linear"),
+    ],
+)
+def test_bad_inputs_name_the_input_to_change(predictor, outputs_root, photo_file, inputs, form_name, hint):
+    if inputs.get("input_image") == "photo":
+        inputs = {**inputs, "input_image": photo_file}
+    with pytest.raises(ConfigError) as caught:
+        run(predictor, **inputs)
+    message = str(caught.value)
+    assert message.startswith(f"{form_name}:") and hint in message
+    assert list(outputs_root.iterdir()) == []
+
+
+def test_a_file_that_is_not_an_image_is_refused(predictor, tmp_path, outputs_root):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(ImageError, match="^input_image: .*not a readable image"):
+        run(predictor, input_image=Path(text))
+    assert list(outputs_root.iterdir()) == []
+
+
+def test_an_overly_long_image_is_refused(predictor, tmp_path, outputs_root):
+    path = tmp_path / "strip.png"
+    Image.new("RGB", (1100, 100)).save(path)
+    with pytest.raises(ImageError, match="^input_image: .*crop"):
+        run(predictor, input_image=Path(path))
+    assert list(outputs_root.iterdir()) == []
+
+
+class _Interrupt:
+    """A UNet forward hook that raises ``error`` on the ``at``-th call, as a cancellation would arrive."""
+
+    def __init__(self, error: BaseException, at: int) -> None:
+        self.error, self.at, self.calls = error, at, 0
+
+    def __call__(self, module, args, output):
+        self.calls += 1
+        if self.calls == self.at:
+            raise self.error
+
+
+@pytest.mark.parametrize("error", [CancelationException("canceled"), RuntimeError("CUDA out of memory")])
+def test_interrupted_predictions_leave_the_model_clean(predictor, cat_and_dog, outputs_root, error):
+    unet = predictor.editor.pipe.unet
+    processors = {name: type(p) for name, p in unet.attn_processors.items()}
+    inputs, _, before = cat_and_dog
+    run(predictor, **inputs)  # outputs of an earlier prediction, which the failing one must remove too
+
+    handle = unet.register_forward_hook(_Interrupt(error, at=3))
+    try:
+        with pytest.raises(type(error)):
+            run(predictor, **inputs)
+    finally:
+        handle.remove()
+    assert list(outputs_root.iterdir()) == []  # neither these outputs nor the previous prediction's
+    assert all_hooks(unet) == []
+    assert {name: type(p) for name, p in unet.attn_processors.items()} == processors
+
+    after = [pixels(p) for p in run(predictor, **inputs)]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+
+
+def test_each_prediction_removes_the_previous_outputs(predictor, photo_file, outputs_root):
+    [first] = run(predictor, input_image=photo_file)
+    [second] = run(predictor, input_image=photo_file)
+    assert not first.exists() and second.exists()
+    assert list(outputs_root.iterdir()) == [second.parent]
+
+
+# --- Setup ---
+
+
+def test_setup_logs_what_it_loaded(tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.setenv("PNP_WEIGHTS", str(tiny_model_dir))
+    monkeypatch.setenv("PNP_DEVICE", "cpu")
+    monkeypatch.setenv("PNP_DTYPE", "bfloat16")
+    model = Predictor()
+    model.setup()
+    assert model.editor.dtype == torch.bfloat16 and model.editor.device.type == "cpu"
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert str(tiny_model_dir) in line and "cpu" in line and "bfloat16" in line and line.endswith(" s")
+
+
+def test_setup_refuses_a_missing_weights_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("PNP_WEIGHTS", str(tmp_path / "nowhere"))
+    with pytest.raises(ModelError, match="PNP_WEIGHTS"):
+        Predictor().setup()
+
+
+def test_setup_offline_without_weights_says_how_to_supply_them(tmp_path, monkeypatch):
+    monkeypatch.delenv("PNP_WEIGHTS", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # read once, at import
+    monkeypatch.setattr(predict, "WEIGHTS_DIR", tmp_path / "weights")
+    with pytest.raises(ModelError) as caught:
+        Predictor().setup()
+    message = str(caught.value)
+    assert "python -m pnp download-weights" in message and "PNP_WEIGHTS" in message
+    assert not (tmp_path / "weights").exists()
