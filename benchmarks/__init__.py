@@ -3,3 +3,9 @@
 Run ``python -m benchmarks.run --help``. Results are ratios measured in one process, because
 absolute times on shared machines drift.
 """
+
+import os
+
+# Read by transformers when it is first imported, before any benchmark module loads it; it
+# otherwise warns about image backends that are never used here.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

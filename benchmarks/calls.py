@@ -15,23 +15,21 @@ import argparse
 import statistics
 import sys
 
-import diffusers
 import torch
-import transformers
 
 from pnp.editor import PnPEditor
 from pnp.injection import FeatureInjector
-from pnp.models import DTYPES, default_dtype
+from pnp.models import DTYPES, default_dtype, quiet_library_output
 from pnp.unet import NoisePredictor
 
 from .replay import TIMESTEP, BareReplay, timed
-from .run import add_machine_options, check_machine_options, markdown_table, model_folder
+from .machine import add_machine_options, check_machine_options, model_folder
+from .report import markdown_table
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
+    quiet_library_output()
     editor = PnPEditor.from_pretrained(model_folder(args.model, args.cache_dir), args.device, args.dtype)
     replay = BareReplay(editor.pipe, args.resolution, args.resolution)
     rows = 2 * args.prompts + 1

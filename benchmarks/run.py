@@ -14,31 +14,25 @@ code that loads real weights), or a diffusers folder of real weights.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import inspect
 import json
-import os
-import platform
-import shutil
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import diffusers
 import numpy as np
 import torch
-import transformers
 from PIL import Image
 
-from pnp import random_models
 from pnp.config import ConfigError, PnPConfig
 from pnp.editor import PnPEditor
 from pnp.images import load_image, resize_for_model
-from pnp.models import DTYPES, default_device, default_dtype
+from pnp.models import DTYPES, default_dtype, quiet_library_output
 
+from .machine import OtherLoad, add_machine_options, check_machine_options, environment, model_folder
 from .memory import MemoryTracker
 from .replay import BareReplay
+from .report import format_report, markdown_table, progress_line
 from .schedule import inversion_batches, public_calls, public_rows, translation_batches
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -52,8 +46,7 @@ PROMPTS = (
     "a zebra on a beach at sunset",
     "a paper origami horse",
 )
-QUICK = dict(resolutions=[256], prompts=[1, 2], steps=10, inversion_steps=10)
-GIB = 2**30
+QUICK = dict(resolutions=[256], prompts=[1, 2], steps=10)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rows_only:
         print("\n".join(rows_table(args)))
         return 0
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
+    quiet_library_output()
     folder = model_folder(args.model, args.cache_dir)
     tracker = MemoryTracker(args.device)
     runs = []
@@ -114,7 +106,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prompts", type=_numbers, default=None,
                         help="comma-separated prompt counts P; default 1,2,4 on the CPU, 1,2,4,8 on CUDA")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps N (default 50)")
-    parser.add_argument("--inversion-steps", type=int, default=None, help="DDIM inversion steps (default 50)")
+    parser.add_argument("--inversion-steps", type=int, default=None,
+                        help="DDIM inversion steps (default: as many as --steps)")
     parser.add_argument("--max-batch-size", type=int, default=None,
                         help="most prompts per UNet call, as in PnPConfig (default: all in one call)")
     parser.add_argument("--image", type=Path, default=None,
@@ -138,7 +131,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         resolutions=[256, 512] if cuda else [256],
         prompts=[1, 2, 4, 8] if cuda else [1, 2, 4],
         steps=50,
-        inversion_steps=50,
     )
     for name, value in preset.items():
         if getattr(args, name) is None:
@@ -160,29 +152,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def add_machine_options(parser: argparse.ArgumentParser) -> None:
-    """The model, device and thread options that every benchmark command shares."""
-    parser.add_argument(
-        "--model", default="random-sd15",
-        help="random-sd15 (Stable Diffusion 1.5 shapes, random weights, built once into --cache-dir), "
-        "tiny (a small random model for tests), or a diffusers folder of real weights",
-    )
-    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "pnp",
-                        help="where a random model is saved on first use (random-sd15 takes 4 GB)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: torch's own choice, one per core)")
-
-
-def check_machine_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Fill in the default device and apply --threads, or stop with a usage error."""
-    args.device = args.device or default_device()
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads: {args.threads} is not a positive whole number")
-        torch.set_num_threads(args.threads)
-
-
 def make_config(args: argparse.Namespace, resolution: int, count: int) -> PnPConfig:
     """The translation of one run; prompt texts differ but their cost does not (CLIP pads to 77 tokens)."""
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(count)]
@@ -193,26 +162,6 @@ def make_config(args: argparse.Namespace, resolution: int, count: int) -> PnPCon
         resolution=resolution,
         max_batch_size=args.max_batch_size,
     )
-
-
-def model_folder(model: str, cache_dir: Path) -> Path:
-    """A diffusers folder for ``model``: random models are built and saved once, then reused."""
-    if model not in random_models.RANDOM_MODELS:
-        return Path(model)
-    folder = cache_dir / f"{model}-{_random_model_stamp()}"
-    if not (folder / "model_index.json").is_file():
-        print(f"building the {model} random model into {folder} (first use only)", file=sys.stderr, flush=True)
-        partial = folder.with_name(folder.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        random_models.save_random_pipeline(model, partial)
-        partial.rename(folder)
-    return folder
-
-
-def _random_model_stamp() -> str:
-    # A cached model stays valid only while the code and libraries that built it are unchanged.
-    recipe = inspect.getsource(random_models) + diffusers.__version__ + transformers.__version__
-    return hashlib.sha256(recipe.encode()).hexdigest()[:10]
 
 
 def source_image(path: Path | None, resolution: int) -> Image.Image:
@@ -234,25 +183,24 @@ def measure(editor: PnPEditor, replay: BareReplay, tracker: MemoryTracker, confi
     replay.warm_up(set(inversion + translation), vae=False)
     editor.pipe.encode_prompt(config.prompts, editor.device, 1, False)
 
-    load_before = os.getloadavg()[0]
     best = bare = None
-    for _ in range(repeats):
-        # Alternating engine and replay exposes both to the same drift; the fastest of each is the
-        # least disturbed by other work on the machine.
-        with tracker.measure() as engine_memory:
-            start = time.perf_counter()
-            result = editor(config, image=image)
-            total_s = time.perf_counter() - start
-        if best is None or total_s < best[0]:
-            best = (total_s, result.metrics, result.unet_batch_sizes)
-        decodes = len(result.images)
-        del result
-        with tracker.measure() as bare_memory:
-            times = replay.run(inversion, translation, decodes)
-        if bare is None or times.total_s < bare.total_s:
-            bare = times
+    with OtherLoad() as load:
+        for _ in range(repeats):
+            # Alternating engine and replay exposes both to the same drift; the fastest of each is the
+            # least disturbed by other work on the machine.
+            with tracker.measure() as engine_memory:
+                start = time.perf_counter()
+                result = editor(config, image=image)
+                total_s = time.perf_counter() - start
+            if best is None or total_s < best[0]:
+                best = (total_s, result.metrics, result.unet_batch_sizes)
+            decodes = len(result.images)
+            del result
+            with tracker.measure() as bare_memory:
+                times = replay.run(inversion, translation, decodes)
+            if bare is None or times.total_s < bare.total_s:
+                bare = times
     total_s, metrics, recorded = best
-    load_after = os.getloadavg()[0]
 
     count = len(config.prompts)
     phases = {name: metrics[name] for name in ("encode_prompts_s", "encode_s", "inversion_s", "translation_s", "decode_s")}
@@ -289,7 +237,8 @@ def measure(editor: PnPEditor, replay: BareReplay, tracker: MemoryTracker, confi
             "working_ratio": engine_memory.working / bare_memory.working if bare_memory.working else None,
         },
         "repeats": repeats,
-        "load_average": [load_before, load_after],
+        "other_cpu_share": load.other_cpu_share,
+        "steal_share": load.steal_share,
     }
 
 
@@ -309,41 +258,6 @@ def add_prompt_scaling(runs: list[dict]) -> None:
         }
 
 
-def environment(device: str, tracker: MemoryTracker) -> dict:
-    """What the figures were measured on."""
-    if torch.device(device).type == "cuda":
-        name = torch.cuda.get_device_name(torch.device(device))
-    else:
-        name = _cpu_name()
-    return {
-        "device": device,
-        "device_name": name,
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "memory_method": tracker.method,
-    }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def progress_line(run: dict) -> str:
-    return (
-        f"{run['dtype']} {run['resolution']}px P={run['prompts']}: {run['time']['total_s']:.1f} s, "
-        f"bare {run['bare']['total_s']:.1f} s, overhead {run['overhead']['total']:.3f}"
-    )
-
-
 def rows_table(args: argparse.Namespace) -> list[str]:
     """Markdown table of the UNet work of each prompt count, from the schedule alone."""
     rows = []
@@ -357,73 +271,6 @@ def rows_table(args: argparse.Namespace) -> list[str]:
         ["P", "steps", "inversion steps", "UNet calls", "UNet rows", "public calls", "public rows", "public/ours"],
         rows,
     )
-
-
-def format_report(report: dict) -> str:
-    """Two Markdown tables: where the time goes, and how far each run is from its floor."""
-    runs = report["runs"]
-    env = report["environment"]
-    lines = [
-        f"{report['command']}",
-        f"{env['device_name']}, {env['threads']} threads, torch {env['torch']}, diffusers {env['diffusers']}; "
-        f"steps {report['settings']['steps']}, inversion steps {report['settings']['inversion_steps']}, "
-        f"model {report['settings']['model']}",
-        "",
-        "Where the time goes (seconds)",
-        "",
-    ]
-    time_rows = [
-        [
-            r["dtype"], r["resolution"], r["prompts"], r["unet_calls"], r["unet_rows"],
-            f"{r['public_rows']} ({r['public_rows_ratio']:.1f}x)",
-            *(f"{r['time'][k]:.2f}" for k in ("encode_prompts_s", "encode_s", "inversion_s", "translation_s", "decode_s", "total_s")),
-            f"{r['seconds_per_image']:.2f}",
-            f"{r['scaling']['time_ratio']:.2f}",
-        ]
-        for r in runs
-    ]
-    lines += markdown_table(
-        ["dtype", "px", "P", "UNet calls", "UNet rows", "public rows", "text", "encode", "inversion",
-         "translation", "decode", "total", "s/image", "time(P)/time(P0)"],
-        time_rows,
-    )
-    lines += ["", "Distance to the floor (bare UNet + VAE replay of the same shapes, same process)", ""]
-    floor_rows = [
-        [
-            r["dtype"], r["resolution"], r["prompts"], f"{r['bare']['total_s']:.2f}",
-            *(f"{r['overhead'][k]:.3f}" for k in ("total", "inversion", "translation", "vae")),
-            f"{r['memory']['peak_bytes'] / GIB:.2f}",
-            f"{r['memory']['working_bytes'] / GIB:.2f}",
-            f"{r['memory']['bare_working_bytes'] / GIB:.2f}",
-        ]
-        for r in runs
-    ]
-    memory = "peak allocated" if "cuda" in env["memory_method"] else "peak RSS"
-    lines += markdown_table(
-        ["dtype", "px", "P", "bare s", "total/bare", "inversion/bare", "translation/bare", "VAE/bare",
-         f"{memory} GiB", "working GiB", "bare working GiB"],
-        floor_rows,
-    )
-    marginal = [r for r in runs if r["scaling"]["marginal_cost"] is not None]
-    if marginal:
-        lines += ["", "Each extra prompt costs, as a fraction of the fewest-prompt run: " + ", ".join(
-            f"{r['dtype']} {r['resolution']}px P={r['prompts']}: {r['scaling']['marginal_cost']:.2f}" for r in marginal
-        )]
-    busy = [r for r in runs if max(r["load_average"]) > env["threads"] + 1]
-    if busy:
-        lines += ["", f"NOTE: the 1-minute load average exceeded {env['threads'] + 1} during {len(busy)} run(s): "
-                  "other processes shared the CPU, so times and ratios are disturbed (see load_average in the JSON)"]
-    if not all(r["rows_match_schedule"] for r in runs):
-        lines += ["", "WARNING: the engine's UNet calls differ from what the schedule implies (rows_match_schedule)"]
-    return "\n".join(lines)
-
-
-def markdown_table(headers: list[str], rows: list[list]) -> list[str]:
-    cells = [[str(c) for c in row] for row in [headers, *rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    out = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
-    out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return out
 
 
 def _numbers(text: str) -> list[int]:

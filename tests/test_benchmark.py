@@ -6,16 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from benchmarks.run import main
 from benchmarks.schedule import inversion_batches, public_rows, translation_batches
 from pnp.config import PnPConfig
-from pnp.editor import PnPEditor
-from pnp.random_models import build_random_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_STEPS = 10  # what --quick promises in the command's help
@@ -78,6 +74,7 @@ def test_times_add_up_and_ratios_are_positive(quick):
         assert run["overhead"]["total"] == pytest.approx(run["time"]["total_s"] / run["bare"]["total_s"])
         assert all(v > 0 for v in run["overhead"].values())
         assert 0 < run["memory"]["working_bytes"] < run["memory"]["peak_bytes"]
+        assert 0 <= run["other_cpu_share"] <= 1 and 0 <= run["steal_share"] <= 1
 
 
 def test_prompt_scaling_is_relative_to_one_prompt(quick):
@@ -124,11 +121,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_plan_matches_the_engine_with_chunks_and_uneven_inversion(one_thread):
-    editor = PnPEditor(build_random_pipeline("tiny"))
+def test_plan_matches_the_engine_with_chunks_and_uneven_inversion(editor, photo, one_thread):
     config = PnPConfig(prompts=["a", "b", "c"], steps=4, inversion_steps=8, resolution=128, max_batch_size=2)
-    image = Image.fromarray(np.full((128, 128, 3), 120, np.uint8), "RGB")
-    result = editor(config, image=image)
+    result = editor(config, image=photo)
     assert result.unet_batch_sizes == inversion_batches(config) + translation_batches(config)
 
 
