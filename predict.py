@@ -7,8 +7,8 @@ that silently drops bounds, choices and descriptions it cannot evaluate without 
 
 import os
 import random
-import re
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path as LocalPath
@@ -16,26 +16,28 @@ from typing import Optional
 
 from cog import BasePredictor, Input, Path, current_scope
 
-# Read by transformers at import time; it otherwise fills the setup logs with advice about
-# optional image backends the pipeline never uses.
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from pnp.environment import configure_libraries, log_to
+
+# Before diffusers and transformers load: their import-time advice would fill the setup logs.
+configure_libraries()
+
+import torch  # noqa: E402
 
 from pnp.config import ConfigError, PnPConfig  # noqa: E402
-from pnp.editor import PnPEditor  # noqa: E402
-from pnp.images import ImageError, load_image  # noqa: E402
-from pnp.models import quiet_library_output  # noqa: E402
-from pnp.outputs import write_outputs  # noqa: E402
+from pnp.devices import dtype_name  # noqa: E402
+from pnp.images import load_image  # noqa: E402
+from pnp.outputs import OutputOptions, write_outputs  # noqa: E402
+from pnp.pipeline import PnPPipeline  # noqa: E402
 from pnp.weights import locate_weights  # noqa: E402
 
 WEIGHTS_DIR = LocalPath(__file__).resolve().parent / "weights"
 PROMPT_SEPARATOR = ";"
-# Engine parameter names that the form calls differently; error messages use the form's names.
+# Pipeline parameters that the form calls differently; error messages use the form's names.
 FORM_NAMES = {
-    "prompts": "translation_prompts",
-    "steps": "num_inference_steps",
-    "inversion_steps": "num_inversion_steps",
+    "prompt": "translation_prompts",
+    "guidance_scale": "scale",
+    "generation_guidance_scale": "generation_scale",
     "image": "input_image",
-    "source": "input_image",
 }
 
 
@@ -44,14 +46,14 @@ class Predictor(BasePredictor):
 
     def setup(self) -> None:
         """Load the weights once ($PNP_WEIGHTS, else weights/, else a download); $PNP_DEVICE and $PNP_DTYPE override the defaults."""
-        quiet_library_output()
+        log_to(sys.stdout)
         start = time.perf_counter()
         folder = locate_weights(WEIGHTS_DIR)
-        self.editor = PnPEditor.from_pretrained(
+        self.pipe = PnPPipeline.from_pretrained(
             folder, device=os.environ.get("PNP_DEVICE") or None, dtype=os.environ.get("PNP_DTYPE") or None
         )
-        dtype = str(self.editor.dtype).removeprefix("torch.")
-        print(f"Loaded {folder} on {self.editor.device} as {dtype} in {time.perf_counter() - start:.1f} s")
+        dtype = dtype_name(self.pipe.unet.dtype)
+        print(f"Loaded {folder} on {self.pipe.device} as {dtype} in {time.perf_counter() - start:.1f} s")
         self.output_dir = None
 
     def predict(
@@ -149,35 +151,34 @@ class Predictor(BasePredictor):
             seed = random.randint(0, 2**32 - 1)
         try:
             config = PnPConfig(
-                prompts=translation_prompts.split(PROMPT_SEPARATOR),
+                prompt=[p for p in translation_prompts.split(PROMPT_SEPARATOR) if p.strip()],
                 generation_prompt=generation_prompt,
-                steps=num_inference_steps,
-                inversion_steps=num_inversion_steps,
-                scale=scale,
-                generation_scale=generation_scale,
+                num_inference_steps=num_inference_steps,
+                num_inversion_steps=num_inversion_steps,
+                guidance_scale=scale,
+                generation_guidance_scale=generation_scale,
                 feature_injection_threshold=feature_injection_threshold,
                 attention_injection_threshold=attention_injection_threshold,
                 negative_prompt=negative_prompt,
                 negative_prompt_alpha=negative_prompt_alpha,
                 negative_prompt_schedule=negative_prompt_schedule,
                 resolution=resolution,
-                seed=seed,
-                output_format=output_format,
-                output_quality=output_quality,
             )
+            options = OutputOptions(output_format, output_quality)
             image = None
-            if config.generation_prompt:
+            if config.generating:
                 print(f"Generating the source image with {chosen} {seed}")
                 if input_image is not None:
                     print("Both input_image and generation_prompt were given: the generation prompt is used, the image is ignored")
             elif input_image is not None:
                 image = load_image(input_image)
             self.output_dir = tempfile.mkdtemp(prefix="pnp-outputs-")
-            result = self.editor(config, image, progress=True)
-            paths = write_outputs(result, config.prompts, self.output_dir, config.output_format, config.output_quality)
-        except (ConfigError, ImageError) as err:
+            generator = torch.Generator("cpu").manual_seed(seed)
+            result = self.pipe(image=image, generator=generator, **config.as_kwargs())
+            paths = write_outputs(result, config.prompt, self.output_dir, options)
+        except ConfigError as err:
             self._remove_outputs()
-            raise type(err)(_with_form_names(str(err))) from None
+            raise type(err)(FORM_NAMES.get(err.param, err.param), err.reason) from None
         except BaseException:
             # Failures and cancellations (cog.CancelationException is a BaseException) leave no files.
             self._remove_outputs()
@@ -194,7 +195,3 @@ class Predictor(BasePredictor):
             shutil.rmtree(self.output_dir, ignore_errors=True)
             self.output_dir = None
 
-
-def _with_form_names(message: str) -> str:
-    """Rename engine parameters ("steps: ...", "with steps=50") to the inputs the user sees."""
-    return re.sub(r"\b(\w+)(?=[:=])", lambda m: FORM_NAMES.get(m.group(1), m.group(1)), message)

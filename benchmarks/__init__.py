@@ -4,8 +4,7 @@ Run ``python -m benchmarks.run --help``. Results are ratios measured in one proc
 absolute times on shared machines drift.
 """
 
-import os
+from pnp.environment import configure_libraries
 
-# Read by transformers when it is first imported, before any benchmark module loads it; it
-# otherwise warns about image backends that are never used here.
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Before any benchmark module imports diffusers or transformers.
+configure_libraries()

@@ -4,9 +4,9 @@
 
 Whole-run ratios (``benchmarks.run``) cannot resolve differences smaller than the drift between
 two back-to-back runs. Here the same translation-step batch, [source, P uncond, P cond], is run
-bare and through the engine's pieces (``NoisePredictor`` with the ``FeatureInjector`` hooks
-copying residual features and attention queries/keys), alternating in A-B-B-A order so that
-drift cancels, and the median of each is compared.
+bare (a plain UNet, no hooks installed) and through the engine's pieces (``NoisePredictor`` with
+the ``FeatureInjector`` hooks copying residual features and attention queries/keys), alternating
+in A-B-B-A order so that drift cancels, and the median of each is compared.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import sys
 
 import torch
 
-from pnp.editor import PnPEditor
+from pnp.devices import DTYPE_NAMES, default_dtype, dtype_name
 from pnp.injection import FeatureInjector
-from pnp.models import DTYPES, default_dtype, quiet_library_output
+from pnp.pipeline import PnPPipeline
 from pnp.unet import NoisePredictor
 
 from .replay import TIMESTEP, BareReplay, timed
@@ -29,29 +29,30 @@ from .report import markdown_table
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    quiet_library_output()
-    editor = PnPEditor.from_pretrained(model_folder(args.model, args.cache_dir), args.device, args.dtype)
-    replay = BareReplay(editor.pipe, args.resolution, args.resolution)
+    pipe = PnPPipeline.from_pretrained(model_folder(args.model, args.cache_dir), device=args.device, dtype=args.dtype)
+    replay = BareReplay(pipe, args.resolution, args.resolution)
     rows = 2 * args.prompts + 1
     latents, text = replay.unet_inputs(rows)
     latents32 = latents.float()  # the engine keeps latents in float32 and converts per call
-    unet = editor.pipe.unet
+    unet = pipe.unet
     predict = NoisePredictor(unet)
 
     def bare():
         unet(latents, TIMESTEP, encoder_hidden_states=text).sample
 
     def engine():
-        predict(latents32, TIMESTEP, text)
+        # The hooks are installed around the timed call only, so the bare runs have none.
+        with FeatureInjector(unet) as injector:
+            injector.set_step(residual=True, attention=True, source_in_batch=True)
+            return timed(lambda: predict(latents32, TIMESTEP, text), pipe.device)
 
     times = {"bare": [], "engine": []}
-    with torch.inference_mode(), FeatureInjector(unet) as injector:
-        injector.set_step(residual=True, attention=True, source_in_batch=True)
-        bare(), engine()  # warm-up
+    with torch.inference_mode():
+        timed(bare, pipe.device), engine()  # warm-up
         for pair in range(args.pairs):
             order = ("bare", "engine") if pair % 2 == 0 else ("engine", "bare")
             for name in order:
-                times[name].append(timed(bare if name == "bare" else engine, editor.device))
+                times[name].append(timed(bare, pipe.device) if name == "bare" else engine())
     bare_s, engine_s = statistics.median(times["bare"]), statistics.median(times["engine"])
     print(f"python -m benchmarks.calls {' '.join(sys.argv[1:] if argv is None else argv)}")
     print(f"{args.dtype}, {args.resolution} px, batch {rows} (P = {args.prompts} with the source row), "
@@ -68,13 +69,13 @@ def main(argv: list[str] | None = None) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.calls", description=__doc__.split("\n\n")[0])
     add_machine_options(parser)
-    parser.add_argument("--dtype", default=None, choices=list(DTYPES), help="default: the device's default dtype")
+    parser.add_argument("--dtype", default=None, choices=DTYPE_NAMES, help="default: the device's default dtype")
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--pairs", type=int, default=8, help="bare/engine pairs to time (default 8)")
     args = parser.parse_args(argv)
     check_machine_options(parser, args)
-    args.dtype = args.dtype or str(default_dtype(args.device)).removeprefix("torch.")
+    args.dtype = args.dtype or dtype_name(default_dtype(args.device))
     return args
 
 

@@ -17,7 +17,7 @@ import torch
 import transformers
 
 from pnp import random_models
-from pnp.models import default_device
+from pnp.devices import default_device
 
 from .memory import MemoryTracker
 

@@ -41,11 +41,11 @@ def format_report(report: dict) -> str:
          "translation", "decode", "total", "s/image", "time(P)/time(P0)"],
         time_rows,
     )
-    lines += ["", "Distance to the floor (bare UNet + VAE replay of the same shapes, same process)", ""]
+    lines += ["", "Distance to the floor (bare text encoder, UNet and VAE replay of the same shapes, same process)", ""]
     floor_rows = [
         [
             r["dtype"], r["resolution"], r["prompts"], f"{r['bare']['total_s']:.2f}",
-            *(f"{r['overhead'][k]:.3f}" for k in ("total", "inversion", "translation", "vae")),
+            *(f"{r['overhead'][k]:.3f}" for k in ("total", "text", "inversion", "translation", "vae")),
             f"{r['memory']['peak_bytes'] / GIB:.2f}",
             f"{r['memory']['working_bytes'] / GIB:.2f}",
             f"{r['memory']['bare_working_bytes'] / GIB:.2f}",
@@ -54,7 +54,7 @@ def format_report(report: dict) -> str:
     ]
     memory = "peak allocated" if "cuda" in env["memory_method"] else "peak RSS"
     lines += markdown_table(
-        ["dtype", "px", "P", "bare s", "total/bare", "inversion/bare", "translation/bare", "VAE/bare",
+        ["dtype", "px", "P", "bare s", "total/bare", "text/bare", "inversion/bare", "translation/bare", "VAE/bare",
          f"{memory} GiB", "working GiB", "bare working GiB"],
         floor_rows,
     )

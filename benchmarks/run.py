@@ -3,10 +3,11 @@
     python -m benchmarks.run --quick            # a few minutes on 2 CPU cores
     python -m benchmarks.run                    # 50/50 steps; see --help for the grid
 
-For every dtype, resolution and prompt count it runs one translation through ``PnPEditor``
-(encode, DDIM inversion, batched translation, decode), then, in the same process, replays the
-exact sequence of UNet batch shapes of that run as bare UNet calls plus the same VAE work. The
-ratio of the two is the overhead of the implementation over the method's minimum. The model is
+For every dtype, resolution and prompt count it runs one translation through ``PnPPipeline``
+(text encoding, VAE encoding, DDIM inversion, batched translation, decoding), then, in the same
+process, replays the same text-encoder batch, the exact sequence of UNet batch shapes of that run
+(``pnp.rows``) as bare UNet calls, and the same VAE work. The ratio of the two is the overhead of
+the implementation over the method's minimum. The model is
 Stable Diffusion 1.5-shaped with random weights (built once, saved, and loaded through the same
 code that loads real weights), or a diffusers folder of real weights.
 """
@@ -25,15 +26,16 @@ import torch
 from PIL import Image
 
 from pnp.config import ConfigError, PnPConfig
-from pnp.editor import PnPEditor
+from pnp.devices import DTYPE_NAMES, default_dtype, dtype_name
 from pnp.images import load_image, resize_for_model
-from pnp.models import DTYPES, default_dtype, quiet_library_output
+from pnp.pipeline import PnPPipeline
+from pnp.rows import inversion_rows, translation_rows
 
 from .machine import OtherLoad, add_machine_options, check_machine_options, environment, model_folder
 from .memory import MemoryTracker
 from .replay import BareReplay
 from .report import format_report, markdown_table, progress_line
-from .schedule import inversion_batches, public_calls, public_rows, translation_batches
+from .schedule import public_calls, public_rows
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROMPTS = (
@@ -54,22 +56,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.rows_only:
         print("\n".join(rows_table(args)))
         return 0
-    quiet_library_output()
     folder = model_folder(args.model, args.cache_dir)
     tracker = MemoryTracker(args.device)
     runs = []
     for dtype in args.dtypes:
-        editor = PnPEditor.from_pretrained(folder, args.device, dtype)
+        pipe = PnPPipeline.from_pretrained(folder, device=args.device, dtype=dtype)
+        pipe.set_progress_bar_config(disable=True)
         for resolution in args.resolutions:
             image = resize_for_model(source_image(args.image, resolution), resolution)
-            replay = BareReplay(editor.pipe, *image.size)
+            replay = BareReplay(pipe, *image.size)
             replay.warm_up(set(), vae=True)
             for count in args.prompts:
                 config = make_config(args, resolution, count)
-                run = measure(editor, replay, tracker, config, image, args.repeats)
+                run = measure(pipe, replay, tracker, config, image, args.repeats)
                 runs.append(run)
                 print(progress_line(run), file=sys.stderr, flush=True)
-        del editor, replay
+        del pipe, replay
     add_prompt_scaling(runs)
     report = {
         "command": "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -137,12 +139,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             setattr(args, name, value)
     if args.dtypes is None:
         everything = ["float16"] if cuda else ["float32", "bfloat16"]
-        args.dtypes = [str(default_dtype(args.device)).removeprefix("torch.")] if args.quick else everything
+        args.dtypes = [dtype_name(default_dtype(args.device))] if args.quick else everything
     if args.repeats < 1:
         parser.error(f"--repeats: {args.repeats} is not a positive whole number")
-    unknown = [name for name in args.dtypes if name not in DTYPES]
+    unknown = [name for name in args.dtypes if name not in DTYPE_NAMES]
     if unknown:
-        parser.error(f"--dtypes: {', '.join(unknown)} not among {', '.join(DTYPES)}")
+        parser.error(f"--dtypes: {', '.join(unknown)} not among {', '.join(DTYPE_NAMES)}")
     try:
         for resolution in args.resolutions:
             for count in args.prompts:
@@ -156,9 +158,9 @@ def make_config(args: argparse.Namespace, resolution: int, count: int) -> PnPCon
     """The translation of one run; prompt texts differ but their cost does not (CLIP pads to 77 tokens)."""
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(count)]
     return PnPConfig(
-        prompts=prompts,
-        steps=args.steps,
-        inversion_steps=args.inversion_steps,
+        prompt=prompts,
+        num_inference_steps=args.steps,
+        num_inversion_steps=args.inversion_steps,
         resolution=resolution,
         max_batch_size=args.max_batch_size,
     )
@@ -174,56 +176,59 @@ def source_image(path: Path | None, resolution: int) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
 
-def measure(editor: PnPEditor, replay: BareReplay, tracker: MemoryTracker, config: PnPConfig, image, repeats: int = 1) -> dict:
-    """A translation through the engine, then its bare replay, ``repeats`` times; the fastest of
-    each, the rows, and the peak memory of both."""
-    scheduler = editor.pipe.scheduler.config
-    inversion = inversion_batches(config, scheduler.num_train_timesteps, scheduler.steps_offset)
-    translation = translation_batches(config)
-    replay.warm_up(set(inversion + translation), vae=False)
-    editor.pipe.encode_prompt(config.prompts, editor.device, 1, False)
+def measure(pipe: PnPPipeline, replay: BareReplay, tracker: MemoryTracker, config: PnPConfig, image, repeats: int = 1) -> dict:
+    """A translation through the pipeline, then its bare replay, ``repeats`` times: the fastest of
+    each with the peak memory of that same repeat, and the rows."""
+    scheduler = pipe.scheduler.config
+    inversion = inversion_rows(config, scheduler.num_train_timesteps, scheduler.steps_offset)
+    translation = translation_rows(config, scheduler.num_train_timesteps, scheduler.steps_offset)
+    texts = 3 + len(config.prompt)  # the empty, source and negative prompts, then the targets
+    replay.warm_up(set(inversion + translation), vae=False, texts=texts)
 
     best = bare = None
     with OtherLoad() as load:
         for _ in range(repeats):
-            # Alternating engine and replay exposes both to the same drift; the fastest of each is the
-            # least disturbed by other work on the machine.
-            with tracker.measure() as engine_memory:
+            # Alternating pipeline and replay exposes both to the same drift; the fastest of each is
+            # the least disturbed by other work on the machine.
+            with tracker.measure() as memory:
                 start = time.perf_counter()
-                result = editor(config, image=image)
+                result = pipe(image=image, **config.as_kwargs())
                 total_s = time.perf_counter() - start
             if best is None or total_s < best[0]:
-                best = (total_s, result.metrics, result.unet_batch_sizes)
+                best = (total_s, result.metrics, memory)
             decodes = len(result.images)
             del result
-            with tracker.measure() as bare_memory:
-                times = replay.run(inversion, translation, decodes)
-            if bare is None or times.total_s < bare.total_s:
-                bare = times
-    total_s, metrics, recorded = best
+            with tracker.measure() as memory:
+                times = replay.run(texts, inversion, translation, decodes)
+            if bare is None or times.total_s < bare[0].total_s:
+                bare = (times, memory)
+    (total_s, metrics, engine_memory), (bare, bare_memory) = best, bare
 
-    count = len(config.prompts)
+    count = len(config.prompt)
+    steps = config.num_inference_steps
     phases = {name: metrics[name] for name in ("encode_prompts_s", "encode_s", "inversion_s", "translation_s", "decode_s")}
     phases["other_s"] = total_s - sum(phases.values())
     return {
-        "dtype": str(editor.dtype).removeprefix("torch."),
+        "dtype": dtype_name(pipe.unet.dtype),
         "resolution": config.resolution,
         "size": list(image.size),
         "prompts": count,
-        "steps": config.steps,
-        "inversion_steps": config.inversion_steps,
+        "steps": steps,
+        "inversion_steps": config.num_inversion_steps,
         "unet_calls": metrics["unet_calls"],
         "unet_rows": metrics["unet_rows"],
         "planned_rows": sum(inversion) + sum(translation),
-        "rows_match_schedule": recorded == inversion + translation,
-        "public_calls": public_calls(count, config.steps),
-        "public_rows": public_rows(count, config.steps),
-        "public_rows_ratio": public_rows(count, config.steps) / metrics["unet_rows"],
+        "rows_match_schedule": (metrics["unet_calls"], metrics["unet_rows"])
+        == (len(inversion) + len(translation), sum(inversion) + sum(translation)),
+        "public_calls": public_calls(count, steps),
+        "public_rows": public_rows(count, steps),
+        "public_rows_ratio": public_rows(count, steps) / metrics["unet_rows"],
         "time": {**phases, "total_s": total_s},
         "seconds_per_image": total_s / count,
         "bare": {**vars(bare), "total_s": bare.total_s},
         "overhead": {
             "total": total_s / bare.total_s,
+            "text": phases["encode_prompts_s"] / bare.text_s,
             "inversion": phases["inversion_s"] / bare.inversion_s,
             "translation": phases["translation_s"] / bare.translation_s,
             "vae": (phases["encode_s"] + phases["decode_s"]) / (bare.encode_s + bare.decode_s),
@@ -263,10 +268,11 @@ def rows_table(args: argparse.Namespace) -> list[str]:
     rows = []
     for count in args.prompts:
         config = make_config(args, args.resolutions[0], count)
-        batches = inversion_batches(config) + translation_batches(config)
-        ours, public = sum(batches), public_rows(count, config.steps)
-        rows.append([count, config.steps, config.inversion_steps, len(batches), ours,
-                     public_calls(count, config.steps), public, f"{public / ours:.1f}x"])
+        batches = inversion_rows(config) + translation_rows(config)
+        steps = config.num_inference_steps
+        ours, public = sum(batches), public_rows(count, steps)
+        rows.append([count, steps, config.num_inversion_steps, len(batches), ours,
+                     public_calls(count, steps), public, f"{public / ours:.1f}x"])
     return markdown_table(
         ["P", "steps", "inversion steps", "UNet calls", "UNet rows", "public calls", "public rows", "public/ours"],
         rows,

@@ -1,14 +1,20 @@
-"""Plug-and-Play Diffusion Features (Tumanyan et al., CVPR 2023) for Stable Diffusion, in memory and batched."""
+"""Plug-and-Play Diffusion Features (Tumanyan et al., CVPR 2023) for Stable Diffusion, in memory and batched.
+
+The public Python API is ``PnPPipeline``, a diffusers pipeline; ``PnPConfig`` is the validated
+set of its translation settings, and ``ConfigError`` / ``ModelError`` the errors it raises for
+bad arguments and unusable models.
+"""
 
 from importlib import import_module
 
 from .config import ConfigError, PnPConfig
+from .models import ModelError
 
-# The editor pulls in torch, diffusers and transformers; importing it lazily lets `python -m pnp`
-# configure those libraries' logging before they load.
-_LAZY = {"PnPEditor": "editor", "PnPResult": "editor", "ModelError": "models", "load_pipeline": "models"}
+# These pull in torch, diffusers and transformers: imported on first use, so that the command
+# line answers --help at once and configures those libraries before they load.
+_LAZY = {"PnPPipeline": "pipeline", "PnPPipelineOutput": "pipeline", "InjectionError": "injection"}
 
-__all__ = ["ConfigError", "PnPConfig", *_LAZY]
+__all__ = ["ConfigError", "ModelError", "PnPConfig", *_LAZY]
 
 
 def __getattr__(name: str):

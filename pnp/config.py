@@ -1,130 +1,132 @@
-"""The one validated configuration of a translation, shared by the CLI, the predictor and the benchmark."""
+"""The one validated, immutable configuration of a translation, shared by every entry point.
+
+Field names are the pipeline's ``__call__`` argument names (diffusers' own where one exists), so
+an error names the argument a Python user passed; the command line and the Cog predictor map
+``ConfigError.param`` to their own names. Torch-free: the command line validates with it before
+any model library is imported.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import numbers
+from dataclasses import dataclass, fields
+
+from .timesteps import MAX_INVERSION_STEPS, inversion_reaches, valid_inversion_steps
 
 NEGATIVE_SCHEDULES = ("constant", "linear", "exp")
-OUTPUT_FORMATS = ("png", "webp", "jpg")
 MAX_PROMPTS = 16
 MAX_SAMPLING_STEPS = 999
-MAX_INVERSION_STEPS = 1000
 MIN_RESOLUTION, MAX_RESOLUTION = 128, 1024
+RESOLUTION_MULTIPLE = 64
+MAX_GUIDANCE_SCALE = 50.0
+MAX_SEED = 2**32 - 1
 
 
 class ConfigError(ValueError):
-    """A parameter has a value the method cannot use; the message names it and what is allowed."""
+    """A parameter has a value the method cannot use.
+
+    ``param`` is the parameter's name and ``reason`` what is wrong and what is allowed; the
+    message is "param: reason".
+    """
+
+    def __init__(self, param: str, reason: str) -> None:
+        super().__init__(f"{param}: {reason}")
+        self.param = param
+        self.reason = reason
+
+    def __reduce__(self):
+        return type(self), (self.param, self.reason)
 
 
-@dataclass
+@dataclass(frozen=True)
 class PnPConfig:
-    """Everything that decides what a translation computes.
+    """Everything that decides what a translation computes, checked when it is made.
 
-    The source is either an input image (passed separately) or ``generation_prompt``.
+    The source is an input image (passed to the pipeline separately) or ``generation_prompt``.
+    Values of the wrong type raise ConfigError; nothing is silently converted, except that a
+    single prompt string becomes a one-prompt tuple and surrounding spaces are stripped.
     """
 
     # Target prompts: one output image each.
-    prompts: list[str] = field(default_factory=lambda: ["A photo of a robot horse"])
+    prompt: tuple[str, ...] = ("A photo of a robot horse",)
     # If set, the source image is generated from this prompt instead of inverting an input image.
-    generation_prompt: str = ""
+    generation_prompt: str | None = None
     # Sampling steps of the translation (and of the generation, in generation mode).
-    steps: int = 50
-    # DDIM inversion steps for a real image (None: as many as sampling steps); must put a
+    num_inference_steps: int = 50
+    # DDIM inversion steps of a real image; None means as many as the sampling steps. Must put a
     # latent on every sampling timestep. Unused in generation mode.
-    inversion_steps: int | None = None
+    num_inversion_steps: int | None = None
     # Classifier-free guidance scale of the translation.
-    scale: float = 10.0
+    guidance_scale: float = 10.0
     # Classifier-free guidance scale of the source generation.
-    generation_scale: float = 5.0
+    generation_guidance_scale: float = 5.0
     # Fraction of sampling steps with residual (conv2) feature injection.
     feature_injection_threshold: float = 0.8
     # Fraction of sampling steps with self-attention Q/K injection.
     attention_injection_threshold: float = 0.5
-    # Pushed away from during translation; empty means no negative prompting.
-    negative_prompt: str = ""
+    # Pushed away from during translation; None (or empty) means no negative prompting.
+    negative_prompt: str | None = None
     # Weight of the unconditional term against the negative one: 1 ignores the negative prompt.
     negative_prompt_alpha: float = 1.0
     negative_prompt_schedule: str = "linear"
     # Short side of the working image in pixels (sides are rounded to multiples of 64).
     resolution: int = 512
-    # Seed of the initial noise of a generated source; real-image translation is deterministic.
-    seed: int = 0
     # Most target prompts in one UNet call; None puts all prompts in one call.
     max_batch_size: int | None = None
-    # How output images are written: png, webp or jpg, and the quality of lossy formats (1-100).
-    output_format: str = "png"
-    output_quality: int = 90
 
     def __post_init__(self) -> None:
-        self.prompts = [p.strip() for p in self.prompts if p and p.strip()]
-        self.generation_prompt = self.generation_prompt.strip()
-        self.negative_prompt = self.negative_prompt.strip()
-        if self.inversion_steps is None:
-            self.inversion_steps = self.steps
-        self.validate()
+        def set_(name, value):  # the one place a frozen field is written: while it is being made
+            object.__setattr__(self, name, value)
 
-    def validate(self) -> None:
-        """Raise ConfigError for the first parameter whose value cannot be used."""
-        if not self.prompts:
-            raise ConfigError("prompts: give at least one non-empty translation prompt")
-        if len(self.prompts) > MAX_PROMPTS:
+        set_("prompt", _prompts(self.prompt))
+        set_("generation_prompt", _optional_text("generation_prompt", self.generation_prompt))
+        set_("negative_prompt", _optional_text("negative_prompt", self.negative_prompt))
+        set_("num_inference_steps", check_int("num_inference_steps", self.num_inference_steps, 1, MAX_SAMPLING_STEPS))
+        if self.num_inversion_steps is None:
+            set_("num_inversion_steps", self.num_inference_steps)
+        set_("num_inversion_steps", check_int("num_inversion_steps", self.num_inversion_steps, 1, MAX_INVERSION_STEPS))
+        if not self.generation_prompt and not inversion_reaches(self.num_inversion_steps, self.num_inference_steps):
             raise ConfigError(
-                f"prompts: {len(self.prompts)} prompts given, at most {MAX_PROMPTS} are allowed per call"
+                "num_inversion_steps",
+                f"{self.num_inversion_steps} inversion steps do not reach every one of the "
+                f"{self.num_inference_steps} sampling timesteps; with {self.num_inference_steps} sampling steps "
+                f"use one of {describe_ranges(valid_inversion_steps(self.num_inference_steps))}",
             )
-        _check_int("steps", self.steps, 1, MAX_SAMPLING_STEPS)
-        _check_int("inversion_steps", self.inversion_steps, 1, MAX_INVERSION_STEPS)
-        if not self.generation_prompt and self.inversion_steps not in valid_inversion_steps(self.steps):
-            raise ConfigError(
-                f"inversion_steps: {self.inversion_steps} inversion steps do not reach every one of the "
-                f"{self.steps} sampling timesteps; with steps={self.steps} use one of "
-                f"{describe_ranges(valid_inversion_steps(self.steps))}"
-            )
-        _check_float("scale", self.scale, 0.0, 50.0)
-        _check_float("generation_scale", self.generation_scale, 0.0, 50.0)
-        _check_float("feature_injection_threshold", self.feature_injection_threshold, 0.0, 1.0)
-        _check_float("attention_injection_threshold", self.attention_injection_threshold, 0.0, 1.0)
-        _check_float("negative_prompt_alpha", self.negative_prompt_alpha, 0.0, 1.0)
-        if self.negative_prompt_schedule not in NEGATIVE_SCHEDULES:
-            raise ConfigError(
-                f"negative_prompt_schedule: {self.negative_prompt_schedule!r} is not one of "
-                f"{', '.join(NEGATIVE_SCHEDULES)}"
-            )
-        _check_int("resolution", self.resolution, MIN_RESOLUTION, MAX_RESOLUTION)
-        if self.resolution % 64:
-            raise ConfigError(f"resolution: {self.resolution} is not a multiple of 64")
-        _check_int("seed", self.seed, 0, 2**32 - 1)
+        for name, high in (("guidance_scale", MAX_GUIDANCE_SCALE), ("generation_guidance_scale", MAX_GUIDANCE_SCALE),
+                           ("feature_injection_threshold", 1.0), ("attention_injection_threshold", 1.0),
+                           ("negative_prompt_alpha", 1.0)):
+            set_(name, check_float(name, getattr(self, name), 0.0, high))
+        set_("negative_prompt_schedule", check_choice("negative_prompt_schedule", self.negative_prompt_schedule, NEGATIVE_SCHEDULES))
+        set_("resolution", check_int("resolution", self.resolution, MIN_RESOLUTION, MAX_RESOLUTION))
+        if self.resolution % RESOLUTION_MULTIPLE:
+            raise ConfigError("resolution", f"{self.resolution} is not a multiple of {RESOLUTION_MULTIPLE}")
         if self.max_batch_size is not None:
-            _check_int("max_batch_size", self.max_batch_size, 1, MAX_PROMPTS)
-        if self.output_format not in OUTPUT_FORMATS:
-            raise ConfigError(f"output_format: {self.output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}")
-        _check_int("output_quality", self.output_quality, 1, 100)
+            set_("max_batch_size", check_int("max_batch_size", self.max_batch_size, 1, MAX_PROMPTS))
+
+    @property
+    def generating(self) -> bool:
+        """Whether the source is generated from ``generation_prompt`` rather than inverted from an image."""
+        return self.generation_prompt is not None
 
     @property
     def feature_injection_steps(self) -> int:
         """Number of leading sampling steps with residual feature injection."""
-        return int(self.steps * self.feature_injection_threshold)
+        return int(self.num_inference_steps * self.feature_injection_threshold)
 
     @property
     def attention_injection_steps(self) -> int:
         """Number of leading sampling steps with attention Q/K injection."""
-        return int(self.steps * self.attention_injection_threshold)
+        return int(self.num_inference_steps * self.attention_injection_threshold)
+
+    def as_kwargs(self) -> dict:
+        """The fields as keyword arguments of ``PnPPipeline.__call__``."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def valid_inversion_steps(steps: int, num_train_timesteps: int = 1000) -> list[int]:
-    """Inversion step counts whose timesteps include every sampling timestep of ``steps`` steps.
-
-    Both schedules use "leading" spacing, t_k = k * (T // n) + offset; the inversion grid must
-    contain every sampling timestep. Inversion never runs past the noisiest one.
-    """
-    stride = num_train_timesteps // steps
-    needed = [k * stride for k in range(steps)]
-    valid = []
-    for m in range(steps, MAX_INVERSION_STEPS + 1):
-        m_stride = num_train_timesteps // m
-        if needed[-1] <= (m - 1) * m_stride and all(t % m_stride == 0 for t in needed):
-            valid.append(m)
-    return valid
+def check_seed(seed: object) -> int:
+    """A seed of a generated source's noise: a whole number from 0 to 2**32 - 1."""
+    return check_int("seed", seed, 0, MAX_SEED)
 
 
 def describe_ranges(values: list[int]) -> str:
@@ -138,15 +140,50 @@ def describe_ranges(values: list[int]) -> str:
     return ", ".join(parts)
 
 
-def _check_int(name: str, value: object, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name}: expected a whole number, got {value!r}")
-    if not low <= value <= high:
-        raise ConfigError(f"{name}: {value} is out of range, use a value from {low} to {high}")
+def _prompts(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) for p in value):
+        raise ConfigError("prompt", f"expected a string or a list of strings, got {value!r}")
+    prompts = tuple(p.strip() for p in value)
+    if not prompts:
+        raise ConfigError("prompt", "give at least one translation prompt")
+    empty = [i + 1 for i, p in enumerate(prompts) if not p]
+    if empty:
+        raise ConfigError("prompt", f"prompt {empty[0]} of {len(prompts)} is empty; every prompt needs some text")
+    if len(prompts) > MAX_PROMPTS:
+        raise ConfigError("prompt", f"{len(prompts)} prompts given, at most {MAX_PROMPTS} are allowed per call")
+    return prompts
 
 
-def _check_float(name: str, value: object, low: float, high: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{name}: expected a number, got {value!r}")
+def _optional_text(name: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(name, f"expected a string or None, got {value!r}")
+    return value.strip() or None
+
+
+def check_int(name: str, value: object, low: int, high: int) -> int:
+    """``value`` as an int if it is a whole number (not a bool) from ``low`` to ``high``, else ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(name, f"expected a whole number, got {value!r}")
     if not low <= value <= high:
-        raise ConfigError(f"{name}: {value} is out of range, use a value from {low:g} to {high:g}")
+        raise ConfigError(name, f"{value} is out of range, use a value from {low} to {high}")
+    return int(value)
+
+
+def check_float(name: str, value: object, low: float, high: float) -> float:
+    """``value`` as a float if it is a finite real number (not a bool) from ``low`` to ``high``, else ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ConfigError(name, f"expected a number, got {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(name, f"{value} is out of range, use a value from {low:g} to {high:g}")
+    return float(value)
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``, else ConfigError."""
+    if value not in choices:
+        raise ConfigError(name, f"{value!r} is not one of {', '.join(choices)}")
+    return value

@@ -1,4 +1,4 @@
-"""DDIM (eta = 0) timesteps and the deterministic step used both to sample and to invert."""
+"""DDIM (eta = 0): a model's noise schedule and the deterministic step used both to sample and to invert."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from dataclasses import dataclass
 import torch
 from diffusers import DDIMScheduler
 
+from .timesteps import inversion_timesteps, sampling_timesteps
+
 
 @dataclass(frozen=True)
 class DDIMSchedule:
-    """The noise schedule of a model: cumulative alphas and "leading" timestep spacing."""
+    """The noise schedule of a model: cumulative alphas and "leading" timestep spacing (``pnp.timesteps``)."""
 
     alphas_cumprod: torch.Tensor  # (num_train_timesteps,) float32
     final_alpha_cumprod: torch.Tensor  # 0-d; the "timestep before the first" (alphas_cumprod[0] for SD)
@@ -28,8 +30,7 @@ class DDIMSchedule:
 
     def timesteps(self, steps: int) -> list[int]:
         """Sampling timesteps, noisiest first: 50 steps give 981, 961, ..., 1."""
-        stride = self.num_train_timesteps // steps
-        return [k * stride + self.steps_offset for k in reversed(range(steps))]
+        return sampling_timesteps(steps, self.num_train_timesteps, self.steps_offset)
 
     def sampling_pairs(self, steps: int) -> list[tuple[int, int | None]]:
         """(t, next cleaner t) for each sampling step; None after the last, the clean end."""
@@ -38,7 +39,7 @@ class DDIMSchedule:
 
     def inversion_timesteps(self, inversion_steps: int, up_to: int) -> list[int]:
         """Inversion timesteps, cleanest first, stopping at ``up_to`` (the noisiest one needed)."""
-        return [t for t in reversed(self.timesteps(inversion_steps)) if t <= up_to]
+        return inversion_timesteps(inversion_steps, up_to, self.num_train_timesteps, self.steps_offset)
 
     def alpha_bar(self, t: int | None) -> torch.Tensor:
         """Cumulative alpha at timestep t; None stands for the clean end of the chain."""

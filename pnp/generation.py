@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from .ddim import DDIMSchedule, ddim_step
 from .guidance import guided_noise
+from .inversion import StepEnd
 from .unet import NoisePredictor
 
 
@@ -18,7 +18,7 @@ def generate(
     cond: torch.Tensor,
     steps: int,
     scale: float,
-    progress: bool = False,
+    step_end: StepEnd | None = None,
 ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     """Sample from ``noise`` (1, 4, h, w) with guidance ``scale``.
 
@@ -26,9 +26,11 @@ def generate(
     """
     embeddings = torch.cat([uncond, cond])
     latents, z = {}, noise
-    for t, t_next in tqdm(schedule.sampling_pairs(steps), desc="generation", disable=not progress):
+    for i, (t, t_next) in enumerate(schedule.sampling_pairs(steps)):
         latents[t] = z
         eps_uncond, eps_cond = predict(torch.cat([z, z]), t, embeddings).chunk(2)
         eps = guided_noise(eps_uncond, None, eps_cond, 1.0, scale)
         z = ddim_step(z, eps, schedule.alpha_bar(t), schedule.alpha_bar(t_next))
+        if step_end is not None and (z := step_end(i, t, z)) is None:
+            break
     return latents, z

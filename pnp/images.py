@@ -1,4 +1,4 @@
-"""Reading, sizing, converting and writing images.
+"""Reading, sizing and converting input images (torch-free; writing outputs is ``pnp.outputs``).
 
 Sizing rule: scale so the short side is ``resolution``, but never let the long side exceed
 ``MAX_LONG_SIDE`` times ``resolution`` (longer images are shrunk further to fit), then round each
@@ -9,22 +9,21 @@ is, without resampling.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .config import ConfigError
 
 MAX_LONG_SIDE = 2  # the long side is at most this many times the requested resolution
 MAX_ASPECT = 8  # more extreme strips would lose their short side to the 64-px rounding
 SIZE_MULTIPLE = 64
-SAVE_FORMATS = {"png": "PNG", "webp": "WEBP", "jpg": "JPEG"}
 
 
-class ImageError(ValueError):
-    """An input image cannot be used; the message says why."""
+class ImageError(ConfigError):
+    """An input image cannot be used; raised as ImageError("image", reason)."""
 
 
 def load_image(source: str | Path | BinaryIO) -> Image.Image:
@@ -41,9 +40,9 @@ def load_image(source: str | Path | BinaryIO) -> Image.Image:
             image = ImageOps.exif_transpose(image)
             return to_rgb(image)
     except FileNotFoundError:
-        raise ImageError(f"image: no file at {name}") from None
+        raise ImageError("image", f"no file at {name}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ImageError(f"image: {name} is not a readable image ({err})") from None
+        raise ImageError("image", f"{name} is not a readable image ({err})") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -65,7 +64,7 @@ def working_size(width: int, height: int, resolution: int) -> tuple[int, int]:
     """The (width, height) a (width, height) image is translated at; see the module docstring."""
     if max(width, height) > MAX_ASPECT * min(width, height):
         raise ImageError(
-            f"image: {width}x{height} is more than {MAX_ASPECT} times longer than wide; crop it first"
+            "image", f"{width}x{height} is more than {MAX_ASPECT} times longer than wide; crop it first"
         )
     scale = min(resolution / min(width, height), MAX_LONG_SIDE * resolution / max(width, height))
     return _round_side(width * scale), _round_side(height * scale)
@@ -77,32 +76,6 @@ def resize_for_model(image: Image.Image, resolution: int) -> Image.Image:
     if size == image.size:
         return image
     return image.resize(size, Image.Resampling.LANCZOS)
-
-
-def image_to_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB image -> (1, 3, H, W) float32 in [-1, 1]."""
-    array = np.asarray(image, dtype=np.float32) / 127.5 - 1
-    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
-
-
-def tensor_to_image(decoded: torch.Tensor) -> Image.Image:
-    """VAE output (1, 3, H, W) in about [-1, 1] -> RGB image: clamp(x / 2 + 0.5, 0, 1) * 255, rounded."""
-    pixels = (decoded[0].float() / 2 + 0.5).clamp(0, 1) * 255
-    return Image.fromarray(pixels.round().to(torch.uint8).permute(1, 2, 0).cpu().numpy(), "RGB")
-
-
-def save_image(image: Image.Image, path: str | Path, output_format: str, quality: int) -> Path:
-    """Write png, webp or jpg; quality (1-100) applies to the lossy formats. Written whole or not at all."""
-    if output_format not in SAVE_FORMATS:
-        raise ImageError(f"output_format: {output_format!r} is not one of {', '.join(SAVE_FORMATS)}")
-    buffer = io.BytesIO()
-    options = {} if output_format == "png" else {"quality": quality}
-    image.save(buffer, SAVE_FORMATS[output_format], **options)
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(buffer.getvalue())
-    partial.replace(path)
-    return path
 
 
 def _round_side(side: float) -> int:

@@ -1,16 +1,18 @@
-"""The source trajectory of a real image: VAE encoding and DDIM inversion, all in memory."""
+"""The source trajectory of a real image: DDIM inversion, all in memory."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from PIL import Image
-from tqdm.auto import tqdm
 
 from .ddim import DDIMSchedule, ddim_step
-from .images import image_to_tensor
 from .unet import NoisePredictor
+
+# Called after every step with (step index, timestep, latents); returns the latents to go on
+# with, or None to stop the loop (the pipeline's interrupt).
+StepEnd = Callable[[int, int, torch.Tensor], "torch.Tensor | None"]
 
 
 @dataclass
@@ -19,13 +21,6 @@ class Trajectory:
 
     latents: dict[int, torch.Tensor]  # timestep -> (1, 4, h, w) float32
     embedding: torch.Tensor  # (1, 77, D): the empty prompt for real images, the generation prompt otherwise
-    image: Image.Image | None = None  # the generated source image, in generation mode
-
-
-def encode_image(vae, image: Image.Image) -> torch.Tensor:
-    """Latent of an RGB image: the VAE posterior mean times the scaling factor (no sampling noise)."""
-    pixels = image_to_tensor(image).to(vae.device, vae.dtype)
-    return vae.encode(pixels).latent_dist.mean.float() * vae.config.scaling_factor
 
 
 def invert(
@@ -33,23 +28,26 @@ def invert(
     schedule: DDIMSchedule,
     latent: torch.Tensor,
     embedding: torch.Tensor,
-    needed: list[int],
+    steps: int,
     inversion_steps: int,
-    progress: bool = False,
+    step_end: StepEnd | None = None,
 ) -> dict[int, torch.Tensor]:
-    """DDIM-invert ``latent`` with ``inversion_steps`` steps, keeping it at each timestep in ``needed``.
+    """DDIM-invert ``latent`` with ``inversion_steps`` steps, keeping it at each of the ``steps`` sampling timesteps.
 
     Step i evaluates the UNet at t_i on the latent at t_{i-1} (Song et al. 2021, Sec. 4.3); the
-    inversion stops at the noisiest needed timestep, since nothing later is used.
+    inversion stops at the noisiest sampling timestep, since nothing later is used.
     """
-    path = schedule.inversion_timesteps(inversion_steps, up_to=max(needed))
+    needed = schedule.timesteps(steps)
+    path = schedule.inversion_timesteps(inversion_steps, up_to=needed[0])
     missing = set(needed) - set(path)
     if missing:
-        raise ValueError(f"inversion_steps: {inversion_steps} steps never reach timesteps {sorted(missing)[:5]}")
+        raise ValueError(f"{inversion_steps} inversion steps never reach timesteps {sorted(missing)[:5]}")
     kept, previous, z = {}, None, latent
-    for t in tqdm(path, desc="inversion", disable=not progress):
+    for i, t in enumerate(path):
         eps = predict(z, t, embedding)
         z = ddim_step(z, eps, schedule.alpha_bar(previous), schedule.alpha_bar(t))
+        if step_end is not None and (z := step_end(i, t, z)) is None:
+            break
         if t in needed:
             kept[t] = z
         previous = t

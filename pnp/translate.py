@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
-from .config import PnPConfig
 from .ddim import DDIMSchedule, ddim_step
-from .guidance import guided_noise, negative_prompt_alphas
-from .injection import FeatureInjector
-from .inversion import Trajectory
+from .guidance import guided_noise
+from .injection import FeatureInjector, InjectionLayers
+from .inversion import StepEnd, Trajectory
+from .rows import TranslationStep, UNetCall
 from .unet import NoisePredictor
 
 
@@ -29,50 +28,46 @@ def translate(
     ddim: DDIMSchedule,
     source: Trajectory,
     prompts: Prompts,
-    config: PnPConfig,
-    progress: bool = False,
+    plan: list[TranslationStep],
+    scale: float,
+    layers: InjectionLayers,
+    step_end: StepEnd | None = None,
 ) -> torch.Tensor:
     """Sample one latent per target prompt from the source's noisiest latent; returns (P, 4, h, w).
 
-    Each step runs, per chunk of at most ``max_batch_size`` prompts, one UNet call on
-    [source row (first chunk, inside an injection window only), uncond/negative rows, cond rows].
+    Each step runs the UNet calls of its ``plan`` entry (``pnp.rows``): per chunk of prompts,
+    [source row (inside an injection window, first chunk only), one block of rows per guidance term].
     """
-    count = len(prompts.targets)
-    size = config.max_batch_size or count
-    chunks = [slice(start, min(start + size, count)) for start in range(0, count, size)]
-    pairs = ddim.sampling_pairs(config.steps)
-    alphas = negative_prompt_alphas(config.negative_prompt_schedule, config.negative_prompt_alpha, config.steps)
-    x = source.latents[pairs[0][0]].repeat(count, 1, 1, 1)
-    with FeatureInjector(predict.unet) as injector:
-        for i, (t, t_next) in enumerate(tqdm(pairs, desc="translation", disable=not progress)):
-            residual = i < config.feature_injection_steps
-            attention = i < config.attention_injection_steps
-            for chunk_index, rows in enumerate(chunks):
-                with_source = (residual or attention) and chunk_index == 0
-                injector.set_step(residual, attention, with_source)
-                source_latent = source.latents[t] if with_source else None
-                eps = _guided_eps(predict, t, x[rows], source_latent, source.embedding, prompts, rows, alphas[i], config.scale)
-                x[rows] = ddim_step(x[rows], eps, ddim.alpha_bar(t), ddim.alpha_bar(t_next))
+    x = source.latents[plan[0].timestep].repeat(len(prompts.targets), 1, 1, 1)
+    t_next = [step.timestep for step in plan[1:]] + [None]
+    with FeatureInjector(predict.unet, layers) as injector:
+        for step, following in zip(plan, t_next):
+            t = step.timestep
+            for call in step.calls:
+                rows = slice(call.prompts.start, call.prompts.stop)
+                injector.set_step(step.residual, step.attention, call.source)
+                eps = _guided_eps(predict, t, x[rows], call, source, prompts, step.alpha, scale)
+                x[rows] = ddim_step(x[rows], eps, ddim.alpha_bar(t), ddim.alpha_bar(following))
+            if step_end is not None and (x := step_end(step.index, t, x)) is None:
+                break
     return x
 
 
-def _guided_eps(predict, t, x, source_latent, source_embedding, prompts, rows, alpha, scale) -> torch.Tensor:
-    """One UNet call for a chunk of k prompts, only with the rows this step's guidance weights need."""
+def _guided_eps(predict, t, x, call: UNetCall, source: Trajectory, prompts: Prompts, alpha, scale) -> torch.Tensor:
+    """One UNet call for a chunk of k prompts, with the rows its plan lists."""
     k = x.shape[0]
-    terms = []  # (name, embeddings) in batch order, k rows each
-    if prompts.negative is None or alpha > 0:
-        terms.append(("uncond", prompts.uncond.expand(k, -1, -1)))
-    if prompts.negative is not None and alpha < 1:
-        terms.append(("negative", prompts.negative.expand(k, -1, -1)))
-    terms.append(("cond", prompts.targets[rows]))
-
-    latents = [x] * len(terms)
-    embeddings = [e for _, e in terms]
-    if source_latent is not None:
-        latents.insert(0, source_latent)
-        embeddings.insert(0, source_embedding)
-    eps = predict(torch.cat(latents), t, torch.cat(embeddings))
-    if source_latent is not None:
+    embeddings = {
+        "uncond": prompts.uncond.expand(k, -1, -1),
+        "negative": prompts.negative.expand(k, -1, -1) if prompts.negative is not None else None,
+        "cond": prompts.targets[call.prompts.start : call.prompts.stop],
+    }
+    latents = [x] * len(call.terms)
+    texts = [embeddings[term] for term in call.terms]
+    if call.source:
+        latents.insert(0, source.latents[t])
+        texts.insert(0, source.embedding)
+    eps = predict(torch.cat(latents), t, torch.cat(texts))
+    if call.source:
         eps = eps[1:]
-    parts = dict(zip((name for name, _ in terms), eps.split(k)))
+    parts = dict(zip(call.terms, eps.split(k)))
     return guided_noise(parts.get("uncond"), parts.get("negative"), parts["cond"], alpha, scale)

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .models import DEFAULT_MODEL, ModelError, _first_line
+from .models import DEFAULT_MODEL, ModelError, first_line
 
 WEIGHTS_ENV = "PNP_WEIGHTS"
 MODEL_ENV = "PNP_MODEL"
@@ -80,7 +80,7 @@ def download_weights(model: str, out: str | Path) -> Path:
         except ModelError:
             raise
         except Exception as err:  # noqa: BLE001
-            raise ModelError(f"downloading {model} failed ({_first_line(err)})") from err
+            raise ModelError(f"downloading {model} failed ({first_line(err)})") from err
         for name in files:
             if name.endswith(FP16_SUFFIX):
                 (partial / name).rename(partial / name.replace(FP16_SUFFIX, ".safetensors"))

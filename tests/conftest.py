@@ -1,20 +1,28 @@
-"""Shared fixtures: a tiny random-weight Stable Diffusion model, saved and loaded through the real loader."""
+"""Shared fixtures: a tiny random-weight Stable Diffusion model, saved and loaded through the real loader.
+
+Torch runs with one intra-op thread here and in every subprocess the tests start: on a 2-core
+machine several test processes with default threads oversubscribe the cores (the suite took six
+times longer). No tolerance in the suite depends on the thread count.
+"""
 
 import os
 
+os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from pnp.environment import configure_libraries  # noqa: E402
+
+configure_libraries()
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pnp.editor import PnPEditor  # noqa: E402
-from pnp.models import load_pipeline, quiet_library_output  # noqa: E402
+from pnp.pipeline import PnPPipeline  # noqa: E402
 from pnp.random_models import save_random_pipeline  # noqa: E402
 
-quiet_library_output()
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -23,10 +31,17 @@ def tiny_model_dir(tmp_path_factory):
     return save_random_pipeline("tiny", tmp_path_factory.mktemp("models") / "tiny")
 
 
+def load_tiny(folder) -> PnPPipeline:
+    """The tiny model as a float32 CPU pipeline without progress bars."""
+    pipe = PnPPipeline.from_pretrained(folder, device="cpu", dtype="float32")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 @pytest.fixture(scope="session")
-def editor(tiny_model_dir):
-    """A float32 CPU editor on the tiny model, shared by the tests that leave it clean."""
-    return PnPEditor(load_pipeline(tiny_model_dir, device="cpu", dtype=torch.float32))
+def pipe(tiny_model_dir):
+    """A float32 CPU pipeline on the tiny model, shared by the tests that leave it clean."""
+    return load_tiny(tiny_model_dir)
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from benchmarks.run import main
-from benchmarks.schedule import inversion_batches, public_rows, translation_batches
+from benchmarks.schedule import public_rows
 from pnp.config import PnPConfig
+from pnp.rows import inversion_rows, translation_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_STEPS = 10  # what --quick promises in the command's help
@@ -69,7 +70,7 @@ def test_times_add_up_and_ratios_are_positive(quick):
         assert sum(phases.values()) == pytest.approx(run["time"]["total_s"])
         assert run["seconds_per_image"] * run["prompts"] == pytest.approx(run["time"]["total_s"])
         assert run["bare"]["total_s"] == pytest.approx(
-            sum(run["bare"][k] for k in ("encode_s", "inversion_s", "translation_s", "decode_s"))
+            sum(run["bare"][k] for k in ("text_s", "encode_s", "inversion_s", "translation_s", "decode_s"))
         )
         assert run["overhead"]["total"] == pytest.approx(run["time"]["total_s"] / run["bare"]["total_s"])
         assert all(v > 0 for v in run["overhead"].values())
@@ -101,30 +102,27 @@ def test_tables_are_printed(quick):
     ],
 )
 def test_inversion_stops_at_the_noisiest_sampling_timestep(steps, inversion_steps, expected_calls):
-    config = PnPConfig(steps=steps, inversion_steps=inversion_steps, resolution=128)
-    assert inversion_batches(config) == [1] * expected_calls
+    config = PnPConfig(num_inference_steps=steps, num_inversion_steps=inversion_steps, resolution=128)
+    assert inversion_rows(config) == [1] * expected_calls
 
 
 def test_translation_plan_with_chunks():
-    config = PnPConfig(prompts=["a", "b", "c"], steps=5, resolution=128, max_batch_size=2)
+    config = PnPConfig(prompt=["a", "b", "c"], num_inference_steps=5, resolution=128, max_batch_size=2)
     # int(0.8 * 5) = 4 steps carry the source row, in the first chunk only.
-    assert translation_batches(config) == [5, 2] * 4 + [4, 2]
+    assert translation_rows(config) == [5, 2] * 4 + [4, 2]
     assert public_rows(3, 5) == 999 + 999 + 45
 
 
-@pytest.fixture
-def one_thread():
-    # Tiny convolutions on two threads slow down tenfold when another process holds a core.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_plan_matches_the_engine_with_chunks_and_uneven_inversion(editor, photo, one_thread):
-    config = PnPConfig(prompts=["a", "b", "c"], steps=4, inversion_steps=8, resolution=128, max_batch_size=2)
-    result = editor(config, image=photo)
-    assert result.unet_batch_sizes == inversion_batches(config) + translation_batches(config)
+def test_plan_matches_the_pipeline_with_chunks_and_uneven_inversion(pipe, photo):
+    config = PnPConfig(prompt=["a", "b", "c"], num_inference_steps=4, num_inversion_steps=8, resolution=128,
+                       max_batch_size=2)
+    rows = []
+    handle = pipe.unet.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    try:
+        pipe(image=photo, output_type="latent", **config.as_kwargs())
+    finally:
+        handle.remove()
+    assert rows == inversion_rows(config) + translation_rows(config)
 
 
 def test_rows_only_prints_the_default_schedule_without_running(capsys):

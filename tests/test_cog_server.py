@@ -16,7 +16,8 @@ import requests
 from PIL import Image
 
 from cog_server import FAST, FORM_ORDER, CogServer, data_uri, decode_data_uri, sample_photo, write_schema
-from pnp.config import MAX_RESOLUTION, MAX_SAMPLING_STEPS, MIN_RESOLUTION, NEGATIVE_SCHEDULES, OUTPUT_FORMATS
+from pnp.config import MAX_RESOLUTION, MAX_SAMPLING_STEPS, MIN_RESOLUTION, NEGATIVE_SCHEDULES
+from pnp.outputs import OUTPUT_FORMATS
 
 SERVER_ENV = {"PNP_DEVICE": "cpu", "PNP_DTYPE": "float32", "HF_HUB_OFFLINE": "1"}
 

@@ -1,46 +1,93 @@
-"""One validated configuration: every bad value names its parameter and what is allowed."""
+"""One validated, immutable configuration: every bad value or type names its parameter and what is allowed."""
 
+import dataclasses
+import pickle
+
+import numpy as np
 import pytest
 
-from pnp.config import ConfigError, PnPConfig, describe_ranges, valid_inversion_steps
+from pnp.config import ConfigError, PnPConfig, check_seed, describe_ranges
+from pnp.timesteps import inversion_reaches, leading_timesteps, valid_inversion_steps
 
 
 @pytest.mark.parametrize(
     "changes,parameter",
     [
-        (dict(prompts=[]), "prompts"),
-        (dict(prompts=["  ", ""]), "prompts"),
-        (dict(prompts=[f"p{i}" for i in range(17)]), "prompts"),
-        (dict(steps=0), "steps"),
-        (dict(steps=1000), "steps"),
-        (dict(steps=2.5), "steps"),
-        (dict(inversion_steps=0), "inversion_steps"),
-        (dict(inversion_steps=1001), "inversion_steps"),
-        (dict(inversion_steps=70), "inversion_steps"),
+        (dict(prompt=[]), "prompt"),
+        (dict(prompt=["  ", ""]), "prompt"),
+        (dict(prompt=["a cat", ""]), "prompt"),
+        (dict(prompt=[f"p{i}" for i in range(17)]), "prompt"),
+        (dict(prompt=None), "prompt"),
+        (dict(prompt=[b"a cat"]), "prompt"),
+        (dict(prompt=["a cat", 3]), "prompt"),
+        (dict(generation_prompt=5), "generation_prompt"),
+        (dict(negative_prompt=["ugly"]), "negative_prompt"),
+        (dict(num_inference_steps=0), "num_inference_steps"),
+        (dict(num_inference_steps=1000), "num_inference_steps"),
+        (dict(num_inference_steps=2.5), "num_inference_steps"),
+        (dict(num_inference_steps=2.0), "num_inference_steps"),
+        (dict(num_inference_steps="50"), "num_inference_steps"),
+        (dict(num_inference_steps=True), "num_inference_steps"),
+        (dict(num_inversion_steps=0), "num_inversion_steps"),
+        (dict(num_inversion_steps=1001), "num_inversion_steps"),
+        (dict(num_inversion_steps=70), "num_inversion_steps"),
         (dict(feature_injection_threshold=1.5), "feature_injection_threshold"),
         (dict(attention_injection_threshold=-0.1), "attention_injection_threshold"),
         (dict(feature_injection_threshold=float("nan")), "feature_injection_threshold"),
+        (dict(feature_injection_threshold="0.5"), "feature_injection_threshold"),
         (dict(negative_prompt_alpha=2), "negative_prompt_alpha"),
         (dict(negative_prompt_schedule="cosine"), "negative_prompt_schedule"),
-        (dict(scale=-1), "scale"),
+        (dict(negative_prompt_schedule=None), "negative_prompt_schedule"),
+        (dict(guidance_scale=-1), "guidance_scale"),
+        (dict(guidance_scale=None), "guidance_scale"),
+        (dict(generation_guidance_scale=51), "generation_guidance_scale"),
         (dict(resolution=500), "resolution"),
         (dict(resolution=64), "resolution"),
         (dict(resolution=2048), "resolution"),
-        (dict(seed=-1), "seed"),
+        (dict(resolution=512.0), "resolution"),
         (dict(max_batch_size=0), "max_batch_size"),
-        (dict(output_format="gif"), "output_format"),
-        (dict(output_quality=0), "output_quality"),
     ],
 )
-def test_bad_values_name_the_parameter(changes, parameter):
+def test_bad_values_and_types_name_the_parameter(changes, parameter):
     with pytest.raises(ConfigError) as error:
         PnPConfig(**changes)
-    assert str(error.value).startswith(f"{parameter}:")
+    assert error.value.param == parameter
+    assert str(error.value) == f"{parameter}: {error.value.reason}"
+
+
+def test_a_single_prompt_string_is_one_prompt_not_its_letters():
+    assert PnPConfig(prompt="a cat").prompt == ("a cat",)
+    assert PnPConfig(prompt=[" a cat ", "a dog"]).prompt == ("a cat", "a dog")
+
+
+def test_the_config_is_immutable():
+    config = PnPConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.num_inference_steps = 0
+    assert isinstance(config.prompt, tuple)
+
+
+def test_none_means_not_given_for_optional_texts():
+    config = PnPConfig(generation_prompt=None, negative_prompt="  ")
+    assert config.generation_prompt is None and not config.generating
+    assert config.negative_prompt is None
+    assert PnPConfig(generation_prompt=" a horse ").generation_prompt == "a horse"
+
+
+def test_numbers_of_numpy_types_are_plain_numbers():
+    config = PnPConfig(num_inference_steps=np.int64(10), guidance_scale=np.float32(7.5))
+    assert type(config.num_inference_steps) is int and type(config.guidance_scale) is float
+
+
+def test_config_errors_survive_pickling_as_cogs_worker_sends_them():
+    error = pickle.loads(pickle.dumps(ConfigError("resolution", "500 is not a multiple of 64")))
+    assert (error.param, error.reason, str(error)) == ("resolution", "500 is not a multiple of 64",
+                                                      "resolution: 500 is not a multiple of 64")
 
 
 def test_inversion_steps_error_lists_the_values_that_work():
     with pytest.raises(ConfigError, match="use one of 50, 99-100, 197-200, 246-250, 491-500, 981-1000"):
-        PnPConfig(steps=50, inversion_steps=70)
+        PnPConfig(num_inference_steps=50, num_inversion_steps=70)
 
 
 def test_valid_inversion_steps_all_reach_every_sampling_timestep():
@@ -54,18 +101,31 @@ def test_valid_inversion_steps_all_reach_every_sampling_timestep():
         for m in set(range(1, 1001)) - set(valid_inversion_steps(steps)):
             grid = {k * (1000 // m) for k in range(m)}
             assert not sampling <= grid, (steps, m)
+            assert not inversion_reaches(m, steps)
+
+
+def test_leading_timesteps():
+    assert leading_timesteps(50)[:3] == [1, 21, 41] and leading_timesteps(50)[-1] == 981
+    assert leading_timesteps(3) == [1, 334, 667]
 
 
 def test_generation_mode_does_not_check_inversion_steps():
-    assert PnPConfig(generation_prompt="a horse", steps=30, inversion_steps=50).steps == 30
+    config = PnPConfig(generation_prompt="a horse", num_inference_steps=30, num_inversion_steps=50)
+    assert config.num_inference_steps == 30
 
 
-def test_defaults_and_normalisation():
-    config = PnPConfig(prompts=[" a cat ", "", "a dog"], steps=30, negative_prompt="  ")
-    assert config.prompts == ["a cat", "a dog"]
-    assert config.inversion_steps == 30
-    assert config.negative_prompt == ""
+def test_defaults():
+    config = PnPConfig(num_inference_steps=30)
+    assert config.num_inversion_steps == 30
     assert (config.feature_injection_steps, config.attention_injection_steps) == (24, 15)
+    assert config.as_kwargs()["num_inversion_steps"] == 30
+
+
+def test_seed_range():
+    assert check_seed(2**32 - 1) == 2**32 - 1
+    for bad in (-1, 2**32, 1.0, "7"):
+        with pytest.raises(ConfigError, match="^seed: "):
+            check_seed(bad)
 
 
 def test_describe_ranges():

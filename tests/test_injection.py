@@ -5,8 +5,10 @@ import torch
 from helpers import all_hooks
 
 from pnp import translate as translate_module
-from pnp.config import PnPConfig
-from pnp.injection import ATTENTION_LAYERS, RESIDUAL_LAYER, FeatureInjector
+from pnp.injection import SD_LAYERS, FeatureInjector
+
+ATTENTION_LAYERS = SD_LAYERS.attention
+[RESIDUAL_LAYER] = SD_LAYERS.residual
 
 # The paper's decoder layers 4-11, written out from the method's description (not from the code).
 EXPECTED_ATTENTION = {
@@ -21,8 +23,8 @@ EXPECTED_ATTENTION = {
 }
 
 
-def test_layers_are_the_papers(editor):
-    modules = dict(editor.pipe.unet.named_modules())
+def test_layers_are_the_papers(pipe):
+    modules = dict(pipe.unet.named_modules())
     assert set(ATTENTION_LAYERS) == EXPECTED_ATTENTION
     assert RESIDUAL_LAYER == "up_blocks.1.resnets.1.conv2"
     for name in [RESIDUAL_LAYER, *ATTENTION_LAYERS]:
@@ -59,16 +61,16 @@ UNTOUCHED = [
 ]
 
 
-def _unet_inputs(editor):
+def _unet_inputs(pipe):
     generator = torch.Generator().manual_seed(0)
     latents = torch.randn(3, 4, 16, 16, generator=generator)
-    embeddings, _ = editor.pipe.encode_prompt(["", "a cat", "a dog"], "cpu", 1, False)
+    embeddings, _ = pipe.encode_prompt(["", "a cat", "a dog"], "cpu", 1, False)
     return latents, embeddings
 
 
-def _run(editor, residual, attention, injected=True):
-    unet = editor.pipe.unet
-    latents, embeddings = _unet_inputs(editor)
+def _run(pipe, residual, attention, injected=True):
+    unet = pipe.unet
+    latents, embeddings = _unet_inputs(pipe)
     with torch.inference_mode(), FeatureInjector(unet) as injector:
         injector.set_step(residual, attention, source_in_batch=True)
         if not injected:
@@ -85,8 +87,8 @@ def _rows_equal_source(tensor):
     return all(torch.equal(tensor[row], tensor[0]) for row in range(1, tensor.shape[0]))
 
 
-def test_inside_both_windows_targets_get_source_qk_and_residual_but_not_v(editor):
-    eps, out = _run(editor, residual=True, attention=True)
+def test_inside_both_windows_targets_get_source_qk_and_residual_but_not_v(pipe):
+    eps, out = _run(pipe, residual=True, attention=True)
     assert _rows_equal_source(out[RESIDUAL_LAYER])
     for layer in ATTENTION_LAYERS:
         assert _rows_equal_source(out[f"{layer}.to_q"]), layer
@@ -96,41 +98,41 @@ def test_inside_both_windows_targets_get_source_qk_and_residual_but_not_v(editor
         assert not torch.equal(out[name][1], out[name][0]), name
 
 
-def test_source_row_is_never_modified(editor):
-    plain_eps, plain = _run(editor, False, False, injected=False)
-    eps, out = _run(editor, residual=True, attention=True)
+def test_source_row_is_never_modified(pipe):
+    plain_eps, plain = _run(pipe, False, False, injected=False)
+    eps, out = _run(pipe, residual=True, attention=True)
     assert torch.equal(eps[0], plain_eps[0])
     for name in [RESIDUAL_LAYER, *PROJECTIONS]:
         assert torch.equal(out[name][0], plain[name][0]), name
     assert not torch.equal(eps[1], plain_eps[1])
 
 
-def test_outside_the_windows_nothing_changes(editor):
-    plain_eps, plain = _run(editor, False, False, injected=False)
-    eps, out = _run(editor, residual=False, attention=False)
+def test_outside_the_windows_nothing_changes(pipe):
+    plain_eps, plain = _run(pipe, False, False, injected=False)
+    eps, out = _run(pipe, residual=False, attention=False)
     assert torch.equal(eps, plain_eps)
     for name in plain:
         assert torch.equal(out[name], plain[name]), name
 
 
-def test_residual_window_alone_copies_only_conv2(editor):
-    _, out = _run(editor, residual=True, attention=False)
+def test_residual_window_alone_copies_only_conv2(pipe):
+    _, out = _run(pipe, residual=True, attention=False)
     assert _rows_equal_source(out[RESIDUAL_LAYER])
     for layer in ATTENTION_LAYERS:
         assert not torch.equal(out[f"{layer}.to_q"][1], out[f"{layer}.to_q"][0]), layer
 
 
-def test_attention_window_alone_copies_only_qk(editor):
-    _, out = _run(editor, residual=False, attention=True)
+def test_attention_window_alone_copies_only_qk(pipe):
+    _, out = _run(pipe, residual=False, attention=True)
     assert not torch.equal(out[RESIDUAL_LAYER][1], out[RESIDUAL_LAYER][0])
     for layer in ATTENTION_LAYERS:
         assert _rows_equal_source(out[f"{layer}.to_q"]), layer
         assert _rows_equal_source(out[f"{layer}.to_k"]), layer
 
 
-def test_a_call_without_the_source_row_gets_the_kept_source_features(editor):
-    unet = editor.pipe.unet
-    latents, embeddings = _unet_inputs(editor)
+def test_a_call_without_the_source_row_gets_the_kept_source_features(pipe):
+    unet = pipe.unet
+    latents, embeddings = _unet_inputs(pipe)
     with torch.inference_mode(), FeatureInjector(unet) as injector:
         injector.set_step(True, True, source_in_batch=True)
         capture = Capture(unet, [RESIDUAL_LAYER, *PROJECTIONS])
@@ -145,7 +147,7 @@ def test_a_call_without_the_source_row_gets_the_kept_source_features(editor):
 
 
 @pytest.mark.parametrize("steps,f,a", [(7, 0.8, 0.5), (10, 0.35, 0.95), (6, 0.0, 1.0)])
-def test_injected_step_counts_are_int_of_n_times_threshold(editor, photo, monkeypatch, steps, f, a):
+def test_injected_step_counts_are_int_of_n_times_threshold(pipe, photo, monkeypatch, steps, f, a):
     """Count, per translation step, whether target rows really carry the source's Q/K and conv2."""
     records = []
 
@@ -163,12 +165,9 @@ def test_injected_step_counts_are_int_of_n_times_threshold(editor, photo, monkey
             super().__exit__(*exc)
 
     monkeypatch.setattr(translate_module, "FeatureInjector", RecordingInjector)
-    config = PnPConfig(
-        prompts=["a cat"], steps=steps, inversion_steps=steps, resolution=128,
-        feature_injection_threshold=f, attention_injection_threshold=a,
-    )
-    editor(config, photo)
-    assert all_hooks(editor.pipe.unet) == []
+    pipe(prompt="a cat", image=photo, num_inference_steps=steps, resolution=128,
+         feature_injection_threshold=f, attention_injection_threshold=a, output_type="latent")
+    assert all_hooks(pipe.unet) == []
     assert len(records) == steps
     residual = [_rows_equal_source(r[RESIDUAL_LAYER]) and r[RESIDUAL_LAYER].shape[0] == 3 for r in records]
     query = [_rows_equal_source(r[f"{ATTENTION_LAYERS[-1]}.to_q"]) and r[RESIDUAL_LAYER].shape[0] == 3 for r in records]

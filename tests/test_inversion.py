@@ -6,13 +6,14 @@ from diffusers import DDIMInverseScheduler, DDIMScheduler
 
 from pnp.ddim import DDIMSchedule, ddim_step
 from pnp.generation import generate
-from pnp.inversion import encode_image, invert
+from pnp.inversion import invert
 from pnp.unet import NoisePredictor
+from pnp.vae import encode, image_to_tensor
 
 
 @pytest.fixture(scope="module")
-def schedule(editor):
-    return DDIMSchedule.from_config(editor.pipe.scheduler.config)
+def schedule(pipe):
+    return DDIMSchedule.from_config(pipe.scheduler.config)
 
 
 def test_timesteps_are_leading_with_offset(schedule):
@@ -24,14 +25,14 @@ def test_timesteps_are_leading_with_offset(schedule):
 
 
 @pytest.mark.parametrize("steps", [5, 10])
-def test_inversion_matches_diffusers_ddim_inverse_scheduler(editor, schedule, photo, steps):
-    unet = editor.pipe.unet
+def test_inversion_matches_diffusers_ddim_inverse_scheduler(pipe, schedule, photo, steps):
+    unet = pipe.unet
     with torch.inference_mode():
-        latent = encode_image(editor.pipe.vae, photo.resize((128, 128)))
-        embedding, _ = editor.pipe.encode_prompt([""], "cpu", 1, False)
-        ours = invert(NoisePredictor(unet), schedule, latent, embedding, schedule.timesteps(steps), steps)
+        latent = encode(pipe.vae, image_to_tensor(photo.resize((128, 128))))
+        embedding, _ = pipe.encode_prompt([""], "cpu", 1, False)
+        ours = invert(NoisePredictor(unet), schedule, latent, embedding, steps, steps)
 
-        inverse = DDIMInverseScheduler.from_config(editor.pipe.scheduler.config)
+        inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config)
         inverse.set_timesteps(steps)
         z = latent
         for t in inverse.timesteps:
@@ -41,8 +42,8 @@ def test_inversion_matches_diffusers_ddim_inverse_scheduler(editor, schedule, ph
     assert sorted(ours) == sorted(schedule.timesteps(steps))
 
 
-def test_sampling_step_matches_diffusers_ddim_scheduler(editor, schedule):
-    reference = DDIMScheduler.from_config(editor.pipe.scheduler.config)
+def test_sampling_step_matches_diffusers_ddim_scheduler(pipe, schedule):
+    reference = DDIMScheduler.from_config(pipe.scheduler.config)
     reference.set_timesteps(10)
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     eps = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
@@ -69,7 +70,7 @@ def _round_trip_error(schedule, steps, std=0.5):
     oracle = GaussianOracle(schedule, std)
     timesteps = schedule.timesteps(steps)
     no_text = torch.zeros(1, 1)
-    latents = invert(oracle, schedule, x0, no_text, timesteps, steps)
+    latents = invert(oracle, schedule, x0, no_text, steps, steps)
     # Sampling with guidance between two identical predictions is plain DDIM sampling.
     _, reconstruction = generate(oracle, schedule, latents[timesteps[0]], no_text, no_text, steps, 7.5)
     return float((reconstruction - x0).norm() / x0.norm())

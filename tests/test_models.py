@@ -4,9 +4,15 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from pnp import models
-from pnp.models import ModelError, default_dtype, load_pipeline
+from pnp import devices
+from pnp.devices import default_dtype
+from pnp.models import ModelError
+from pnp.pipeline import PnPPipeline
 from pnp.random_models import build_random_pipeline
+
+
+def load_pipeline(model, **kwargs):
+    return PnPPipeline.from_pretrained(model, **kwargs)
 
 
 def test_tiny_model_round_trips_through_the_loader(tiny_model_dir):
@@ -28,9 +34,9 @@ def test_dtype_override_and_names(tiny_model_dir):
 
 def test_default_dtype_follows_the_hardware(monkeypatch):
     assert default_dtype("cuda") == torch.float16
-    monkeypatch.setattr(models, "cpu_has_bfloat16", lambda: True)
+    monkeypatch.setattr(devices, "cpu_has_bfloat16", lambda: True)
     assert default_dtype("cpu") == torch.bfloat16
-    monkeypatch.setattr(models, "cpu_has_bfloat16", lambda: False)
+    monkeypatch.setattr(devices, "cpu_has_bfloat16", lambda: False)
     assert default_dtype("cpu") == torch.float32
 
 

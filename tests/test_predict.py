@@ -15,31 +15,33 @@ import predict
 from cog_server import FAST, FORM_ORDER, sample_photo
 from helpers import all_hooks
 from pnp.config import (
-    MAX_INVERSION_STEPS,
     MAX_PROMPTS,
     MAX_RESOLUTION,
     MAX_SAMPLING_STEPS,
+    MAX_SEED,
     MIN_RESOLUTION,
     NEGATIVE_SCHEDULES,
-    OUTPUT_FORMATS,
     ConfigError,
     PnPConfig,
+    check_seed,
     describe_ranges,
-    valid_inversion_steps,
 )
 from pnp.images import ImageError
 from pnp.models import ModelError
+from pnp.outputs import OUTPUT_FORMATS, OutputOptions
+from pnp.timesteps import MAX_INVERSION_STEPS, valid_inversion_steps
 from predict import Predictor
 
-# Form input -> PnPConfig field, where the engine takes the value as it is.
+# Form input -> the pipeline parameter (PnPConfig field, seed, or OutputOptions field) it sets as it is.
 ENGINE_FIELDS = {
-    "scale": "scale", "feature_injection_threshold": "feature_injection_threshold",
+    "scale": "guidance_scale", "feature_injection_threshold": "feature_injection_threshold",
     "attention_injection_threshold": "attention_injection_threshold", "negative_prompt": "negative_prompt",
     "negative_prompt_alpha": "negative_prompt_alpha", "negative_prompt_schedule": "negative_prompt_schedule",
-    "num_inference_steps": "steps", "num_inversion_steps": "inversion_steps", "generation_scale": "generation_scale",
-    "seed": "seed", "resolution": "resolution", "output_format": "output_format", "output_quality": "output_quality",
-    "generation_prompt": "generation_prompt",
+    "num_inference_steps": "num_inference_steps", "num_inversion_steps": "num_inversion_steps",
+    "generation_scale": "generation_guidance_scale", "seed": "seed", "resolution": "resolution",
+    "output_format": "output_format", "output_quality": "output_quality", "generation_prompt": "generation_prompt",
 }
+OUTPUT_FIELDS = ("output_format", "output_quality")
 PREDICT_PARAMETERS = {
     name: p.default for name, p in inspect.signature(Predictor.predict).parameters.items() if name != "self"
 }
@@ -98,13 +100,16 @@ def test_every_input_is_documented_in_sentences():
 
 
 def test_defaults_are_the_engine_defaults():
-    engine = PnPConfig()
+    engine, output = PnPConfig(), OutputOptions()
     for name, field_name in ENGINE_FIELDS.items():
-        if name not in ("seed", "num_inversion_steps"):
-            assert PREDICT_PARAMETERS[name].default == getattr(engine, field_name), name
-    assert PREDICT_PARAMETERS["translation_prompts"].default.split(";") == engine.prompts
+        if name in ("seed", "num_inversion_steps"):
+            continue
+        expected = getattr(output if field_name in OUTPUT_FIELDS else engine, field_name)
+        # The form's "no generation/negative prompt" is the empty string; the engine's is None.
+        assert PREDICT_PARAMETERS[name].default == ("" if expected is None else expected), name
+    assert tuple(PREDICT_PARAMETERS["translation_prompts"].default.split(";")) == engine.prompt
     # Blank: a random seed, and as many inversion steps as sampling steps (the engine's default).
-    assert PnPConfig(inversion_steps=None).inversion_steps == engine.steps
+    assert PnPConfig(num_inversion_steps=None).num_inversion_steps == engine.num_inference_steps
     for name in ("input_image", "seed", "num_inversion_steps"):
         assert PREDICT_PARAMETERS[name].default is None, name
 
@@ -115,6 +120,7 @@ def test_choices_are_the_engine_choices():
     assert PREDICT_PARAMETERS["resolution"].choices == list(range(MIN_RESOLUTION, MAX_RESOLUTION + 1, 64))
     for choice in PREDICT_PARAMETERS["resolution"].choices:
         PnPConfig(resolution=choice)
+    assert PREDICT_PARAMETERS["seed"].le == MAX_SEED
 
 
 @pytest.mark.parametrize("name", [n for n, f in PREDICT_PARAMETERS.items() if f.ge is not None or f.le is not None])
@@ -125,18 +131,23 @@ def test_bounds_are_the_engine_bounds(name):
     step = 1 if int in (hint, *typing.get_args(hint)) else 0.01
 
     def config(value):
+        if engine_name == "seed":
+            return check_seed(value)
+        if engine_name in OUTPUT_FIELDS:
+            return OutputOptions(**{engine_name: value})
         extra = {}
-        if engine_name == "steps" and value >= 1:
-            extra = {"inversion_steps": valid_inversion_steps(value)[0]}
-        if engine_name == "inversion_steps":
-            extra = {"steps": 1}
+        if engine_name == "num_inference_steps" and value >= 1:
+            extra = {"num_inversion_steps": valid_inversion_steps(value)[0]}
+        if engine_name == "num_inversion_steps":
+            extra = {"num_inference_steps": 1}
         return PnPConfig(**{engine_name: value}, **extra)
 
     for bound, outside in ((field.ge, field.ge - step), (field.le, field.le + step)):
         assert bound is not None, f"{name} needs both bounds"
         config(bound)
-        with pytest.raises(ConfigError, match=f"^{engine_name}:"):
+        with pytest.raises(ConfigError) as caught:
             config(outside)
+        assert caught.value.param == engine_name
     assert PREDICT_PARAMETERS["num_inference_steps"].le == MAX_SAMPLING_STEPS
     assert PREDICT_PARAMETERS["num_inversion_steps"].le == MAX_INVERSION_STEPS
 
@@ -239,11 +250,11 @@ def test_seed_fixed_reproduces_blank_is_random_and_logged(predictor, outputs_roo
     "inputs, form_name, hint",
     [
         ({}, "input_image", "generation prompt"),
-        ({"generation_prompt": "a house", "translation_prompts": " ; ;"}, "translation_prompts", "non-empty"),
+        ({"generation_prompt": "a house", "translation_prompts": " ; ;"}, "translation_prompts", "at least one"),
         ({"generation_prompt": "a house", "translation_prompts": ";".join(["a cat"] * (MAX_PROMPTS + 1))},
          "translation_prompts", f"at most {MAX_PROMPTS}"),
-        ({"input_image": "photo", "num_inversion_steps": 3}, "num_inversion_steps", "num_inference_steps=2"),
-        ({"input_image": "photo", "num_inference_steps": 30}, "num_inversion_steps", "num_inference_steps=30"),
+        ({"input_image": "photo", "num_inversion_steps": 3}, "num_inversion_steps", "with 2 sampling steps"),
+        ({"input_image": "photo", "num_inference_steps": 30}, "num_inversion_steps", "with 30 sampling steps"),
         ({"generation_prompt": "a house", "num_inference_steps": 1000}, "num_inference_steps", "1 to 999"),
         ({"generation_prompt": "a house", "scale": 60.0}, "scale", "0 to 50"),
         ({"generation_prompt": "a house", "resolution": 500}, "resolution", "multiple of 64"),
@@ -257,6 +268,7 @@ def test_bad_inputs_name_the_input_to_change(predictor, outputs_root, photo_file
     with pytest.raises(ConfigError) as caught:
         run(predictor, **inputs)
     message = str(caught.value)
+    assert caught.value.param == form_name
     assert message.startswith(f"{form_name}:") and hint in message
     assert list(outputs_root.iterdir()) == []
 
@@ -291,7 +303,7 @@ class _Interrupt:
 
 @pytest.mark.parametrize("error", [CancelationException("canceled"), RuntimeError("CUDA out of memory")])
 def test_interrupted_predictions_leave_the_model_clean(predictor, cat_and_dog, outputs_root, error):
-    unet = predictor.editor.pipe.unet
+    unet = predictor.pipe.unet
     processors = {name: type(p) for name, p in unet.attn_processors.items()}
     inputs, _, before = cat_and_dog
     run(predictor, **inputs)  # outputs of an earlier prediction, which the failing one must remove too
@@ -326,7 +338,7 @@ def test_setup_logs_what_it_loaded(tiny_model_dir, monkeypatch, capsys):
     monkeypatch.setenv("PNP_DTYPE", "bfloat16")
     model = Predictor()
     model.setup()
-    assert model.editor.dtype == torch.bfloat16 and model.editor.device.type == "cpu"
+    assert model.pipe.unet.dtype == torch.bfloat16 and model.pipe.device.type == "cpu"
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert str(tiny_model_dir) in line and "cpu" in line and "bfloat16" in line and line.endswith(" s")
 

@@ -10,7 +10,8 @@ import shutil
 import pytest
 import torch
 
-from pnp.models import ModelError, load_pipeline
+from pnp.models import ModelError
+from pnp.pipeline import PnPPipeline
 from pnp.random_models import build_random_pipeline
 from pnp.weights import download_weights, locate_weights, select_files
 
@@ -118,7 +119,7 @@ def test_download_fetches_float16_files_that_load_as_the_default_weights(fake_hu
     assert sorted(p.name for p in out.iterdir()) == [
         "README.md", "model_index.json", "scheduler", "text_encoder", "tokenizer", "unet", "vae"]
     assert sorted(p.name for p in (out / "unet").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
-    pipe = load_pipeline(out, device="cpu", dtype="float32")
+    pipe = PnPPipeline.from_pretrained(out, device="cpu", dtype="float32")
     stored = build_random_pipeline("tiny").unet.to(torch.float16).state_dict()
     assert all(torch.equal(v.to(torch.float16), stored[k]) for k, v in pipe.unet.state_dict().items())
 

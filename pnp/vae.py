@@ -1,0 +1,35 @@
+"""Between pixels and latents: the VAE's encoding and decoding rule, and the pixel conversions around it.
+
+Latents are the VAE posterior mean times ``scaling_factor`` (no sampling noise, as pnp-diffusers
+encodes), and decoding divides by it again.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB image -> (1, 3, H, W) float32 in [-1, 1]."""
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
+
+
+def tensor_to_images(decoded: torch.Tensor) -> list[Image.Image]:
+    """VAE output (n, 3, H, W) in about [-1, 1] -> RGB images: clamp(x / 2 + 0.5, 0, 1) * 255, rounded."""
+    pixels = (decoded.float() / 2 + 0.5).clamp(0, 1) * 255
+    arrays = pixels.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(array, "RGB") for array in arrays]
+
+
+def encode(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """(n, 3, H, W) pixels in [-1, 1] -> float32 latents: posterior mean times the scaling factor."""
+    posterior = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+    return posterior.mean.float() * vae.config.scaling_factor
+
+
+def decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """(n, 4, h, w) latents -> (n, 3, H, W) pixels in about [-1, 1]: the latents divided by the scaling factor, decoded."""
+    return vae.decode(latents.to(vae.device, vae.dtype) / vae.config.scaling_factor).sample
