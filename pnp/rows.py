@@ -25,6 +25,14 @@ TERMS = ("uncond", "negative", "cond")
 
 
 @dataclass(frozen=True)
+class Row:
+    """What one row of a UNet call computes: the source row, or a guidance term of a target prompt."""
+
+    kind: str  # "source" or one of TERMS
+    prompt: int | None = None  # the target prompt's index; None for the source row
+
+
+@dataclass(frozen=True)
 class UNetCall:
     """One UNet call of a translation step: [source row?] + one block of rows per guidance term."""
 
@@ -35,6 +43,12 @@ class UNetCall:
     @property
     def rows(self) -> int:
         return int(self.source) + len(self.terms) * len(self.prompts)
+
+    @property
+    def layout(self) -> tuple[Row, ...]:
+        """Every row of the call in batch order: the source row first (if any), then each term's block of prompts."""
+        source = (Row("source"),) if self.source else ()
+        return source + tuple(Row(term, p) for term in self.terms for p in self.prompts)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -12,6 +13,12 @@ from .injection import FeatureInjector, InjectionLayers
 from .inversion import StepEnd, Trajectory
 from .rows import TranslationStep, UNetCall
 from .unet import NoisePredictor
+
+
+class CallObserver(Protocol):
+    """Something that wants to know which step and call (``UNetCall.layout``) the next UNet call computes."""
+
+    def before_call(self, step: TranslationStep, call: UNetCall) -> None: ...
 
 
 @dataclass
@@ -32,11 +39,14 @@ def translate(
     scale: float,
     layers: InjectionLayers,
     step_end: StepEnd | None = None,
+    observer: CallObserver | None = None,
 ) -> torch.Tensor:
     """Sample one latent per target prompt from the source's noisiest latent; returns (P, 4, h, w).
 
     Each step runs the UNet calls of its ``plan`` entry (``pnp.rows``): per chunk of prompts,
-    [source row (inside an injection window, first chunk only), one block of rows per guidance term].
+    [source row (inside an injection window, first chunk only), one block of rows per guidance
+    term], in the order of ``UNetCall.layout``. ``observer`` (for example a feature capture) is
+    told about every call just before it runs.
     """
     x = source.latents[plan[0].timestep].repeat(len(prompts.targets), 1, 1, 1)
     t_next = [step.timestep for step in plan[1:]] + [None]
@@ -46,6 +56,8 @@ def translate(
             for call in step.calls:
                 rows = slice(call.prompts.start, call.prompts.stop)
                 injector.set_step(step.residual, step.attention, call.source)
+                if observer is not None:
+                    observer.before_call(step, call)
                 eps = _guided_eps(predict, t, x[rows], call, source, prompts, step.alpha, scale)
                 x[rows] = ddim_step(x[rows], eps, ddim.alpha_bar(t), ddim.alpha_bar(following))
             if step_end is not None and (x := step_end(step.index, t, x)) is None:

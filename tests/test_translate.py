@@ -183,3 +183,16 @@ def test_unet_is_clean_after_an_interrupted_translation(pipe, photo, error):
         handle.remove()
     assert all_hooks(pipe.unet) == []
     assert torch.equal(_plain_unet_output(pipe), before)
+
+
+def test_call_layout_lists_rows_in_batch_order():
+    from pnp.config import PnPConfig
+    from pnp.rows import Row, translation_plan
+
+    config = PnPConfig(prompt=["a", "b", "c"], num_inference_steps=4, negative_prompt="ugly", negative_prompt_alpha=0.5,
+                       negative_prompt_schedule="constant", max_batch_size=2)
+    first, second = translation_plan(config)[0].calls
+    assert first.layout == (Row("source"), Row("uncond", 0), Row("uncond", 1), Row("negative", 0), Row("negative", 1),
+                            Row("cond", 0), Row("cond", 1))
+    assert second.layout == (Row("uncond", 2), Row("negative", 2), Row("cond", 2))
+    assert len(first.layout) == first.rows
