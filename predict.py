@@ -8,7 +8,6 @@ that silently drops bounds, choices and descriptions it cannot evaluate without 
 import os
 import random
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path as LocalPath
@@ -46,7 +45,7 @@ class Predictor(BasePredictor):
 
     def setup(self) -> None:
         """Load the weights once ($PNP_WEIGHTS, else weights/, else a download); $PNP_DEVICE and $PNP_DTYPE override the defaults."""
-        log_to(sys.stdout)
+        log_to("stdout")
         start = time.perf_counter()
         folder = locate_weights(WEIGHTS_DIR)
         self.pipe = PnPPipeline.from_pretrained(
@@ -54,6 +53,13 @@ class Predictor(BasePredictor):
         )
         dtype = dtype_name(self.pipe.unet.dtype)
         print(f"Loaded {folder} on {self.pipe.device} as {dtype} in {time.perf_counter() - start:.1f} s")
+        # The same weights without the checker, for predictions that turn it off. from_pipe casts the
+        # shared weights to its dtype argument (float32 by default), so it is given theirs.
+        self.unchecked = PnPPipeline.from_pipe(
+            self.pipe, safety_checker=None, feature_extractor=None, dtype=self.pipe.unet.dtype
+        )
+        checker = "absent from the weights" if self.pipe.safety_checker is None else "on (disable_safety_checker turns it off)"
+        print(f"Safety checker: {checker}")
         self.output_dir = None
 
     def predict(
@@ -143,6 +149,10 @@ class Predictor(BasePredictor):
             le=100,
             description="Quality of webp and jpg outputs, from 1 (smallest files) to 100 (best); not relevant for png outputs.",
         ),
+        disable_safety_checker: bool = Input(
+            default=False,
+            description="Turn off the safety checker, which replaces outputs it judges not safe for work with black images (the logs say which). Only has an effect when the model's weights include the checker; API use only.",
+        ),
     ) -> list[Path]:
         """Translate the source into every prompt; the generated source (generation mode) comes first."""
         self._remove_outputs()
@@ -174,7 +184,8 @@ class Predictor(BasePredictor):
                 image = load_image(input_image)
             self.output_dir = tempfile.mkdtemp(prefix="pnp-outputs-")
             generator = torch.Generator("cpu").manual_seed(seed)
-            result = self.pipe(image=image, generator=generator, **config.as_kwargs())
+            pipe = self.unchecked if disable_safety_checker else self.pipe
+            result = pipe(image=image, generator=generator, **config.as_kwargs())
             paths = write_outputs(result, config.prompt, self.output_dir, options)
         except ConfigError as err:
             self._remove_outputs()

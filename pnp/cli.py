@@ -92,7 +92,7 @@ def _load(args: argparse.Namespace):
     from .random_models import RANDOM_MODELS
 
     configure_libraries()
-    log_to(sys.stderr)
+    log_to("stderr")
     from .pipeline import PnPPipeline
 
     if args.model in RANDOM_MODELS:
@@ -107,7 +107,7 @@ def _load(args: argparse.Namespace):
 def _download_weights(args: argparse.Namespace) -> int:
     from .weights import download_weights
 
-    print(download_weights(args.model, Path(args.out)))
+    print(download_weights(args.model, Path(args.out), with_safety_checker=args.with_safety_checker))
     return 0
 
 
@@ -162,4 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     d.set_defaults(run=_download_weights)
     d.add_argument("--model", default=DEFAULT_MODEL, help="model-hub id")
     d.add_argument("--out", default="weights", help="folder to fill")
+    d.add_argument("--with-safety-checker", action="store_true",
+                   help="also fetch CompVis/stable-diffusion-safety-checker (safetensors only; into a folder that "
+                   "already holds a model, only the checker is added)")
     return parser

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import TextIO
 
 LOGGER = "pnp"
 
@@ -29,16 +28,28 @@ def configure_libraries() -> None:
         library.disable_progress_bar()
 
 
-def log_to(stream: TextIO = sys.stderr) -> None:
-    """Send pnp's informational messages and warnings to ``stream``, one line each: "warning: ..."."""
+def log_to(stream: str = "stderr") -> None:
+    """Send pnp's informational messages and warnings to sys.stderr or sys.stdout, one line each: "warning: ..."."""
     logger = logging.getLogger(LOGGER)
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
-    handler = logging.StreamHandler(stream)
+    handler = _StandardStream(stream)
     handler.setFormatter(_LevelFormatter())
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+
+
+class _StandardStream(logging.StreamHandler):
+    """A handler writing to whatever ``sys.<name>`` is when a message comes: Cog and test runners replace it."""
+
+    def __init__(self, name: str) -> None:
+        logging.Handler.__init__(self)
+        self.stream_name = name
+
+    @property
+    def stream(self):
+        return getattr(sys, self.stream_name)
 
 
 class _LevelFormatter(logging.Formatter):

@@ -32,7 +32,7 @@ from pnp.ddim import DDIMSchedule
 from pnp.generation import generate
 from pnp.images import resize_for_model, to_rgb
 from pnp.injection import SD_LAYERS
-from pnp.inversion import StepEnd, Trajectory, invert
+from pnp.inversion import Trajectory, invert
 from pnp.models import check_supported, choose_device_and_dtype, loading_errors, loading_options
 from pnp.rows import translation_plan
 from pnp.translate import Prompts, translate

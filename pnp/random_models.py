@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 RANDOM_MODELS = ("tiny", "random-sd15")
 
@@ -79,6 +80,23 @@ def build_random_pipeline(kind: str, seed: int = 0) -> StableDiffusionPipeline:
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def build_random_safety_checker(seed: int = 0) -> tuple[StableDiffusionSafetyChecker, CLIPImageProcessor]:
+    """A tiny Stable Diffusion safety checker (the real class, random weights) and its feature extractor.
+
+    Which images it flags depends on its random concept embeddings and thresholds
+    (``concept_embeds``, ``concept_embeds_weights``), which tests set as they need.
+    """
+    torch.manual_seed(seed)
+    small = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=99, max_position_embeddings=77, **small),
+        vision_config=dict(image_size=32, patch_size=8, **small),
+        projection_dim=16,
+    )
+    extractor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return StableDiffusionSafetyChecker(config).eval(), extractor
 
 
 def save_random_pipeline(kind: str, folder: str | Path, seed: int = 0) -> Path:

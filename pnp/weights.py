@@ -6,6 +6,7 @@ it holds a model; else the model is downloaded from the model hub into ``weights
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -20,6 +21,13 @@ MARKER = "model_index.json"
 WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
 WHOLE_COMPONENTS = ("tokenizer", "scheduler")
 FP16_SUFFIX = ".fp16.safetensors"
+SAFETY_CHECKER = "CompVis/stable-diffusion-safety-checker"
+# How model_index.json lists a safety checker, as Stable Diffusion's own repositories do.
+SAFETY_CHECKER_COMPONENTS = {
+    "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+    "feature_extractor": ["transformers", "CLIPImageProcessor"],
+    "requires_safety_checker": True,
+}
 
 
 def locate_weights(default_folder: str | Path, model: str | None = None) -> Path:
@@ -53,37 +61,33 @@ def locate_weights(default_folder: str | Path, model: str | None = None) -> Path
         ) from None
 
 
-def download_weights(model: str, out: str | Path) -> Path:
-    """Download the files a StableDiffusionPipeline loads from ``model`` (a model-hub id) into ``out``.
+def download_weights(model: str, out: str | Path, with_safety_checker: bool = False) -> Path:
+    """Download the files a Stable Diffusion pipeline loads from ``model`` (a model-hub id) into ``out``.
 
     Fetches model_index.json, the tokenizer and scheduler, and for the UNet, VAE and text
     encoder their config and safetensors weights: the float16 file where the repository has one
     (half the download; it is renamed so it loads as the default weights), else the full ones.
-    Nothing else: no safety checker, no .ckpt or .bin copies. Files are downloaded into a
-    temporary folder inside ``out`` and moved into place at the end, model_index.json last,
-    so an interrupted download never leaves a folder that looks complete.
+    Nothing else: no safety checker, no .ckpt or .bin copies. With ``with_safety_checker``, also
+    CompVis/stable-diffusion-safety-checker's config and safetensors weights (into
+    ``safety_checker/``) and its preprocessor config (into ``feature_extractor/``); a folder that
+    already holds a model then gains only the checker. Files are downloaded into a temporary
+    folder inside ``out`` and moved into place at the end, model_index.json last, so an
+    interrupted download never leaves a folder that looks complete.
     """
-    from huggingface_hub import HfApi, snapshot_download
-
     out = Path(out)
-    if (out / MARKER).exists():
+    has_model = (out / MARKER).exists()
+    if has_model and not with_safety_checker:
         raise ModelError(f"{out} already holds a model ({MARKER}); delete it first to download again")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=".download-", suffix=".partial", dir=out))
     try:
-        # The hub client raises errors from several libraries (its own, httpx, OSError); to the
-        # user they all mean the same thing: the weights could not be fetched.
-        try:
-            files = select_files(HfApi().list_repo_files(model), model)
-            snapshot_download(model, allow_patterns=files, local_dir=partial)
-        except ModelError:
-            raise
-        except Exception as err:  # noqa: BLE001
-            raise ModelError(f"downloading {model} failed ({first_line(err)})") from err
-        for name in files:
-            if name.endswith(FP16_SUFFIX):
-                (partial / name).rename(partial / name.replace(FP16_SUFFIX, ".safetensors"))
+        if not has_model:
+            for name in _fetch(model, select_files, partial):
+                if name.endswith(FP16_SUFFIX):
+                    (partial / name).rename(partial / name.replace(FP16_SUFFIX, ".safetensors"))
+        if with_safety_checker:
+            _add_safety_checker(partial, index=out / MARKER if has_model else partial / MARKER)
         _move_into(partial, out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -92,6 +96,45 @@ def download_weights(model: str, out: str | Path) -> Path:
         raise
     shutil.rmtree(partial, ignore_errors=True)
     return out
+
+
+def _fetch(repo: str, choose, folder: Path) -> list[str]:
+    """Download the files ``choose(repo_files, repo)`` selects from ``repo`` into ``folder``; returns their names."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    # The hub client raises errors from several libraries (its own, httpx, OSError); to the
+    # user they all mean the same thing: the weights could not be fetched.
+    try:
+        files = choose(HfApi().list_repo_files(repo), repo)
+        snapshot_download(repo, allow_patterns=files, local_dir=folder)
+    except ModelError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        raise ModelError(f"downloading {repo} failed ({first_line(err)})") from err
+    return files
+
+
+def _add_safety_checker(partial: Path, index: Path) -> None:
+    """Fetch the safety checker into ``partial``'s component folders and list it in a new model_index.json there."""
+    staging = partial / ".safety-checker"
+    _fetch(SAFETY_CHECKER, select_safety_checker_files, staging)
+    for component in ("safety_checker", "feature_extractor"):
+        (partial / component).mkdir(exist_ok=True)
+    for name in ("config.json", "model.safetensors"):
+        (staging / name).replace(partial / "safety_checker" / name)
+    (staging / "preprocessor_config.json").replace(partial / "feature_extractor" / "preprocessor_config.json")
+    components = json.loads(index.read_text())
+    components.update(SAFETY_CHECKER_COMPONENTS)
+    (partial / MARKER).write_text(json.dumps(components, indent=2) + "\n")
+
+
+def select_safety_checker_files(repo_files: list[str], repo: str = SAFETY_CHECKER) -> list[str]:
+    """The safety checker's config, safetensors weights and preprocessor config (no pickled .bin)."""
+    needed = ["config.json", "model.safetensors", "preprocessor_config.json"]
+    missing = [name for name in needed if name not in repo_files]
+    if missing:
+        raise ModelError(f"{repo} lacks {', '.join(missing)}; the safety checker is loaded from safetensors only")
+    return needed
 
 
 def select_files(repo_files: list[str], model: str = "the model") -> list[str]:
@@ -122,7 +165,6 @@ def _move_into(source: Path, target: Path) -> None:
         if destination.is_dir():
             shutil.rmtree(destination)
         entry.replace(destination)
-
 
 
 def _is_plain_safetensors(name: str) -> bool:

@@ -3,13 +3,15 @@
 The Cog HTTP server (coglet) validates inputs and serves /openapi.json only from that file. cog
 0.23's Python SDK cannot write it (`cog build` does, with the Go command-line tool, which needs
 Docker); cog 0.19.3 is the last release whose Python SDK has the generator, and its output has
-the same form. It is installed, without dependencies, into .cog/cog-0.19.3/ on first use and put
-in front of the installed cog only for the generator's own process.
+the same form. The dev set-up installs it, without dependencies, into .cog/cog-0.19.3/:
+
+    pip install --no-deps --target .cog/cog-0.19.3 cog==0.19.3
+
+and this script puts it in front of the installed cog only for the generator's own process.
 
     python scripts/openapi_schema.py [--project DIR] [--out FILE]
 
-Needs the project's virtual environment (the generator imports predict.py) and, on first use,
-access to PyPI (or a pip configured with a local index).
+Needs the project's virtual environment (the generator imports predict.py).
 """
 
 from __future__ import annotations
@@ -26,12 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def generator_sdk(folder: Path) -> Path:
-    """The folder holding cog 0.19.3's Python SDK, installed there with pip if it is not yet."""
+    """The folder holding cog 0.19.3's Python SDK; SystemExit saying how to install it if it is not there."""
     if not (folder / "cog" / "command" / "openapi_schema.py").is_file():
-        subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(folder),
-             f"cog=={GENERATOR_VERSION}"],
-            check=True,
+        raise SystemExit(
+            f"cog {GENERATOR_VERSION}'s schema generator is not in {folder}; install it with "
+            f"`pip install --no-deps --target {folder} cog=={GENERATOR_VERSION}` (README, Test)"
         )
     return folder
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--project", type=Path, default=ROOT, help="folder with cog.yaml and predict.py")
     parser.add_argument("--out", type=Path, help="schema file (default: PROJECT/.cog/openapi_schema.json)")
     parser.add_argument("--sdk", type=Path, default=ROOT / ".cog" / f"cog-{GENERATOR_VERSION}",
-                        help="where cog's schema generator is (installed there if missing)")
+                        help="where cog's schema generator is installed")
     args = parser.parse_args(argv)
     project = args.project.resolve()
     schema = generate_schema(project, generator_sdk(args.sdk))

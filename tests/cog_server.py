@@ -29,7 +29,7 @@ FORM_ORDER = [
     "input_image", "generation_prompt", "translation_prompts", "scale", "feature_injection_threshold",
     "attention_injection_threshold", "negative_prompt", "negative_prompt_alpha", "negative_prompt_schedule",
     "num_inference_steps", "num_inversion_steps", "generation_scale", "seed", "resolution", "output_format",
-    "output_quality",
+    "output_quality", "disable_safety_checker",
 ]
 # Inputs that make a prediction on the tiny model take a fraction of a second.
 FAST = {"num_inference_steps": 2, "num_inversion_steps": 2, "resolution": 128}
@@ -38,7 +38,10 @@ FAST = {"num_inference_steps": 2, "num_inversion_steps": 2, "resolution": 128}
 def write_schema(folder: Path) -> Path:
     """Generate predict.py's schema into ``folder``/.cog/openapi_schema.json (see scripts/openapi_schema.py)."""
     out = folder / ".cog" / "openapi_schema.json"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "openapi_schema.py"), "--out", str(out)], check=True)
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "openapi_schema.py"), "--out", str(out)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"writing the Cog schema failed: {done.stderr.strip()}")
     return out
 
 

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from benchmarks.run import main
 from benchmarks.schedule import public_rows

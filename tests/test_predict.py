@@ -339,8 +339,10 @@ def test_setup_logs_what_it_loaded(tiny_model_dir, monkeypatch, capsys):
     model = Predictor()
     model.setup()
     assert model.pipe.unet.dtype == torch.bfloat16 and model.pipe.device.type == "cpu"
-    line = capsys.readouterr().out.strip().splitlines()[-1]
+    lines = capsys.readouterr().out.strip().splitlines()
+    [line] = [line for line in lines if line.startswith("Loaded ")]
     assert str(tiny_model_dir) in line and "cpu" in line and "bfloat16" in line and line.endswith(" s")
+    assert "Safety checker: absent from the weights" in lines
 
 
 def test_setup_refuses_a_missing_weights_folder(tmp_path, monkeypatch):
@@ -359,3 +361,41 @@ def test_setup_offline_without_weights_says_how_to_supply_them(tmp_path, monkeyp
     message = str(caught.value)
     assert "python -m pnp download-weights" in message and "PNP_WEIGHTS" in message
     assert not (tmp_path / "weights").exists()
+
+
+# --- Safety checker ---
+
+
+@pytest.fixture(scope="module")
+def checked_predictor(tmp_path_factory, tiny_model_dir):
+    """A predictor whose weights include a tiny safety checker that flags every image."""
+    from pnp.pipeline import PnPPipeline
+    from pnp.random_models import build_random_safety_checker
+
+    checker, extractor = build_random_safety_checker()
+    with torch.no_grad():
+        checker.concept_embeds_weights[:] = -1.0  # a cosine is never below -1: every image is flagged
+    base = PnPPipeline.from_pretrained(tiny_model_dir, device="cpu", dtype="float32")
+    folder = tmp_path_factory.mktemp("weights") / "with-checker"
+    PnPPipeline.from_pipe(base, safety_checker=checker, feature_extractor=extractor, dtype=torch.float32).save_pretrained(folder)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PNP_WEIGHTS", str(folder))
+        mp.setenv("PNP_DEVICE", "cpu")
+        mp.setenv("PNP_DTYPE", "float32")
+        model = Predictor()
+        model.setup()
+    return model
+
+
+def test_flagged_outputs_are_black_and_logged_unless_the_checker_is_disabled(checked_predictor, photo_file,
+                                                                              outputs_root, capsys):
+    inputs = dict(input_image=photo_file, translation_prompts="a cat; a dog")
+    outputs = run(checked_predictor, **inputs)
+    assert [pixels(p).max() for p in outputs] == [0, 0]
+    log = capsys.readouterr().out
+    assert "flagged output 1 ('a cat')" in log and "flagged output 2 ('a dog')" in log
+    unchecked = run(checked_predictor, disable_safety_checker=True, **inputs)
+    assert all(pixels(p).max() > 0 for p in unchecked)
+    assert "flagged" not in capsys.readouterr().out
+    assert checked_predictor.pipe.safety_checker is not None  # turning it off for one prediction leaves it on
+    assert checked_predictor.pipe.unet.dtype == torch.float32

@@ -5,15 +5,17 @@ with the extras a real one has (safety checker, .ckpt and .bin copies, float16 v
 """
 
 import fnmatch
+import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from pnp.models import ModelError
 from pnp.pipeline import PnPPipeline
-from pnp.random_models import build_random_pipeline
-from pnp.weights import download_weights, locate_weights, select_files
+from pnp.random_models import build_random_pipeline, build_random_safety_checker
+from pnp.weights import SAFETY_CHECKER, download_weights, locate_weights, select_files
 
 # The layout of CompVis/stable-diffusion-v1-4 on the hub (main branch), file names only.
 SD14_FILES = [
@@ -83,28 +85,46 @@ def hub_repo(tmp_path_factory):
 
 
 class FakeHub:
-    """Stands in for huggingface_hub's HfApi and snapshot_download, serving ``repo``; records what was fetched."""
+    """Stands in for huggingface_hub's HfApi and snapshot_download: serves ``repo`` for any id but those in
+    ``others``; records what was fetched."""
 
-    def __init__(self, repo, fail_after=None):
-        self.repo, self.fail_after, self.fetched = repo, fail_after, []
+    def __init__(self, repo, fail_after=None, others=None):
+        self.repo, self.fail_after, self.others, self.fetched = repo, fail_after, others or {}, []
+
+    def _folder(self, model):
+        return self.others.get(model, self.repo)
 
     def list_repo_files(self, model):
-        return sorted(str(p.relative_to(self.repo)) for p in self.repo.rglob("*") if p.is_file())
+        folder = self._folder(model)
+        return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
     def snapshot_download(self, model, allow_patterns, local_dir):
+        local_dir = Path(local_dir)
         for name in self.list_repo_files(model):
             if any(fnmatch.fnmatch(name, pattern) for pattern in allow_patterns):
                 if self.fail_after is not None and len(self.fetched) == self.fail_after:
                     raise ConnectionError("connection reset by peer")
                 (local_dir / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(self.repo / name, local_dir / name)
-                self.fetched.append(name)
+                shutil.copy(self._folder(model) / name, local_dir / name)
+                self.fetched.append(f"{model}:{name}" if model in self.others else name)
         return str(local_dir)
 
 
+@pytest.fixture(scope="module")
+def checker_repo(tmp_path_factory):
+    """CompVis/stable-diffusion-safety-checker's layout, with a tiny random checker: config, safetensors,
+    preprocessor config, and a pickled copy that is never to be fetched."""
+    repo = tmp_path_factory.mktemp("hub") / "checker"
+    checker, extractor = build_random_safety_checker()
+    checker.save_pretrained(repo)
+    extractor.save_pretrained(repo)
+    (repo / "pytorch_model.bin").write_bytes(b"never downloaded")
+    return repo
+
+
 @pytest.fixture
-def fake_hub(hub_repo, monkeypatch):
-    hub = FakeHub(hub_repo)
+def fake_hub(hub_repo, checker_repo, monkeypatch):
+    hub = FakeHub(hub_repo, others={SAFETY_CHECKER: checker_repo})
     monkeypatch.setattr("huggingface_hub.HfApi", lambda: hub)
     monkeypatch.setattr("huggingface_hub.snapshot_download", hub.snapshot_download)
     return hub
@@ -160,3 +180,28 @@ def test_weights_are_looked_for_in_order(fake_hub, tmp_path, monkeypatch):
     fake_hub.fetched.clear()
     assert locate_weights(default) == default
     assert fake_hub.fetched == []
+
+
+def test_the_safety_checker_is_fetched_as_safetensors_and_loads(fake_hub, tmp_path):
+    out = download_weights("owner/model", tmp_path / "weights", with_safety_checker=True)
+    checker_files = sorted(f for f in fake_hub.fetched if f.startswith(SAFETY_CHECKER))
+    assert checker_files == [f"{SAFETY_CHECKER}:{name}" for name in
+                             ("config.json", "model.safetensors", "preprocessor_config.json")]
+    assert sorted(p.name for p in (out / "safety_checker").iterdir()) == ["config.json", "model.safetensors"]
+    assert [p.name for p in (out / "feature_extractor").iterdir()] == ["preprocessor_config.json"]
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["safety_checker"] == ["stable_diffusion", "StableDiffusionSafetyChecker"]
+    assert index["requires_safety_checker"] is True
+    pipe = PnPPipeline.from_pretrained(out, device="cpu", dtype="float32")
+    expected = build_random_safety_checker()[0].state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in pipe.safety_checker.state_dict().items())
+    assert pipe.feature_extractor is not None
+
+
+def test_a_model_folder_can_gain_the_safety_checker_later(fake_hub, tmp_path):
+    out = download_weights("owner/model", tmp_path / "weights")
+    assert PnPPipeline.from_pretrained(out, device="cpu", dtype="float32").safety_checker is None
+    fake_hub.fetched.clear()
+    download_weights("owner/model", out, with_safety_checker=True)
+    assert all(f.startswith(SAFETY_CHECKER) for f in fake_hub.fetched)  # the model itself is not fetched again
+    assert PnPPipeline.from_pretrained(out, device="cpu", dtype="float32").safety_checker is not None
