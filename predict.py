@@ -181,7 +181,7 @@ class Predictor(BasePredictor):
                 if input_image is not None:
                     print("Both input_image and generation_prompt were given: the generation prompt is used, the image is ignored")
             elif input_image is not None:
-                image = load_image(input_image)
+                image = load_image(input_image, config.resolution)
             self.output_dir = tempfile.mkdtemp(prefix="pnp-outputs-")
             generator = torch.Generator("cpu").manual_seed(seed)
             pipe = self.unchecked if disable_safety_checker else self.pipe

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .config import NEGATIVE_SCHEDULES, ConfigError, PnPConfig, check_seed
 from .devices import DTYPE_NAMES
-from .images import load_image, working_size
+from .images import load_image
 from .models import DEFAULT_MODEL, ModelError
 from .outputs import OUTPUT_FORMATS, OutputOptions, check_output_folder, write_outputs
 
@@ -70,9 +70,8 @@ def _translate(args: argparse.Namespace) -> int:
     )
     seed = check_seed(args.seed)
     options = OutputOptions(args.format, args.quality)
-    image = load_image(args.image) if args.image else None
-    if image is not None:
-        working_size(*image.size, config.resolution)
+    # Read at the working size: a large image is shrunk while it is read, and refused if too long.
+    image = load_image(args.image, config.resolution) if args.image else None
     out = check_output_folder(args.out, args.overwrite)
 
     pipe = _load(args)
