@@ -30,6 +30,7 @@ from pnp.pipeline import PnPPipeline  # noqa: E402
 from pnp.weights import locate_weights  # noqa: E402
 
 WEIGHTS_DIR = LocalPath(__file__).resolve().parent / "weights"
+SOURCE_CACHE_ENV = "PNP_SOURCE_CACHE_BYTES"
 PROMPT_SEPARATOR = ";"
 # Pipeline parameters that the form calls differently; error messages use the form's names.
 FORM_NAMES = {
@@ -44,7 +45,11 @@ class Predictor(BasePredictor):
     """Plug-and-play translation of an uploaded or generated image into one image per prompt."""
 
     def setup(self) -> None:
-        """Load the weights once ($PNP_WEIGHTS, else weights/, else a download); $PNP_DEVICE and $PNP_DTYPE override the defaults."""
+        """Load the weights once ($PNP_WEIGHTS, else weights/, else a download).
+
+        $PNP_DEVICE and $PNP_DTYPE override the device and dtype; $PNP_SOURCE_CACHE_BYTES bounds the
+        cache of recent sources (0 turns it off; default: a quarter of the GPU's memory).
+        """
         log_to("stdout")
         start = time.perf_counter()
         folder = locate_weights(WEIGHTS_DIR)
@@ -53,6 +58,7 @@ class Predictor(BasePredictor):
         )
         dtype = dtype_name(self.pipe.unet.dtype)
         print(f"Loaded {folder} on {self.pipe.device} as {dtype} in {time.perf_counter() - start:.1f} s")
+        self.pipe.set_source_cache(_env_bytes(SOURCE_CACHE_ENV))
         # The same weights without the checker, for predictions that turn it off. from_pipe casts the
         # shared weights to its dtype argument (float32 by default), so it is given theirs.
         self.unchecked = PnPPipeline.from_pipe(
@@ -206,3 +212,13 @@ class Predictor(BasePredictor):
             shutil.rmtree(self.output_dir, ignore_errors=True)
             self.output_dir = None
 
+
+
+def _env_bytes(name: str) -> int | None:
+    """A byte count from the environment variable ``name``; None when it is unset or empty."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    if not value.isdigit():
+        raise ValueError(f"{name}={value!r} is not a whole number of bytes; set it to 0 to turn the cache off, or unset it")
+    return int(value)

@@ -20,12 +20,27 @@ from functools import partial
 import torch
 
 
+Features = dict[str, torch.Tensor]  # feature name -> (1, ...) tensor: a source row's injected features
+
+
 @dataclass(frozen=True)
 class InjectionLayers:
     """Where a UNet architecture's features are injected (diffusers module names)."""
 
     residual: tuple[str, ...]  # modules whose output is the residual-branch feature
     attention: tuple[str, ...]  # self-attention modules whose queries and keys are injected
+
+    def feature_names(self, residual: bool, attention: bool) -> tuple[str, ...]:
+        """The names of the features injected at a step with these injections active."""
+        names = self.residual if residual else ()
+        if attention:
+            names += tuple(attention_feature(layer, part) for layer in self.attention for part in "qk")
+        return names
+
+
+def attention_feature(layer: str, part: str) -> str:
+    """The name of an attention layer's queries ("q") or keys ("k"), whichever module computes them."""
+    return f"{layer}:{part}"
 
 
 SD_LAYERS = InjectionLayers(
@@ -45,20 +60,24 @@ class InjectionError(RuntimeError):
 class FeatureInjector:
     """Context manager that installs the injection hooks on a UNet and removes them on exit.
 
-    Before each UNet call, ``set_step`` says which injections are active and whether the batch
-    starts with the source row. When it does, the source row's features are copied into every
-    other row and kept; a later call of the same step without the source row (another chunk of
-    prompts) receives the kept features, so the source row runs once per step at most.
+    Before each translation step, ``start_step`` says which injections are active and which source
+    features are already known (a cached source); before each UNet call, ``set_call`` gives the
+    call's row layout (``pnp.rows``). A source row's features are copied into the rows of its
+    targets and kept, so a later call of the same step (another chunk of targets) receives them
+    and the source row runs once per step at most. Features are named by layer ("<module>" for
+    the residual feature, "<attention>:q" and "<attention>:k"), whichever module computed them.
     """
 
     def __init__(self, unet: torch.nn.Module, layers: InjectionLayers = SD_LAYERS) -> None:
         self.unet = unet
         self.layers = layers
         self._handles: list = []
-        self._kept: dict[str, torch.Tensor] = {}
         self._fired: dict[str, int] = {}
         self._active = {"residual": False, "attention": False}
-        self._source_in_batch = False
+        self._features: dict[int, Features] = {}  # image -> its source's features at this step
+        self.computed: dict[int, Features] = {}  # the features source rows produced this step
+        self._source_rows: dict[int, int] = {}  # image -> its source row in the current call
+        self._target_rows: dict[int, slice | torch.Tensor] = {}  # image -> its targets' rows in the current call
 
     def __enter__(self) -> "FeatureInjector":
         try:
@@ -72,16 +91,26 @@ class FeatureInjector:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self._kept.clear()
+        self._features, self.computed = {}, {}
 
-    def set_step(self, residual: bool, attention: bool, source_in_batch: bool) -> None:
-        """Configure the next UNet call(s)."""
-        if (residual or attention) and not source_in_batch and not self._kept:
-            raise InjectionError("injection needs the source row in the first call of a step")
+    def start_step(self, residual: bool, attention: bool, known: dict[int, Features] | None = None) -> None:
+        """Begin a translation step: which injections are active, and the features known before it (cached sources)."""
         self._active = {"residual": residual, "attention": attention}
-        self._source_in_batch = source_in_batch
-        if source_in_batch:
-            self._kept.clear()
+        self._features = {j: dict(features) for j, features in (known or {}).items()}
+        self.computed = {}
+
+    def set_call(self, layout, device: torch.device) -> None:
+        """Map the next UNet call's rows (a ``UNetCall.layout``): each target takes its own source's features."""
+        self._source_rows = {row.image: i for i, row in enumerate(layout) if row.kind == "source"}
+        targets: dict[int, list[int]] = {}
+        for i, row in enumerate(layout):
+            if row.kind not in ("source", "generation"):
+                targets.setdefault(row.image, []).append(i)
+        self._target_rows = {j: _rows_index(rows, device) for j, rows in targets.items()}
+        if self._active["residual"] or self._active["attention"]:
+            missing = [j for j in targets if j not in self._source_rows and j not in self._features]
+            if missing:
+                raise InjectionError(f"no source features for image {missing[0]} in this step: its source row must come first")
 
     def _install(self) -> None:
         modules = dict(self.unet.named_modules())
@@ -89,20 +118,22 @@ class FeatureInjector:
         if missing:
             raise InjectionError(f"this UNet lacks the decoder layers PnP injects into: {', '.join(missing[:3])}")
         for name in self.layers.residual:
-            self._hook(modules[name], name, "residual", channels=None)
+            self._hook(modules[name], name, "residual", [(name, None)])
         for layer in self.layers.attention:
             attention = modules[layer]
-            self._hook(attention.to_q, f"{layer}.to_q", "attention", channels=None)
-            self._hook(attention.to_k, f"{layer}.to_k", "attention", channels=None)
+            self._hook(attention.to_q, f"{layer}.to_q", "attention", [(attention_feature(layer, "q"), None)])
+            self._hook(attention.to_k, f"{layer}.to_k", "attention", [(attention_feature(layer, "k"), None)])
             fused = getattr(attention, "to_qkv", None)
             if fused is not None:
                 # Fused projections compute [q | k | v] in one matrix product: inject its first two thirds.
-                self._hook(fused, f"{layer}.to_qkv", "attention", channels=2 * fused.out_features // 3)
+                third = fused.out_features // 3
+                slots = [(attention_feature(layer, "q"), slice(0, third)), (attention_feature(layer, "k"), slice(third, 2 * third))]
+                self._hook(fused, f"{layer}.to_qkv", "attention", slots)
         self._handles.append(self.unet.register_forward_pre_hook(self._start_call))
         self._handles.append(self.unet.register_forward_hook(self._check_call))
 
-    def _hook(self, module: torch.nn.Module, name: str, kind: str, channels: int | None) -> None:
-        self._handles.append(module.register_forward_hook(partial(self._inject, name, kind, channels)))
+    def _hook(self, module: torch.nn.Module, name: str, kind: str, slots) -> None:
+        self._handles.append(module.register_forward_hook(partial(self._inject, name, kind, slots)))
 
     def _start_call(self, module, args) -> None:
         self._fired = {}
@@ -124,17 +155,26 @@ class FeatureInjector:
                         "Set a standard processor, e.g. pipe.unet.set_attn_processor(AttnProcessor2_0())"
                     )
 
-    def _inject(self, name: str, kind: str, channels: int | None, module, inputs, output: torch.Tensor):
+    def _inject(self, name: str, kind: str, slots, module, inputs, output: torch.Tensor):
         self._fired[name] = self._fired.get(name, 0) + 1
-        if not self._active[kind]:
+        if not self._active[kind] or not self._target_rows:
             return None
-        part = output if channels is None else output[..., :channels]
-        if self._source_in_batch:
-            self._kept[name] = part[:1].clone()
-            part[1:] = part[:1]
-        else:
-            part[:] = self._kept[name]
+        for feature, channels in slots:
+            part = output if channels is None else output[..., channels]
+            for j, row in self._source_rows.items():
+                kept = part[row : row + 1].clone()
+                self._features.setdefault(j, {})[feature] = kept
+                self.computed.setdefault(j, {})[feature] = kept
+            for j, rows in self._target_rows.items():
+                part[rows] = self._features[j][feature]
         return output
+
+
+def _rows_index(rows: list[int], device: torch.device) -> slice | torch.Tensor:
+    """A slice where the rows are contiguous (a view, no copy), else an index tensor."""
+    if rows == list(range(rows[0], rows[-1] + 1)):
+        return slice(rows[0], rows[-1] + 1)
+    return torch.tensor(rows, device=device)
 
 
 def _expect_once(name: str, what: str, count: int) -> None:

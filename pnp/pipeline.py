@@ -27,15 +27,18 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer
 
+from pnp.cache import SourceCache, SourceKey, generation_digest, image_digest, weights_fingerprint
 from pnp.config import ConfigError, PnPConfig
 from pnp.ddim import DDIMSchedule
+from pnp.devices import dtype_name
 from pnp.generation import generate
 from pnp.images import resize_for_model, to_rgb
 from pnp.injection import SD_LAYERS
-from pnp.inversion import Trajectory, invert
+from pnp.inversion import invert
 from pnp.models import check_supported, choose_device_and_dtype, loading_errors, loading_options
 from pnp.rows import translation_plan
-from pnp.translate import Prompts, translate
+from pnp.sources import SourceGroup
+from pnp.translate import Generation, Prompts, translate
 from pnp.unet import NoisePredictor
 from pnp.vae import decode, encode, image_to_tensor
 
@@ -116,6 +119,13 @@ class PnPPipeline(
         self._interrupt = False
         self._phase = None
         self._num_timesteps = 0
+        # Recent sources, for calls that reuse one (see set_source_cache).
+        self.source_cache = SourceCache()
+        # Whether a generated source is made in the translation's own UNet calls (saves its source
+        # rows) or first, separately; the results are the same within batch tolerance.
+        self.fuse_generation = True
+        # Told about every translation UNet call (``pnp.translate.CallObserver``); for feature capture.
+        self._observer = None
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, device: str | None = None, dtype=None, **kwargs):
@@ -153,10 +163,12 @@ class PnPPipeline(
     def check_inputs(self, image, output_type: str, callback_on_step_end_tensor_inputs, **settings) -> PnPConfig:
         """Validate every argument before any work; returns the configuration. Raises ConfigError naming the argument."""
         config = PnPConfig(**settings)
-        if not config.generating and image is None:
+        if not config.generating and (image is None or (isinstance(image, list) and not image)):
             raise ConfigError("image", "give an input image or a generation prompt")
-        if not config.generating and not isinstance(image, (PIL.Image.Image, np.ndarray, torch.Tensor)):
-            raise ConfigError("image", f"expected a PIL image, a numpy array or a torch tensor, got {type(image).__name__}")
+        if not config.generating:
+            wrong = [type(i).__name__ for i in _listed(image) if not isinstance(i, (PIL.Image.Image, np.ndarray, torch.Tensor))]
+            if wrong:
+                raise ConfigError("image", f"expected PIL images, numpy arrays or torch tensors, got {wrong[0]}")
         if output_type not in OUTPUT_TYPES:
             raise ConfigError("output_type", f"{output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
         unknown = [name for name in callback_on_step_end_tensor_inputs if name not in self._callback_tensor_inputs]
@@ -171,7 +183,7 @@ class PnPPipeline(
     def __call__(
         self,
         prompt: str | list[str] = _DEFAULTS.prompt,
-        image: PIL.Image.Image | np.ndarray | torch.Tensor | None = None,
+        image: PIL.Image.Image | np.ndarray | torch.Tensor | list | None = None,
         generation_prompt: str | None = None,
         num_inference_steps: int = _DEFAULTS.num_inference_steps,
         num_inversion_steps: int | None = None,
@@ -196,7 +208,9 @@ class PnPPipeline(
             prompt: the target prompt, or a list of them (at most 16): one output each.
             image: the image to translate (PIL; a numpy array (H, W, 3) of uint8, or of floats in
                 [0, 1]; a tensor (3, H, W) or (1, 3, H, W) in [0, 1]), resized so that its short
-                side is ``resolution`` (the long side at most twice that, both multiples of 64).
+                side is ``resolution`` (the long side at most twice that, both multiples of 64);
+                or a list of images, each translated into every prompt (images of the same
+                working size share their UNet calls; outputs come image by image, prompts in order).
             generation_prompt: generate the source from this prompt instead (``image`` is ignored).
             num_inference_steps: DDIM sampling steps of the translation (and of the generation).
             num_inversion_steps: DDIM inversion steps of ``image``; None means as many as
@@ -237,57 +251,129 @@ class PnPPipeline(
             negative_prompt_alpha=negative_prompt_alpha, negative_prompt_schedule=negative_prompt_schedule,
             resolution=resolution, max_batch_size=max_batch_size,
         )
-        source = None if config.generating else resize_for_model(_as_pil(image), config.resolution)
+        pictures = [] if config.generating else [resize_for_model(_as_pil(i), config.resolution) for i in _listed(image)]
         device = self._execution_device
         ddim = DDIMSchedule.from_config(self.scheduler.config)
         predict = NoisePredictor(self.unet)
-        metrics: dict[str, float] = {}
-        plan = translation_plan(config, ddim.num_train_timesteps, ddim.steps_offset)
-        source_steps = config.num_inference_steps if config.generating else len(
-            ddim.inversion_timesteps(config.num_inversion_steps, up_to=plan[0].timestep)
-        )
-        self._interrupt, self._num_timesteps = False, source_steps + len(plan)
-        step_end = _StepEnd(self, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        metrics: dict[str, float] = {"cache_hits": 0}
 
         # 2. Encode the prompts: [empty, source, negative, targets...] in one text-encoder batch.
         with self._timed(metrics, "encode_prompts_s"):
             prompts, source_embedding = self._encode_prompts(config, device)
 
-        # 3. The source trajectory: a generation recorded step by step, or an inversion.
-        generated = None
+        # 3. Group the sources by working size, each taken from the source cache where it can be.
         if config.generating:
-            with self._timed(metrics, "generation_s"), step_end.phase("generation", source_steps) as on_step:
-                noise = self._initial_noise(config.resolution, generator, device)
-                latents, generated = generate(
-                    predict, ddim, noise, prompts.uncond, source_embedding, config.num_inference_steps,
-                    config.generation_guidance_scale, on_step,
-                )
+            noise = self._initial_noise(config.resolution, generator, device)
+            groups = [self._generation_group(config, noise, source_embedding)]
         else:
-            with self._timed(metrics, "encode_s"):
-                latent = encode(self.vae, image_to_tensor(source).to(device))
-            with self._timed(metrics, "inversion_s"), step_end.phase("inversion", source_steps) as on_step:
-                latents = invert(
-                    predict, ddim, latent, prompts.uncond, config.num_inference_steps, config.num_inversion_steps, on_step
-                )
-        trajectory = Trajectory(latents, source_embedding)
+            groups = self._image_groups(config, pictures, prompts.uncond)
+        metrics["cache_hits"] = sum(group.hits.count(True) for group in groups)
+        self._interrupt, self._num_timesteps = False, sum(self._steps_of(group, config, ddim) for group in groups)
+        step_end = _StepEnd(self, callback_on_step_end, callback_on_step_end_tensor_inputs)
 
-        # 4. Translation: every prompt in the same UNet calls, the source's features injected.
-        outputs = None
-        if not self.interrupt:
-            with self._timed(metrics, "translation_s"), step_end.phase("translation", len(plan)) as on_step:
-                outputs = translate(
-                    predict, ddim, trajectory, prompts, plan, config.guidance_scale, SD_LAYERS, on_step
-                )
-            outputs = step_end.latents if outputs is None else outputs
+        outputs = []
+        for group in groups:
+            # 4. The trajectories of the sources the cache did not have: inverted, or generated.
+            if not self.interrupt:
+                self._make_trajectories(group, config, ddim, predict, prompts, step_end, metrics)
+            # 5. Translation: every target of the group in the same UNet calls, each source's features injected.
+            if self.interrupt:
+                break
+            outputs.append(self._translate(group, config, ddim, predict, prompts, step_end, metrics))
         metrics.update(unet_calls=predict.calls, unet_rows=predict.rows)
 
-        # 5. Decode, check and convert.
+        # 6. Decode, check and convert.
+        generated = groups[0].clean if config.generating else None
         with self._timed(metrics, "decode_s"):
-            images, source_image, flagged = self._postprocess(config, outputs, generated, output_type, device)
+            images, source_image, flagged = self._postprocess(
+                config, _in_input_order(groups, outputs, len(config.prompt)), generated, output_type, device
+            )
         self.maybe_free_model_hooks()
         if not return_dict:
             return images, source_image, flagged, metrics
         return PnPPipelineOutput(images=images, source_image=source_image, nsfw_content_detected=flagged, metrics=metrics)
+
+    def set_source_cache(self, max_bytes: int | None) -> None:
+        """Bound the source cache to ``max_bytes`` (0 turns it off; None: a quarter of a GPU's memory, a tenth of RAM on the CPU)."""
+        self.source_cache.max_bytes = max_bytes
+        if max_bytes == 0:
+            self.source_cache.clear()
+
+    def _image_groups(self, config: PnPConfig, pictures, uncond: torch.Tensor) -> list[SourceGroup]:
+        """The input images grouped by working size, in order of first appearance, with their cache entries."""
+        groups: dict[tuple[int, int], SourceGroup] = {}
+        for index, picture in enumerate(pictures):
+            key = self._source_key(config, image_digest(picture), picture.size, config.num_inversion_steps)
+            group = groups.setdefault(picture.size, SourceGroup())
+            group.add(index, key, self.source_cache.get(key), picture, uncond)
+        return list(groups.values())
+
+    def _generation_group(self, config: PnPConfig, noise: torch.Tensor, embedding: torch.Tensor) -> SourceGroup:
+        content = generation_digest(noise, config.generation_prompt, config.generation_guidance_scale)
+        side = config.resolution
+        key = self._source_key(config, content, (side, side), None)
+        group = SourceGroup(noise=noise)
+        group.add(0, key, self.source_cache.get(key), None, embedding)
+        return group
+
+    def _source_key(self, config: PnPConfig, content: str, size, inversion_steps) -> SourceKey:
+        unet = self.unet
+        weights = weights_fingerprint(unet, self.text_encoder, self.vae)
+        return SourceKey(weights, dtype_name(unet.dtype), str(unet.device), SD_LAYERS, content, tuple(size),
+                         config.num_inference_steps, inversion_steps)
+
+    def _steps_of(self, group: SourceGroup, config: PnPConfig, ddim: DDIMSchedule) -> int:
+        """The steps a group takes: the inversion of its uncached images (or a separate generation), then the translation."""
+        steps = config.num_inference_steps
+        if not group.misses:
+            return steps
+        if group.noise is not None:
+            return steps if self.fuse_generation else 2 * steps
+        noisiest = ddim.timesteps(steps)[0]
+        return len(ddim.inversion_timesteps(config.num_inversion_steps, up_to=noisiest)) + steps
+
+    def _make_trajectories(self, group: SourceGroup, config, ddim, predict, prompts: Prompts, step_end, metrics) -> None:
+        """Invert the group's uncached images together, or generate its uncached source (unless fused)."""
+        misses = group.misses
+        if not misses:
+            logger.info(f"{_count(len(group.hits), 'source')} from the source cache: no encoding, inversion or generation")
+            return
+        if group.noise is not None:
+            if not self.fuse_generation:
+                with self._timed(metrics, "generation_s"), step_end.phase("generation", config.num_inference_steps) as on_step:
+                    embedding = group.trajectories[0].embedding
+                    latents, group.clean = generate(predict, ddim, group.noise, prompts.uncond, embedding,
+                                                    config.num_inference_steps, config.generation_guidance_scale, on_step)
+                group.trajectories[0].latents.update(latents)
+            return
+        with self._timed(metrics, "encode_s"):
+            latent = torch.cat([encode(self.vae, image_to_tensor(group.pictures[k]).to(predict.unet.device)) for k in misses])
+        steps = self._steps_of(group, config, ddim) - config.num_inference_steps
+        with self._timed(metrics, "inversion_s"), step_end.phase("inversion", steps) as on_step:
+            latents = invert(predict, ddim, latent, prompts.uncond.expand(len(misses), -1, -1),
+                             config.num_inference_steps, config.num_inversion_steps, on_step)
+        for n, k in enumerate(misses):
+            group.trajectories[k].latents.update({t: z[n : n + 1] for t, z in latents.items()})
+
+    def _translate(self, group: SourceGroup, config, ddim, predict, prompts: Prompts, step_end, metrics) -> torch.Tensor:
+        """Translate a group's sources into every prompt, keeping what the cache should know for next time."""
+        fused = group.noise is not None and bool(group.misses) and self.fuse_generation
+        needed = {step.timestep: SD_LAYERS.feature_names(step.residual, step.attention)
+                  for step in translation_plan(config, num_train_timesteps=ddim.num_train_timesteps, offset=ddim.steps_offset)}
+        known = {k: entry.features for k, entry in enumerate(group.entries) if entry is not None}
+        plan = translation_plan(
+            config, len(group.trajectories), tuple(group.known_timesteps(needed)), fused,
+            ddim.num_train_timesteps, ddim.steps_offset,
+        )
+        generation = Generation(group.noise, group.trajectories[0].embedding, config.generation_guidance_scale) if fused else None
+        with self._timed(metrics, "translation_s"), step_end.phase("translation", len(plan)) as on_step:
+            translated = translate(predict, ddim, group.trajectories, prompts, plan, config.guidance_scale, SD_LAYERS,
+                                   on_step, self._observer, known, generation)
+        if generation is not None:
+            group.clean = generation.clean
+        if not self.interrupt:
+            group.remember(self.source_cache, translated.features, predict.unet.device)
+        return translated.latents
 
     def _encode_prompts(self, config: PnPConfig, device) -> tuple[Prompts, torch.Tensor]:
         texts = ["", config.generation_prompt or "", config.negative_prompt or "", *config.prompt]
@@ -315,11 +401,10 @@ class PnPPipeline(
         # float32 noise; with a CPU generator it is drawn on the CPU, so a seed gives the same source on every device.
         return randn_tensor(shape, generator=generator, device=torch.device(device), dtype=torch.float32)
 
-    def _postprocess(self, config, outputs, generated, output_type, device):
+    def _postprocess(self, config, latents: list[torch.Tensor], generated, output_type, device):
         """Decode the latents one image at a time (bounded memory), run the safety checker, convert to ``output_type``."""
-        latents = [] if outputs is None else list(outputs.split(1))
         if generated is not None:
-            latents.insert(0, generated)
+            latents = [generated, *latents]
         if output_type == "latent":
             images = torch.cat(latents) if latents else torch.empty(0)
             return (*_split_source(images, generated is not None), None)
@@ -380,6 +465,27 @@ class _StepEnd:
                 return None if self.pipe.interrupt else latents
 
             yield on_step
+
+
+def _listed(image) -> list:
+    """The call's images as a list."""
+    return list(image) if isinstance(image, (list, tuple)) else [image]
+
+
+def _in_input_order(groups: list[SourceGroup], outputs: list[torch.Tensor], count: int) -> list[torch.Tensor]:
+    """(1, 4, h, w) latents per target, image by image in the call's order, prompts in order.
+
+    Groups that an interruption left untranslated have no outputs.
+    """
+    placed = {}
+    for group, latents in zip(groups, outputs):
+        for k, index in enumerate(group.indices):
+            placed[index] = [latents[k * count + p][None] for p in range(count)]
+    return [latent for index in sorted(placed) for latent in placed[index]]
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _split_source(images, with_source: bool):

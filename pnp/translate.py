@@ -1,18 +1,19 @@
-"""The translation loop: all target prompts sampled together, the source's features injected."""
+"""The translation loop: every target sampled together, each source's features injected into its targets."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
 from .ddim import DDIMSchedule, ddim_step
 from .guidance import guided_noise
-from .injection import FeatureInjector, InjectionLayers
+from .injection import FeatureInjector, Features, InjectionLayers
 from .inversion import StepEnd, Trajectory
 from .rows import TranslationStep, UNetCall
 from .unet import NoisePredictor
+
 
 
 class CallObserver(Protocol):
@@ -30,56 +31,117 @@ class Prompts:
     negative: torch.Tensor | None  # None when there is no negative prompt
 
 
+@dataclass
+class Generation:
+    """A source generated in the translation's own UNet calls (fused generation): its noise, guidance and prompt."""
+
+    noise: torch.Tensor  # (1, 4, h, w): the latent entering the first sampling step
+    embedding: torch.Tensor  # (1, 77, D): the generation prompt
+    scale: float  # its classifier-free guidance scale
+    clean: torch.Tensor | None = None  # the final generated latent, once the loop has run
+
+
+@dataclass
+class Translated:
+    """The targets' final latents, in (image, prompt) order, and the source features the loop computed."""
+
+    latents: torch.Tensor
+    features: dict[int, dict[int, Features]] = field(default_factory=dict)  # image -> timestep -> features
+
+
 def translate(
     predict: NoisePredictor,
     ddim: DDIMSchedule,
-    source: Trajectory,
+    sources: list[Trajectory],
     prompts: Prompts,
     plan: list[TranslationStep],
     scale: float,
     layers: InjectionLayers,
     step_end: StepEnd | None = None,
     observer: CallObserver | None = None,
-) -> torch.Tensor:
-    """Sample one latent per target prompt from the source's noisiest latent; returns (P, 4, h, w).
+    known: dict[int, dict[int, Features]] | None = None,
+    generation: Generation | None = None,
+) -> Translated:
+    """Sample one latent per target, each (source image, prompt) pair, from its source's noisiest latent.
 
-    Each step runs the UNet calls of its ``plan`` entry (``pnp.rows``): per chunk of prompts,
-    [source row (inside an injection window, first chunk only), one block of rows per guidance
-    term], in the order of ``UNetCall.layout``. ``observer`` (for example a feature capture) is
-    told about every call just before it runs.
+    Each step runs the UNet calls of its ``plan`` entry (``pnp.rows``), with rows in the order of
+    ``UNetCall.layout``. ``known[j][t]`` are source j's features at timestep t from an earlier run
+    (the plan leaves out those source rows). With ``generation``, sources[0] is generated in the
+    same calls: its latents are recorded into ``sources[0].latents`` as the loop makes them.
+    ``observer`` (a feature capture, say) is told about every call just before it runs. A stop
+    from ``step_end`` returns the latents as they are.
     """
-    x = source.latents[plan[0].timestep].repeat(len(prompts.targets), 1, 1, 1)
+    count = len(prompts.targets)
+    first = plan[0].timestep
+    if generation is not None:
+        sources[0].latents[first] = generation.noise
+    x = torch.cat([source.latents[first].expand(count, -1, -1, -1) for source in sources])
+    translated = Translated(x)
     t_next = [step.timestep for step in plan[1:]] + [None]
     with FeatureInjector(predict.unet, layers) as injector:
         for step, following in zip(plan, t_next):
             t = step.timestep
+            injector.start_step(step.residual, step.attention, _known_at(known, t))
             for call in step.calls:
-                rows = slice(call.prompts.start, call.prompts.stop)
-                injector.set_step(step.residual, step.attention, call.source)
+                injector.set_call(call.layout, x.device)
                 if observer is not None:
                     observer.before_call(step, call)
-                eps = _guided_eps(predict, t, x[rows], call, source, prompts, step.alpha, scale)
-                x[rows] = ddim_step(x[rows], eps, ddim.alpha_bar(t), ddim.alpha_bar(following))
+                eps = predict(*_batch(call, t, x, sources, prompts, generation))
+                rows = [j * count + p for j, p in call.targets]
+                parts = _by_row(call, eps)
+                guided = guided_noise(parts.get("uncond"), parts.get("negative"), parts["cond"], step.alpha, scale)
+                x[rows] = ddim_step(x[rows], guided, ddim.alpha_bar(t), ddim.alpha_bar(following))
+                if call.generation:
+                    _advance(generation, sources[0], parts, ddim, t, following)
+            for j, features in injector.computed.items():
+                translated.features.setdefault(j, {})[t] = features
             if step_end is not None and (x := step_end(step.index, t, x)) is None:
                 break
-    return x
+            translated.latents = x
+    return translated
 
 
-def _guided_eps(predict, t, x, call: UNetCall, source: Trajectory, prompts: Prompts, alpha, scale) -> torch.Tensor:
-    """One UNet call for a chunk of k prompts, with the rows its plan lists."""
-    k = x.shape[0]
-    embeddings = {
-        "uncond": prompts.uncond.expand(k, -1, -1),
-        "negative": prompts.negative.expand(k, -1, -1) if prompts.negative is not None else None,
-        "cond": prompts.targets[call.prompts.start : call.prompts.stop],
-    }
-    latents = [x] * len(call.terms)
-    texts = [embeddings[term] for term in call.terms]
-    if call.source:
-        latents.insert(0, source.latents[t])
-        texts.insert(0, source.embedding)
-    eps = predict(torch.cat(latents), t, torch.cat(texts))
-    if call.source:
-        eps = eps[1:]
-    parts = dict(zip(call.terms, eps.split(k)))
-    return guided_noise(parts.get("uncond"), parts.get("negative"), parts["cond"], alpha, scale)
+def _batch(call: UNetCall, t: int, x, sources: list[Trajectory], prompts: Prompts, generation: Generation | None):
+    """The latents and text embeddings of every row of ``call``, in its layout's order."""
+    count = len(prompts.targets)
+    embeddings = {"uncond": prompts.uncond[0], "negative": None if prompts.negative is None else prompts.negative[0]}
+    latents, texts = [], []
+    for row in call.layout:
+        if row.kind == "generation":
+            latents.append(sources[0].latents[t][0])
+            texts.append(prompts.uncond[0])
+        elif row.kind == "source":
+            latents.append(sources[row.image].latents[t][0])
+            texts.append(generation.embedding[0] if generation is not None else sources[row.image].embedding[0])
+        else:
+            latents.append(x[row.image * count + row.prompt])
+            texts.append(prompts.targets[row.prompt] if row.kind == "cond" else embeddings[row.kind])
+    return torch.stack(latents), t, torch.stack(texts)
+
+
+def _by_row(call: UNetCall, eps: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The UNet's output split by kind of row: the generation's two rows, and one (targets, ...) block per term."""
+    layout = call.layout
+    parts = {}
+    for kind in ("generation", "source"):
+        if call.generation:
+            parts[kind] = eps[[i for i, row in enumerate(layout) if row.kind == kind and row.image == 0]]
+    first = len(layout) - len(call.terms) * len(call.targets)
+    for n, term in enumerate(call.terms):
+        start = first + n * len(call.targets)
+        parts[term] = eps[start : start + len(call.targets)]
+    return parts
+
+
+def _advance(generation: Generation, source: Trajectory, parts, ddim: DDIMSchedule, t: int, following: int | None) -> None:
+    """One step of the fused generation: guidance between its two rows, then DDIM; the new latent is recorded."""
+    eps = guided_noise(parts["generation"], None, parts["source"], 1.0, generation.scale)
+    z = ddim_step(source.latents[t], eps, ddim.alpha_bar(t), ddim.alpha_bar(following))
+    if following is None:
+        generation.clean = z
+    else:
+        source.latents[following] = z
+
+
+def _known_at(known: dict[int, dict[int, Features]] | None, t: int) -> dict[int, Features]:
+    return {j: by_timestep[t] for j, by_timestep in (known or {}).items() if t in by_timestep}

@@ -31,10 +31,16 @@ def tiny_model_dir(tmp_path_factory):
     return save_random_pipeline("tiny", tmp_path_factory.mktemp("models") / "tiny")
 
 
-def load_tiny(folder) -> PnPPipeline:
-    """The tiny model as a float32 CPU pipeline without progress bars."""
+def load_tiny(folder, source_cache: bool = False) -> PnPPipeline:
+    """The tiny model as a float32 CPU pipeline without progress bars.
+
+    Its source cache is off unless asked for: tests that count UNet rows or compare runs on the
+    same photo expect every call to invert afresh (tests/test_cache.py tests the cache).
+    """
     pipe = PnPPipeline.from_pretrained(folder, device="cpu", dtype="float32")
     pipe.set_progress_bar_config(disable=True)
+    if not source_cache:
+        pipe.set_source_cache(0)
     return pipe
 
 

@@ -6,6 +6,7 @@ from helpers import all_hooks
 
 from pnp import translate as translate_module
 from pnp.injection import SD_LAYERS, FeatureInjector
+from pnp.rows import Row
 
 ATTENTION_LAYERS = SD_LAYERS.attention
 [RESIDUAL_LAYER] = SD_LAYERS.residual
@@ -68,11 +69,16 @@ def _unet_inputs(pipe):
     return latents, embeddings
 
 
+# A call's rows: the source row, then a target's unconditional and conditional rows.
+WITH_SOURCE = (Row("source"), Row("uncond", 0), Row("cond", 0))
+
+
 def _run(pipe, residual, attention, injected=True):
     unet = pipe.unet
     latents, embeddings = _unet_inputs(pipe)
     with torch.inference_mode(), FeatureInjector(unet) as injector:
-        injector.set_step(residual, attention, source_in_batch=True)
+        injector.start_step(residual, attention)
+        injector.set_call(WITH_SOURCE, latents.device)
         if not injected:
             injector.__exit__(None, None, None)
         capture = Capture(unet, [RESIDUAL_LAYER, *PROJECTIONS, *UNTOUCHED])
@@ -134,11 +140,12 @@ def test_a_call_without_the_source_row_gets_the_kept_source_features(pipe):
     unet = pipe.unet
     latents, embeddings = _unet_inputs(pipe)
     with torch.inference_mode(), FeatureInjector(unet) as injector:
-        injector.set_step(True, True, source_in_batch=True)
+        injector.start_step(True, True)
+        injector.set_call(WITH_SOURCE, latents.device)
         capture = Capture(unet, [RESIDUAL_LAYER, *PROJECTIONS])
         unet(latents, 401, encoder_hidden_states=embeddings)
         with_source = dict(capture.outputs)
-        injector.set_step(True, True, source_in_batch=False)
+        injector.set_call(WITH_SOURCE[1:], latents.device)  # the next chunk: targets only
         unet(latents[1:], 401, encoder_hidden_states=embeddings[1:])
         capture.remove()
     for name in [RESIDUAL_LAYER] + [p for p in PROJECTIONS if not p.endswith("to_v")]:

@@ -53,6 +53,9 @@ def predictor(tiny_model_dir):
         mp.setenv("PNP_WEIGHTS", str(tiny_model_dir))
         mp.setenv("PNP_DEVICE", "cpu")
         mp.setenv("PNP_DTYPE", "float32")
+        # Every prediction computes its source, so results can be compared bit for bit
+        # (test_repeated_sources_come_from_the_cache tests the cache).
+        mp.setenv("PNP_SOURCE_CACHE_BYTES", "0")
         model = Predictor()
         model.setup()
     return model
@@ -399,3 +402,36 @@ def test_flagged_outputs_are_black_and_logged_unless_the_checker_is_disabled(che
     assert "flagged" not in capsys.readouterr().out
     assert checked_predictor.pipe.safety_checker is not None  # turning it off for one prediction leaves it on
     assert checked_predictor.pipe.unet.dtype == torch.float32
+
+
+# --- Source cache ---
+
+
+def test_repeated_sources_come_from_the_cache(tiny_model_dir, photo_file, outputs_root, capsys, monkeypatch):
+    monkeypatch.setenv("PNP_WEIGHTS", str(tiny_model_dir))
+    monkeypatch.setenv("PNP_DEVICE", "cpu")
+    monkeypatch.setenv("PNP_DTYPE", "float32")
+    monkeypatch.delenv("PNP_SOURCE_CACHE_BYTES", raising=False)
+    model = Predictor()
+    model.setup()
+    recorded = []
+    monkeypatch.setattr(predict, "current_scope", lambda: type("Scope", (), {
+        "record_metric": staticmethod(lambda name, value: recorded.append((name, value)))})())
+    run(model, input_image=photo_file, translation_prompts="a cat")
+    run(model, input_image=photo_file, translation_prompts="a dog")
+    log = capsys.readouterr().out
+    assert log.count("from the source cache") == 1
+    hits = [value for name, value in recorded if name == "cache_hits"]
+    rows = [value for name, value in recorded if name == "unet_rows"]
+    assert hits == [0, 1]
+    # 2 inversion steps; then 2 translation steps of [uncond, cond], the first (int(2 * 0.8) = 1 step
+    # inside the injection windows) with the source row too. A hit skips the inversion and the source row.
+    assert rows == [2 + 3 + 2, 2 + 2]
+
+
+def test_a_bad_cache_size_names_the_variable(tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("PNP_WEIGHTS", str(tiny_model_dir))
+    monkeypatch.setenv("PNP_DEVICE", "cpu")
+    monkeypatch.setenv("PNP_SOURCE_CACHE_BYTES", "2GB")
+    with pytest.raises(ValueError, match="^PNP_SOURCE_CACHE_BYTES='2GB' is not a whole number"):
+        Predictor().setup()

@@ -89,11 +89,24 @@ def test_unet_rows_follow_the_minimal_schedule(pipe, photo, case):
 
 
 def test_generation_mode_rows_and_outputs(pipe):
+    """Fused generation: each step's one call runs the generation's two rows (its conditional row is the
+    source row) and the targets' rows; never a separate source row."""
     with RowCounter(pipe.unet) as counter:
         result = pipe(prompt=["a cat", "a dog"], generation_prompt="a horse", num_inference_steps=5, resolution=128)
-    assert counter.rows == [2] * 5 + expected_translation_rows(2, 5, 0.8, 0.5)
+    assert counter.rows == [2 + 2 * 2] * 5
     assert result.source_image.size == (128, 128)
     assert [image.size for image in result.images] == [(128, 128)] * 2
+
+
+def test_separate_generation_rows(pipe):
+    pipe.fuse_generation = False
+    try:
+        with RowCounter(pipe.unet) as counter:
+            pipe(prompt=["a cat", "a dog"], generation_prompt="a horse", num_inference_steps=5, resolution=128,
+                 output_type="latent")
+    finally:
+        pipe.fuse_generation = True
+    assert counter.rows == [2] * 5 + expected_translation_rows(2, 5, 0.8, 0.5)
 
 
 def test_inversion_runs_only_up_to_the_noisiest_sampling_timestep(pipe, photo):
