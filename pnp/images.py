@@ -26,13 +26,15 @@ class ImageError(ConfigError):
     """An input image cannot be used; raised as ImageError("image", reason)."""
 
 
-def load_image(source: str | Path | BinaryIO) -> Image.Image:
+def load_image(source: str | Path | BinaryIO, name: str | None = None) -> Image.Image:
     """Open an image file as 8-bit RGB: EXIF orientation applied, transparency composited on white.
 
     Reads anything Pillow reads (PNG, JPEG, WebP, GIF's first frame, ...), in any mode:
-    grayscale, palette, RGBA, CMYK, 16-bit.
+    grayscale, palette, RGBA, CMYK, 16-bit. Error messages call the file ``name``, by default
+    its path (or the file object's name).
     """
-    name = getattr(source, "name", source)
+    if name is None:
+        name = getattr(source, "name", source)
     try:
         with Image.open(source) as image:
             image.seek(0)
@@ -41,7 +43,10 @@ def load_image(source: str | Path | BinaryIO) -> Image.Image:
             return to_rgb(image)
     except FileNotFoundError:
         raise ImageError("image", f"no file at {name}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
+    except UnidentifiedImageError:
+        # Pillow's own message would only repeat the path, which ``name`` may stand in for.
+        raise ImageError("image", f"{name} is not a readable image") from None
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ImageError("image", f"{name} is not a readable image ({err})") from None
 
 
