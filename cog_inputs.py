@@ -10,7 +10,8 @@ checked over HTTP by tests/test_cog_server.py:
   ``file.<ext>`` for a data URI (``ext`` from its media type). predict() gets a cog.Path to that
   file, which records nothing else of its origin; Cog deletes the file after the prediction.
 - Any other string (``/etc/passwd``, ``file:///etc/passwd``, ``x.png``) reaches predict() as it is,
-  a ``str`` (cog 0.19 made it a cog.Path): a path on the server, which a request must never read.
+  a ``str`` (cog 0.19.3's PrimitiveType.normalize made it a cog.Path): a path on the server, which
+  a request must never read.
 - The schema's "integer" is JSON Schema's, which admits 2.0; predict() then gets the float 2.0.
 """
 
