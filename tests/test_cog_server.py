@@ -365,7 +365,7 @@ def test_missing_weights_fail_setup_with_the_message_from_setup(tmp_path, schema
         assert health["status"] == "SETUP_FAILED"
         assert f"PNP_WEIGHTS={missing} is not a folder" in health["setup"]["logs"]
         refused = failing.predict({"generation_prompt": "a house"})
-        # Cog's words for every state but READY (coglet service.rs submit_prediction): see README.
+        # Cog's words for every state but READY (coglet service.rs submit_prediction): README, "Failed setup".
         assert (refused.status_code, refused.json()) == (503, {
             "error": "Setup has not finished yet. Wait until it has finished, or GET /health-check for status.",
             "status": "failed"})
