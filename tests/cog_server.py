@@ -105,7 +105,7 @@ class CogServer:
 
     @staticmethod
     def _when_free(send) -> requests.Response:
-        # Right after a response the slot can still be busy for a few milliseconds (README, "One prediction at a time").
+        # The slot can stay busy a few milliseconds after a response (README, "One prediction at a time").
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             response = send()
