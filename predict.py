@@ -15,6 +15,7 @@ from typing import Optional
 
 from cog import BasePredictor, Input, Path, current_scope
 
+from cog_inputs import read_request_image, whole_number
 from pnp.environment import configure_libraries, log_to
 
 # Before diffusers and transformers load: their import-time advice would fill the setup logs.
@@ -24,7 +25,6 @@ import torch  # noqa: E402
 
 from pnp.config import ConfigError, PnPConfig  # noqa: E402
 from pnp.devices import dtype_name  # noqa: E402
-from pnp.images import load_image  # noqa: E402
 from pnp.outputs import OutputOptions, write_outputs  # noqa: E402
 from pnp.pipeline import PnPPipeline  # noqa: E402
 from pnp.weights import locate_weights  # noqa: E402
@@ -161,6 +161,10 @@ class Predictor(BasePredictor):
         ),
     ) -> list[Path]:
         """Translate the source into every prompt; the generated source (generation mode) comes first."""
+        # Every integer input: the server's schema lets 2.0 through as a float (see cog_inputs).
+        num_inference_steps, num_inversion_steps, seed, resolution, output_quality = map(
+            whole_number, (num_inference_steps, num_inversion_steps, seed, resolution, output_quality)
+        )
         self._remove_outputs()
         chosen = "random seed" if seed is None else "seed"
         if seed is None:
@@ -187,7 +191,7 @@ class Predictor(BasePredictor):
                 if input_image is not None:
                     print("Both input_image and generation_prompt were given: the generation prompt is used, the image is ignored")
             elif input_image is not None:
-                image = load_image(input_image, config.resolution)
+                image = read_request_image(input_image, config.resolution)
             self.output_dir = tempfile.mkdtemp(prefix="pnp-outputs-")
             generator = torch.Generator("cpu").manual_seed(seed)
             pipe = self.unchecked if disable_safety_checker else self.pipe

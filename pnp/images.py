@@ -53,16 +53,18 @@ class ImageError(ConfigError):
     """An input image cannot be used; raised as ImageError("image", reason)."""
 
 
-def load_image(source: str | Path | BinaryIO, resolution: int | None = None) -> Image.Image:
+def load_image(source: str | Path | BinaryIO, resolution: int | None = None, name: str | None = None) -> Image.Image:
     """Open an image file as 8-bit RGB: EXIF orientation applied, transparency composited on white.
 
     Reads anything Pillow reads (PNG, JPEG, WebP, GIF's first frame, ...), in any mode:
     grayscale, palette, RGBA, CMYK, 16-bit. Images over ``MAX_PIXELS`` pixels are refused before
     they are decoded. Given the ``resolution`` it will be translated at, the image comes back at
     its working size, as ``resize_for_model`` would make it, and a large one is shrunk while it is
-    read (see the module docstring); without, at its own size.
+    read (see the module docstring); without, at its own size. Error messages call the file
+    ``name``, by default its path (or the file object's name).
     """
-    name = getattr(source, "name", source)
+    if name is None:
+        name = getattr(source, "name", source)
     try:
         with warnings.catch_warnings():
             # Pillow warns from 89 MP up; MAX_PIXELS, checked below, is the limit that applies.
@@ -81,7 +83,10 @@ def load_image(source: str | Path | BinaryIO, resolution: int | None = None) -> 
         # Pillow refused it while reading the header; its message holds the pixel count.
         found = re.search(r"\((\d+) pixels\)", str(err))
         raise ImageError("image", _too_large(name, int(found[1]) if found else None)) from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except UnidentifiedImageError:
+        # Pillow's own message would only repeat the path, which ``name`` may stand in for.
+        raise ImageError("image", f"{name} is not a readable image") from None
+    except (OSError, SyntaxError) as err:
         raise ImageError("image", f"{name} is not a readable image ({err})") from None
 
 

@@ -96,9 +96,22 @@ class CogServer:
 
     def predict(self, inputs: dict, **kwargs) -> requests.Response:
         """POST /predictions, retrying while the single slot is still busy (409) from a previous prediction."""
+        return self._when_free(
+            lambda: requests.post(f"{self.url}/predictions", json={"input": inputs}, timeout=600, **kwargs)
+        )
+
+    def start(self, prediction_id: str, body: dict) -> requests.Response:
+        """PUT /predictions/<id> asynchronously (``body`` holds input, webhook, ...), retrying as ``predict`` does."""
+        return self._when_free(lambda: requests.put(
+            f"{self.url}/predictions/{prediction_id}", json=body, headers={"Prefer": "respond-async"}, timeout=10
+        ))
+
+    @staticmethod
+    def _when_free(send) -> requests.Response:
+        # The slot can stay busy a few milliseconds after a response (README, "One prediction at a time").
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
-            response = requests.post(f"{self.url}/predictions", json={"input": inputs}, timeout=600, **kwargs)
+            response = send()
             if response.status_code != 409 or time.monotonic() > deadline:
                 return response
             time.sleep(0.1)

@@ -7,6 +7,7 @@ random-weight model named by PNP_WEIGHTS.
 import io
 import json
 import shutil
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +21,15 @@ from pnp.config import MAX_RESOLUTION, MAX_SAMPLING_STEPS, MIN_RESOLUTION, NEGAT
 from pnp.outputs import OUTPUT_FORMATS
 
 SERVER_ENV = {"PNP_DEVICE": "cpu", "PNP_DTYPE": "float32", "HF_HUB_OFFLINE": "1"}
+# coglet 0.23.1 writes "Prediction failed: " twice before an exception from predict(): predict_worker
+# (cog's crates/coglet-python/src/predictor.rs) wraps it as PredictionError::Failed("Prediction failed: ..."),
+# whose Display (crates/coglet/src/predictor.rs) adds the words again. Pinned: a Cog upgrade that changes it shows here.
+PREDICT_ERROR = "Prediction failed: Prediction failed: "
+# Errors raised while coglet fetches or decodes a file input, before predict() runs (cog's
+# input.rs prepare_input, mapped to PredictionError::InvalidInput): predict.py cannot word them.
+COG_INPUT_ERROR = "Input validation error: "
+REFUSED = ("ImageError: input_image: only a file the request brings is read: an upload, a data: URI or an "
+           "http(s) URL, not a path on the server")
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +62,69 @@ def server(tmp_path_factory, schema_folder, tiny_model_dir):
 @pytest.fixture
 def photo():
     return sample_photo()
+
+
+class FileServer:
+    """A web server on 127.0.0.1 for URL inputs: ``files`` by path, 404 otherwise, and /slow.png, which sends
+    its 3 bytes one per ``slow_delay_s`` and sets ``last_byte`` just before the last one."""
+
+    slow_delay_s = 1.0
+
+    def __init__(self) -> None:
+        self.files = {}
+        self.first_byte, self.last_byte = threading.Event(), threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path == "/slow.png":
+                    return server.send_slowly(self)
+                data = server.files.get(self.path.partition("?")[0])
+                if data is None:
+                    return self.send_error(404)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def send_slowly(self, handler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", "3")
+        handler.end_headers()
+        handler.wfile.write(b"x")
+        handler.wfile.flush()
+        self.first_byte.set()
+        time.sleep(self.slow_delay_s)
+        handler.wfile.write(b"x")
+        handler.wfile.flush()
+        time.sleep(self.slow_delay_s)
+        self.last_byte.set()  # before the byte is written: no download can end before it is set
+        handler.wfile.write(b"x")
+
+    def stop(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+
+@pytest.fixture(scope="module")
+def web():
+    files = FileServer()
+    yield files
+    files.stop()
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (connections to it are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def decoded_images(outputs):
@@ -121,8 +194,8 @@ def test_generation_mode_returns_the_source_first(server):
 
 @pytest.mark.parametrize(
     "name, value",
-    [("scale", 60), ("feature_injection_threshold", 1.5), ("num_inference_steps", 0), ("seed", -1),
-     ("resolution", 500), ("output_format", "gif"), ("negative_prompt_schedule", "cubic")],
+    [("scale", 60), ("feature_injection_threshold", 1.5), ("num_inference_steps", 0), ("num_inference_steps", 2.5),
+     ("seed", -1), ("resolution", 500), ("output_format", "gif"), ("negative_prompt_schedule", "cubic")],
 )
 def test_values_outside_the_schema_are_answered_422(server, name, value):
     response = server.predict({"generation_prompt": "a house", name: value})
@@ -130,17 +203,80 @@ def test_values_outside_the_schema_are_answered_422(server, name, value):
     assert [error["loc"] for error in response.json()["detail"]] == [["body", "input", name]]
 
 
-def test_a_file_that_is_not_an_image_fails_readably(server):
-    inputs = {"input_image": "data:text/plain;base64,aGVsbG8=", **FAST}
-    prediction = server.predict(inputs).json()
+def test_whole_numbers_sent_as_floats_count_as_integers(server):
+    """JSON Schema's "integer" admits 2.0, so the server passes it on; it must work as 2 for every integer input."""
+    schema = requests.get(f"{server.url}/openapi.json", timeout=10).json()["components"]["schemas"]
+
+    def json_type(field):
+        return field.get("type") or schema[field["allOf"][0]["$ref"].rpartition("/")[2]]["type"]
+
+    integers = {"num_inference_steps": 2, "num_inversion_steps": 2, "seed": 3, "resolution": 128, "output_quality": 40}
+    assert sorted(integers) == sorted(n for n, f in schema["Input"]["properties"].items() if json_type(f) == "integer")
+
+    def outputs(values):
+        prediction = server.predict({"generation_prompt": "a house", "output_format": "jpg", **values}).json()
+        assert prediction["status"] == "succeeded", prediction.get("error")
+        return [decode_data_uri(uri) for uri in prediction["output"]]
+
+    assert outputs({name: float(value) for name, value in integers.items()}) == outputs(integers)
+
+
+def test_paths_on_the_server_are_never_read(server, tmp_path):
+    """Only files the request brings are read; the answer is the same whether a path exists or not."""
+    photo = tmp_path / "photo.png"
+    sample_photo().save(photo)
+    # Named and placed as Cog names and places the files it makes of URLs and data URIs.
+    lookalike = server.folder / "tmp" / "tmpabcdefghphoto.png"
+    sample_photo().save(lookalike)
+    values = ["/etc/passwd", str(photo), str(tmp_path / "missing.png"), str(lookalike), f"file://{photo}", "photo.png"]
+    try:
+        errors = {value: server.predict({"input_image": value, **FAST}).json().get("error") for value in values}
+    finally:
+        lookalike.unlink()
+    assert errors == {value: PREDICT_ERROR + REFUSED for value in values}
+
+
+def test_urls_are_fetched_and_errors_name_files_as_the_user_sent_them(server, web, photo):
+    buffer = io.BytesIO()
+    photo.save(buffer, "PNG")
+    web.files.update({"/albums/horse.png": buffer.getvalue(), "/albums/notes.txt": b"not an image"})
+    fetched = server.predict({"input_image": f"{web.url}/albums/horse.png?size=large", **FAST}).json()
+    assert fetched["status"] == "succeeded", fetched.get("error")
+    assert decoded_images(fetched["output"])[0][1].size == (256, 128)
+
+    errors = {
+        f"{web.url}/albums/notes.txt": "notes.txt is not a readable image",
+        "data:text/plain;base64,aGVsbG8=": "the uploaded file is not a readable image",
+        # Python's base64 decoder drops characters outside the alphabet: the file Cog writes is empty.
+        "data:image/png;base64,@@@": "the uploaded file is empty: no bytes arrived (with a data: URI, check its base64)",
+    }
+    for value, message in errors.items():
+        prediction = server.predict({"input_image": value, **FAST}).json()
+        assert prediction["status"] == "failed"
+        assert prediction["error"] == f"{PREDICT_ERROR}ImageError: input_image: {message}"
+
+
+def test_cog_words_failed_downloads_itself(server, web):
+    """Pins coglet 0.23.1: fetch and decode failures end the prediction before predict() runs, in Cog's words,
+    without the input's name (README: "Files and URLs"). A Cog upgrade that changes them fails here."""
+    refused = f"http://127.0.0.1:{closed_port()}/horse.png"
+    errors = {
+        f"{web.url}/missing.png": f"404 Client Error: Not Found for url: {web.url}/missing.png",
+        "data:image/png;base64,abc": "Incorrect padding",
+    }
+    for value, message in errors.items():
+        prediction = server.predict({"input_image": value, **FAST}).json()
+        assert (prediction["status"], prediction["error"]) == ("failed", COG_INPUT_ERROR + message)
+    prediction = server.predict({"input_image": refused, **FAST}).json()
     assert prediction["status"] == "failed"
-    assert "input_image: " in prediction["error"] and "is not a readable image" in prediction["error"]
+    assert prediction["error"].startswith(COG_INPUT_ERROR + "HTTPConnectionPool(host='127.0.0.1'")
+    assert "Connection refused" in prediction["error"]
 
 
 def test_a_request_without_source_fails_readably(server):
     prediction = server.predict(FAST).json()
     assert prediction["status"] == "failed"
-    assert "input_image: give an input image or a generation prompt" in prediction["error"]
+    assert prediction["error"] == PREDICT_ERROR + "ConfigError: input_image: give an input image or a generation prompt"
 
 
 class WebhookReceiver:
@@ -184,10 +320,8 @@ def test_a_cancelled_prediction_is_followed_by_a_successful_one(server, photo):
     try:
         # Slow enough (1000 inversion steps) to be cancelled in the middle of the inversion.
         slow = {**inputs, "num_inference_steps": 50, "num_inversion_steps": 1000}
-        started = requests.put(
-            f"{server.url}/predictions/cancel-me",
-            json={"input": slow, "webhook": webhook.url, "webhook_events_filter": ["start", "logs", "completed"]},
-            headers={"Prefer": "respond-async"}, timeout=10,
+        started = server.start(
+            "cancel-me", {"input": slow, "webhook": webhook.url, "webhook_events_filter": ["start", "logs", "completed"]}
         )
         assert started.status_code == 202
         webhook.wait_for(lambda update: "inversion:" in (update.get("logs") or ""))
@@ -204,6 +338,25 @@ def test_a_cancelled_prediction_is_followed_by_a_successful_one(server, photo):
     assert len(leftovers) == 1
 
 
+def test_a_slow_download_holds_the_slot_and_cancelling_waits_for_it(server, web):
+    """Pins coglet 0.23.1: the worker fetches URL inputs before predict() runs, without a total time limit,
+    and a cancel takes effect only once the download has ended (README: "Slow URLs")."""
+    webhook = WebhookReceiver()
+    try:
+        started = server.start("slow-url", {"input": {"input_image": f"{web.url}/slow.png", **FAST},
+                                            "webhook": webhook.url, "webhook_events_filter": ["completed"]})
+        assert started.status_code == 202
+        assert web.first_byte.wait(timeout=30)
+        busy = requests.post(f"{server.url}/predictions", json={"input": FAST}, timeout=10)
+        assert (busy.status_code, busy.json()) == (409, {"error": "At capacity - all prediction slots busy",
+                                                         "status": "failed"})
+        assert requests.post(f"{server.url}/predictions/slow-url/cancel", timeout=10).status_code == 200
+        webhook.wait_for(lambda update: update["status"] == "canceled")
+        assert web.last_byte.is_set()  # the cancel waited for the whole download
+    finally:
+        webhook.stop()
+
+
 def test_missing_weights_fail_setup_with_the_message_from_setup(tmp_path, schema_folder):
     missing = tmp_path / "no-weights-here"
     failing = start_server(tmp_path, schema_folder, {"PNP_WEIGHTS": str(missing)})
@@ -211,7 +364,11 @@ def test_missing_weights_fail_setup_with_the_message_from_setup(tmp_path, schema
         health = failing.wait_for_setup()
         assert health["status"] == "SETUP_FAILED"
         assert f"PNP_WEIGHTS={missing} is not a folder" in health["setup"]["logs"]
-        assert failing.predict({"generation_prompt": "a house"}).status_code == 503
+        refused = failing.predict({"generation_prompt": "a house"})
+        # Cog's words for every state but READY (coglet service.rs submit_prediction): README, "Failed setup".
+        assert (refused.status_code, refused.json()) == (503, {
+            "error": "Setup has not finished yet. Wait until it has finished, or GET /health-check for status.",
+            "status": "failed"})
     finally:
         failing.stop()
     assert not failing.group_alive()  # the worker went with the server

@@ -2,6 +2,7 @@
 
 import ast
 import inspect
+import io
 import typing
 from pathlib import Path as LocalPath
 
@@ -9,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 from cog import CancelationException, Path
+from cog.types import URLPath, get_filename
 from PIL import Image
 
 import predict
-from cog_server import FAST, FORM_ORDER, sample_photo
+from cog_server import FAST, FORM_ORDER, data_uri, sample_photo
 from helpers import all_hooks
 from pnp.config import (
     MAX_PROMPTS,
@@ -45,6 +47,10 @@ OUTPUT_FIELDS = ("output_format", "output_quality")
 PREDICT_PARAMETERS = {
     name: p.default for name, p in inspect.signature(Predictor.predict).parameters.items() if name != "self"
 }
+PREDICT_HINTS = typing.get_type_hints(Predictor.predict)
+INTEGER_INPUTS = [n for n in PREDICT_PARAMETERS if int in (PREDICT_HINTS[n], *typing.get_args(PREDICT_HINTS[n]))]
+REFUSED = ("input_image: only a file the request brings is read: an upload, a data: URI or an http(s) URL, "
+           "not a path on the server")
 
 
 @pytest.fixture(scope="module")
@@ -63,18 +69,30 @@ def predictor(tiny_model_dir):
 
 @pytest.fixture
 def outputs_root(tmp_path, monkeypatch):
-    """Where the predictor's per-prediction output folders go during one test."""
+    """The temporary folder during one test: the predictor's output folders, and the files Cog makes of inputs."""
     root = tmp_path / "tmp"
     root.mkdir()
     monkeypatch.setattr("tempfile.tempdir", str(root))
     return root
 
 
+def output_folders(root) -> list:
+    return [p for p in root.iterdir() if p.is_dir()]
+
+
+def sent_as(uri: str) -> Path:
+    """The file the Cog server makes of a data: URI given for a Path input: cog.types' own code, as coglet calls it."""
+    return Path.validate(uri).convert()
+
+
+def fetched_from(url: str, data: bytes) -> Path:
+    """The file the Cog server makes of an http(s) URL that serves ``data``: Cog's code, without the network."""
+    return URLPath(source=url, filename=get_filename(url), fileobj=io.BytesIO(data)).convert()
+
+
 @pytest.fixture
-def photo_file(tmp_path):
-    path = tmp_path / "photo.png"
-    sample_photo().save(path)
-    return Path(path)
+def photo_file(outputs_root):
+    return sent_as(data_uri(sample_photo()))
 
 
 def run(model, **inputs):
@@ -130,8 +148,7 @@ def test_choices_are_the_engine_choices():
 def test_bounds_are_the_engine_bounds(name):
     """The engine accepts each bound and refuses the next value beyond it, naming the parameter."""
     field, engine_name = PREDICT_PARAMETERS[name], ENGINE_FIELDS[name]
-    hint = typing.get_type_hints(Predictor.predict)[name]
-    step = 1 if int in (hint, *typing.get_args(hint)) else 0.01
+    step = 1 if name in INTEGER_INPUTS else 0.01
 
     def config(value):
         if engine_name == "seed":
@@ -193,19 +210,21 @@ def test_image_mode_keeps_the_input_size(predictor, photo_file, outputs_root):
 
 
 @pytest.fixture(scope="module")
-def cat_and_dog(predictor, tmp_path_factory):
-    """Inputs translating a photo into two prompts, and their outputs' names and pixels."""
-    path = tmp_path_factory.mktemp("cat-and-dog") / "photo.png"
-    sample_photo().save(path)
-    inputs = {"input_image": Path(path), "translation_prompts": "a cat;; a dog ;"}
-    outputs = run(predictor, **inputs)
+def cat_and_dog(predictor):
+    """Inputs translating the sample photo (``photo_file``) into two prompts, and their outputs' names and pixels."""
+    inputs = {"translation_prompts": "a cat;; a dog ;"}
+    photo = sent_as(data_uri(sample_photo()))
+    try:
+        outputs = run(predictor, input_image=photo, **inputs)
+    finally:
+        photo.unlink()
     return inputs, [p.name for p in outputs], [pixels(p) for p in outputs]
 
 
-def test_several_prompts_come_out_in_prompt_order(predictor, cat_and_dog, outputs_root):
+def test_several_prompts_come_out_in_prompt_order(predictor, cat_and_dog, photo_file, outputs_root):
     inputs, names, (cat, dog) = cat_and_dog
     assert names == ["00-a-cat.png", "01-a-dog.png"]
-    [alone] = run(predictor, input_image=inputs["input_image"], translation_prompts="a dog")
+    [alone] = run(predictor, input_image=photo_file, translation_prompts="a dog")
     # Batched and single runs may differ by rounding only; the two prompts differ far more.
     assert np.abs(pixels(alone) - dog).mean() < 0.1 * np.abs(pixels(alone) - cat).mean()
 
@@ -273,23 +292,73 @@ def test_bad_inputs_name_the_input_to_change(predictor, outputs_root, photo_file
     message = str(caught.value)
     assert caught.value.param == form_name
     assert message.startswith(f"{form_name}:") and hint in message
-    assert list(outputs_root.iterdir()) == []
+    assert output_folders(outputs_root) == []
 
 
-def test_a_file_that_is_not_an_image_is_refused(predictor, tmp_path, outputs_root):
-    text = tmp_path / "notes.png"
-    text.write_text("not an image")
-    with pytest.raises(ImageError, match="^input_image: .*not a readable image"):
-        run(predictor, input_image=Path(text))
-    assert list(outputs_root.iterdir()) == []
+def test_whole_numbers_sent_as_floats_count_as_integers(predictor, outputs_root):
+    """JSON's 2.0 passes the server's integer schema and arrives as a float (see cog_inputs.py)."""
+    integers = {"num_inference_steps": 2, "num_inversion_steps": 2, "seed": 3, "resolution": 128, "output_quality": 40}
+    assert sorted(integers) == sorted(INTEGER_INPUTS)  # a new integer input belongs here too
+
+    def output_bytes(values):
+        [source, output] = run(predictor, generation_prompt="a house", output_format="jpg", **values)
+        return source.read_bytes(), output.read_bytes()
+
+    assert output_bytes({name: float(value) for name, value in integers.items()}) == output_bytes(integers)
+    with pytest.raises(ConfigError, match="^num_inference_steps: expected a whole number, got 2.5"):
+        run(predictor, generation_prompt="a house", num_inference_steps=2.5)
 
 
-def test_an_overly_long_image_is_refused(predictor, tmp_path, outputs_root):
-    path = tmp_path / "strip.png"
-    Image.new("RGB", (1100, 100)).save(path)
+@pytest.mark.parametrize(
+    "where",
+    ["str of a file", "str of no file", "Path of a file", "str of a Cog-like file", "Cog-like file in a subfolder",
+     "relative Path", "file: URL"],
+)
+def test_only_files_the_request_brought_are_read(predictor, tmp_path, outputs_root, where):
+    """Cog hands predict() a plain str for anything but a URL or data URI, and URL/data-URI files only in its
+    temporary folder under NamedTemporaryFile's names; any other value is refused the same way, file or not."""
+    photo = tmp_path / "photo.png"
+    sample_photo().save(photo)
+    lookalike = outputs_root / "tmpabcdefghphoto.png"  # where and how Cog names an upload
+    sample_photo().save(lookalike)
+    nested = outputs_root / "sub"
+    nested.mkdir()
+    sample_photo().save(nested / "tmpabcdefghphoto.png")
+    value = {
+        "str of a file": str(photo), "str of no file": str(tmp_path / "missing.png"), "Path of a file": Path(photo),
+        "str of a Cog-like file": str(lookalike), "Cog-like file in a subfolder": Path(nested / "tmpabcdefghphoto.png"),
+        "relative Path": Path("tmpabcdefghphoto.png"), "file: URL": f"file://{lookalike}",
+    }[where]
+    with pytest.raises(ImageError) as caught:
+        run(predictor, input_image=value)
+    assert str(caught.value) == REFUSED
+    assert output_folders(outputs_root) == [nested]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: sent_as("data:text/plain;base64,aGVsbG8="), "the uploaded file is not a readable image"),
+        (lambda: sent_as("data:image/png;base64,@@@"),
+         "the uploaded file is empty: no bytes arrived (with a data: URI, check its base64)"),
+        (lambda: fetched_from("https://example.com/albums/notes.txt?size=large", b"hello"),
+         "notes.txt is not a readable image"),
+        (lambda: fetched_from("https://example.com/my%20horse.png", b"hello"), "my horse.png is not a readable image"),
+        (lambda: fetched_from("https://example.com/empty.png", b""),
+         "empty.png is empty: no bytes arrived (with a data: URI, check its base64)"),
+    ],
+)
+def test_unreadable_files_are_named_as_the_user_sent_them(predictor, outputs_root, make, message):
+    with pytest.raises(ImageError) as caught:
+        run(predictor, input_image=make())
+    assert str(caught.value) == f"input_image: {message}"
+    assert output_folders(outputs_root) == []
+
+
+def test_an_overly_long_image_is_refused(predictor, outputs_root):
     with pytest.raises(ImageError, match="^input_image: .*crop"):
-        run(predictor, input_image=Path(path))
-    assert list(outputs_root.iterdir()) == []
+        run(predictor, input_image=sent_as(data_uri(Image.new("RGB", (1100, 100)))))
+    assert output_folders(outputs_root) == []
 
 
 class _Interrupt:
@@ -305,10 +374,11 @@ class _Interrupt:
 
 
 @pytest.mark.parametrize("error", [CancelationException("canceled"), RuntimeError("CUDA out of memory")])
-def test_interrupted_predictions_leave_the_model_clean(predictor, cat_and_dog, outputs_root, error):
+def test_interrupted_predictions_leave_the_model_clean(predictor, cat_and_dog, photo_file, outputs_root, error):
     unet = predictor.pipe.unet
     processors = {name: type(p) for name, p in unet.attn_processors.items()}
-    inputs, _, before = cat_and_dog
+    prompts, _, before = cat_and_dog
+    inputs = {**prompts, "input_image": photo_file}
     run(predictor, **inputs)  # outputs of an earlier prediction, which the failing one must remove too
 
     handle = unet.register_forward_hook(_Interrupt(error, at=3))
@@ -317,7 +387,7 @@ def test_interrupted_predictions_leave_the_model_clean(predictor, cat_and_dog, o
             run(predictor, **inputs)
     finally:
         handle.remove()
-    assert list(outputs_root.iterdir()) == []  # neither these outputs nor the previous prediction's
+    assert output_folders(outputs_root) == []  # neither these outputs nor the previous prediction's
     assert all_hooks(unet) == []
     assert {name: type(p) for name, p in unet.attn_processors.items()} == processors
 
@@ -329,7 +399,7 @@ def test_each_prediction_removes_the_previous_outputs(predictor, photo_file, out
     [first] = run(predictor, input_image=photo_file)
     [second] = run(predictor, input_image=photo_file)
     assert not first.exists() and second.exists()
-    assert list(outputs_root.iterdir()) == [second.parent]
+    assert output_folders(outputs_root) == [second.parent]
 
 
 # --- Setup ---
