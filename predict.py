@@ -14,6 +14,7 @@ from pathlib import Path as LocalPath
 from typing import Optional
 
 from cog import BasePredictor, Input, Path, current_scope
+from PIL import Image
 
 from cog_inputs import read_request_image, whole_number
 from pnp.environment import configure_libraries, log_to
@@ -31,6 +32,7 @@ from pnp.weights import locate_weights  # noqa: E402
 
 WEIGHTS_DIR = LocalPath(__file__).resolve().parent / "weights"
 SOURCE_CACHE_ENV = "PNP_SOURCE_CACHE_BYTES"
+COMPILE_ENV = "PNP_COMPILE"
 PROMPT_SEPARATOR = ";"
 # Pipeline parameters that the form calls differently; error messages use the form's names.
 FORM_NAMES = {
@@ -48,7 +50,8 @@ class Predictor(BasePredictor):
         """Load the weights once ($PNP_WEIGHTS, else weights/, else a download).
 
         $PNP_DEVICE and $PNP_DTYPE override the device and dtype; $PNP_SOURCE_CACHE_BYTES bounds the
-        cache of recent sources (0 turns it off; default: a quarter of the GPU's memory).
+        cache of recent sources (0 turns it off; default: a quarter of the GPU's memory);
+        PNP_COMPILE=1 compiles the UNet and warms it up here, so that predictions start compiled.
         """
         log_to("stdout")
         start = time.perf_counter()
@@ -59,6 +62,8 @@ class Predictor(BasePredictor):
         dtype = dtype_name(self.pipe.unet.dtype)
         print(f"Loaded {folder} on {self.pipe.device} as {dtype} in {time.perf_counter() - start:.1f} s")
         self.pipe.set_source_cache(_env_bytes(SOURCE_CACHE_ENV))
+        if os.environ.get(COMPILE_ENV, "").strip() == "1":
+            self._compile()
         # The same weights without the checker, for predictions that turn it off. from_pipe casts the
         # shared weights to its dtype argument (float32 by default), so it is given theirs.
         self.unchecked = PnPPipeline.from_pipe(
@@ -208,6 +213,16 @@ class Predictor(BasePredictor):
         for name, value in result.metrics.items():
             scope.record_metric(name, value)
         return [Path(p) for p in paths]
+
+    def _compile(self) -> None:
+        """Compile the UNet, then run each kind of UNet call the default inputs make once, so each compiles now."""
+        start = time.perf_counter()
+        self.pipe.compile_unet()
+        warm_up = dict(prompt="a photo", num_inference_steps=5, output_type="latent")
+        self.pipe(image=Image.new("RGB", (512, 512), (128, 128, 128)), **warm_up)  # inversion and translation
+        self.pipe(generation_prompt="a photo", **warm_up)  # fused generation
+        self.pipe.source_cache.clear()
+        print(f"Compiled and warmed up the UNet in {time.perf_counter() - start:.1f} s")
 
     def _remove_outputs(self) -> None:
         # Outputs live until the next prediction starts (Cog has uploaded or encoded them by then)

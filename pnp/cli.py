@@ -71,14 +71,15 @@ def _translate(args: argparse.Namespace) -> int:
     seed = check_seed(args.seed)
     options = OutputOptions(args.format, args.quality)
     # Read at the working size: a large image is shrunk while it is read, and refused if too long.
-    image = load_image(args.image, config.resolution) if args.image else None
+    images = [load_image(path, config.resolution) for path in args.image or []]
     out = check_output_folder(args.out, args.overwrite)
 
     pipe = _load(args)
     import torch
 
-    result = pipe(image=image, generator=torch.Generator("cpu").manual_seed(seed), **config.as_kwargs())
-    for path in write_outputs(result, config.prompt, out, options):
+    result = pipe(image=images or None, generator=torch.Generator("cpu").manual_seed(seed), **config.as_kwargs())
+    labels = [Path(path).stem for path in args.image or []]
+    for path in write_outputs(result, config.prompt, out, options, labels):
         print(path)
     return 0
 
@@ -100,6 +101,9 @@ def _load(args: argparse.Namespace):
         pipe = PnPPipeline.from_pretrained(model, device=args.device, dtype=args.dtype)
     pipe.set_progress_bar_config(disable=args.quiet)
     print(f"model {args.model} on {pipe.device} ({dtype_name(pipe.unet.dtype)})", file=sys.stderr)
+    if getattr(args, "compile", False):
+        print("compiling the UNet: the first steps of each kind take minutes on a CPU", file=sys.stderr)
+        pipe.compile_unet()
     return pipe
 
 
@@ -125,7 +129,8 @@ def _parser() -> argparse.ArgumentParser:
     t = commands.add_parser("translate", help="translate an image (or a generated one) into each prompt")
     t.set_defaults(run=_translate)
     source = t.add_mutually_exclusive_group(required=True)
-    source.add_argument("--image", help="image to translate (PNG, JPEG, WebP, GIF, ...)")
+    source.add_argument("--image", action="append",
+                        help="image to translate (PNG, JPEG, WebP, GIF, ...); repeat for several, each into every prompt")
     source.add_argument("--generation-prompt", help="generate the source image from this prompt instead")
     t.add_argument("--prompt", action="append", required=True, help="target prompt; repeat for several")
     t.add_argument("--out", required=True,
@@ -156,6 +161,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
                    help="default: float16 on CUDA, bfloat16 on CPUs with bfloat16 instructions, else float32")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--compile", action="store_true",
+                   help="run the UNet through torch.compile: faster steps after minutes of compiling; pays off on "
+                   "long runs and many images")
 
     d = commands.add_parser("download-weights", help="download a model's diffusers files into a folder")
     d.set_defaults(run=_download_weights)

@@ -72,7 +72,10 @@ class FeatureInjector:
         self.unet = unet
         self.layers = layers
         self._handles: list = []
-        self._fired: dict[str, int] = {}
+        self._hook_names: list[str] = []  # every hooked module, in the order of ``_fired``
+        # How often each hooked module ran in the current call: a tensor, so that counting inside a
+        # compiled UNet adds graph operations, not guards on Python numbers (recompiling each call).
+        self._fired = torch.zeros(0, dtype=torch.int32)
         self._active = {"residual": False, "attention": False}
         self._features: dict[int, Features] = {}  # image -> its source's features at this step
         self.computed: dict[int, Features] = {}  # the features source rows produced this step
@@ -80,33 +83,51 @@ class FeatureInjector:
         self._target_rows: dict[int, slice | torch.Tensor] = {}  # image -> its targets' rows in the current call
 
     def __enter__(self) -> "FeatureInjector":
+        return self.install()
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def install(self) -> "FeatureInjector":
+        """Install the hooks (idle until ``start_step``); on failure none stays."""
         try:
             self._install()
         except BaseException:
-            self.__exit__(None, None, None)
+            self.remove()
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def remove(self) -> None:
+        """Remove every hook and forget every feature."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self._features, self.computed = {}, {}
+        self.idle()
+
+    def idle(self) -> None:
+        """Turn every injection off and forget the features, keeping the hooks (a compiled UNet's)."""
+        self.start_step(False, False)
+        self._source_rows.clear()
+        self._target_rows.clear()
 
     def start_step(self, residual: bool, attention: bool, known: dict[int, Features] | None = None) -> None:
         """Begin a translation step: which injections are active, and the features known before it (cached sources)."""
-        self._active = {"residual": residual, "attention": attention}
-        self._features = {j: dict(features) for j, features in (known or {}).items()}
-        self.computed = {}
+        self._active.update(residual=residual, attention=attention)
+        self._features.clear()
+        self._features.update({j: dict(features) for j, features in (known or {}).items()})
+        self.computed.clear()
 
     def set_call(self, layout, device: torch.device) -> None:
         """Map the next UNet call's rows (a ``UNetCall.layout``): each target takes its own source's features."""
-        self._source_rows = {row.image: i for i, row in enumerate(layout) if row.kind == "source"}
         targets: dict[int, list[int]] = {}
         for i, row in enumerate(layout):
             if row.kind not in ("source", "generation"):
                 targets.setdefault(row.image, []).append(i)
-        self._target_rows = {j: _rows_index(rows, device) for j, rows in targets.items()}
+        self._source_rows.clear()
+        self._source_rows.update({row.image: i for i, row in enumerate(layout) if row.kind == "source"})
+        self._target_rows.clear()
+        self._target_rows.update({j: _rows_index(rows, device) for j, rows in targets.items()})
+        self._fired.zero_()
         if self._active["residual"] or self._active["attention"]:
             missing = [j for j in targets if j not in self._source_rows and j not in self._features]
             if missing:
@@ -114,6 +135,7 @@ class FeatureInjector:
 
     def _install(self) -> None:
         modules = dict(self.unet.named_modules())
+        self._hook_names.clear()
         missing = [name for name in (*self.layers.residual, *self.layers.attention) if name not in modules]
         if missing:
             raise InjectionError(f"this UNet lacks the decoder layers PnP injects into: {', '.join(missing[:3])}")
@@ -129,18 +151,17 @@ class FeatureInjector:
                 third = fused.out_features // 3
                 slots = [(attention_feature(layer, "q"), slice(0, third)), (attention_feature(layer, "k"), slice(third, 2 * third))]
                 self._hook(fused, f"{layer}.to_qkv", "attention", slots)
-        self._handles.append(self.unet.register_forward_pre_hook(self._start_call))
-        self._handles.append(self.unet.register_forward_hook(self._check_call))
+        device = next(self.unet.parameters()).device
+        self._fired = torch.zeros(len(self._hook_names), dtype=torch.int32, device=device)
 
     def _hook(self, module: torch.nn.Module, name: str, kind: str, slots) -> None:
-        self._handles.append(module.register_forward_hook(partial(self._inject, name, kind, slots)))
+        index = len(self._hook_names)
+        self._hook_names.append(name)
+        self._handles.append(module.register_forward_hook(partial(self._inject, index, kind, slots)))
 
-    def _start_call(self, module, args) -> None:
-        self._fired = {}
-
-    def _check_call(self, module, args, output) -> None:
-        """Every active injection happened exactly once in the UNet call that just ended."""
-        fired = self._fired
+    def check_call(self) -> None:
+        """Raise InjectionError unless every active injection happened exactly once in the UNet call since ``set_call``."""
+        fired = dict(zip(self._hook_names, self._fired.tolist()))
         if self._active["residual"]:
             for name in self.layers.residual:
                 _expect_once(name, "its residual features", fired.get(name, 0))
@@ -155,9 +176,9 @@ class FeatureInjector:
                         "Set a standard processor, e.g. pipe.unet.set_attn_processor(AttnProcessor2_0())"
                     )
 
-    def _inject(self, name: str, kind: str, slots, module, inputs, output: torch.Tensor):
-        self._fired[name] = self._fired.get(name, 0) + 1
-        if not self._active[kind] or not self._target_rows:
+    def _inject(self, index: int, kind: str, slots, module, inputs, output: torch.Tensor):
+        self._fired[index] += 1
+        if not (self._active[kind] and self._target_rows):
             return None
         for feature, channels in slots:
             part = output if channels is None else output[..., channels]

@@ -33,9 +33,17 @@ class OutputOptions:
         check_int("output_quality", self.output_quality, 1, 100)
 
 
-def output_names(prompts: list[str] | tuple[str, ...], with_source: bool, output_format: str) -> list[str]:
-    """File names in output order: ``00-source.png`` (if any), then ``NN-<prompt slug>.png`` per prompt."""
-    labels = (["source"] if with_source else []) + [slug(p) for p in prompts]
+def output_names(prompts, with_source: bool, output_format: str, images: list[str] | None = None) -> list[str]:
+    """File names in output order: ``00-source.png`` (if any), then ``NN-<prompt slug>.png`` per prompt.
+
+    With several input ``images`` (their labels, e.g. file stems), one name per image and prompt,
+    image by image: ``NN-<image>-<prompt slug>.png``.
+    """
+    if images and len(images) > 1:
+        targets = [f"{slug(image)}-{slug(p)}" for image in images for p in prompts]
+    else:
+        targets = [slug(p) for p in prompts]
+    labels = (["source"] if with_source else []) + targets
     return [f"{i:02d}-{label}.{output_format}" for i, label in enumerate(labels)]
 
 
@@ -66,17 +74,18 @@ def check_output_folder(folder: str | Path, overwrite: bool = False) -> Path:
     return folder
 
 
-def write_outputs(result, prompts, folder: str | Path, options: OutputOptions) -> list[Path]:
+def write_outputs(result, prompts, folder: str | Path, options: OutputOptions, images: list[str] | None = None) -> list[Path]:
     """Write a pipeline result's generated source (if any) and translations (PIL images) into ``folder``.
 
-    ``folder`` is created if missing; returns the paths in output order.
+    ``images`` labels the input images when there are several (see ``output_names``). ``folder`` is
+    created if missing; returns the paths in output order.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with_source = result.source_image is not None
-    images = ([result.source_image] if with_source else []) + list(result.images)
-    names = output_names(prompts, with_source, options.output_format)
-    return [save_image(image, folder / name, options) for image, name in zip(images, names, strict=True)]
+    outputs = ([result.source_image] if with_source else []) + list(result.images)
+    names = output_names(prompts, with_source, options.output_format, images)
+    return [save_image(image, folder / name, options) for image, name in zip(outputs, names, strict=True)]
 
 
 def save_image(image: Image.Image, path: str | Path, options: OutputOptions) -> Path:

@@ -33,7 +33,7 @@ from pnp.ddim import DDIMSchedule
 from pnp.devices import dtype_name
 from pnp.generation import generate
 from pnp.images import resize_for_model, to_rgb
-from pnp.injection import SD_LAYERS
+from pnp.injection import SD_LAYERS, FeatureInjector
 from pnp.inversion import invert
 from pnp.models import check_supported, choose_device_and_dtype, loading_errors, loading_options
 from pnp.rows import translation_plan
@@ -126,6 +126,8 @@ class PnPPipeline(
         self.fuse_generation = True
         # Told about every translation UNet call (``pnp.translate.CallObserver``); for feature capture.
         self._observer = None
+        # The injection hooks of a compiled UNet, installed once before compiling (see compile_unet).
+        self._injector = None
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, device: str | None = None, dtype=None, **kwargs):
@@ -144,6 +146,20 @@ class PnPPipeline(
             pipe = super().from_pretrained(pretrained_model_name_or_path, dtype=dtype, **options)
         check_supported(pipe, pretrained_model_name_or_path)
         return pipe.to(device)
+
+    @classmethod
+    def from_pipe(cls, pipeline, **kwargs):
+        """diffusers' ``from_pipe``: a new pipeline on the same components (give ``dtype``: it defaults to float32).
+
+        A compiled UNet's injection hooks (``compile_unet``) come along with the UNet they are on, and
+        a PnPPipeline's source cache is shared (its keys tell weights and dtypes apart).
+        """
+        pipe = super().from_pipe(pipeline, **kwargs)
+        if isinstance(pipeline, PnPPipeline):
+            pipe.source_cache = pipeline.source_cache
+            if pipe.unet is pipeline.unet:
+                pipe._injector = pipeline._injector
+        return pipe
 
     @property
     def interrupt(self) -> bool:
@@ -252,6 +268,10 @@ class PnPPipeline(
             resolution=resolution, max_batch_size=max_batch_size,
         )
         pictures = [] if config.generating else [resize_for_model(_as_pil(i), config.resolution) for i in _listed(image)]
+        sizes = sorted({picture.size for picture in pictures})
+        if output_type != "pil" and len(sizes) > 1:
+            raise ConfigError("output_type", f"images of different working sizes ({', '.join(f'{w}x{h}' for w, h in sizes)}) "
+                              "come back only as PIL images; use output_type='pil' or images of one size")
         device = self._execution_device
         ddim = DDIMSchedule.from_config(self.scheduler.config)
         predict = NoisePredictor(self.unet)
@@ -292,6 +312,20 @@ class PnPPipeline(
         if not return_dict:
             return images, source_image, flagged, metrics
         return PnPPipelineOutput(images=images, source_image=source_image, nsfw_content_detected=flagged, metrics=metrics)
+
+    def compile_unet(self, channels_last: bool | None = None, **compile_options) -> None:
+        """Run the UNet through ``torch.compile`` (``compile_options`` are its arguments), the injection included.
+
+        The injection hooks are installed first and stay, since compiled code ignores hooks added
+        later (the injection's own check would then stop the run). ``channels_last`` (default: on
+        CUDA only) stores the UNet's weights in the layout GPU convolution kernels prefer. Each
+        new batch shape compiles on its first call: minutes on a CPU, so warm up before timing.
+        """
+        if self._injector is None:
+            self._injector = FeatureInjector(self.unet, SD_LAYERS).install()
+        if channels_last if channels_last is not None else self.unet.device.type == "cuda":
+            self.unet.to(memory_format=torch.channels_last)
+        self.unet.compile(**compile_options)
 
     def set_source_cache(self, max_bytes: int | None) -> None:
         """Bound the source cache to ``max_bytes`` (0 turns it off; None: a quarter of a GPU's memory, a tenth of RAM on the CPU)."""
@@ -360,7 +394,7 @@ class PnPPipeline(
         fused = group.noise is not None and bool(group.misses) and self.fuse_generation
         needed = {step.timestep: SD_LAYERS.feature_names(step.residual, step.attention)
                   for step in translation_plan(config, num_train_timesteps=ddim.num_train_timesteps, offset=ddim.steps_offset)}
-        known = {k: entry.features for k, entry in enumerate(group.entries) if entry is not None}
+        known = group.known_features()
         plan = translation_plan(
             config, len(group.trajectories), tuple(group.known_timesteps(needed)), fused,
             ddim.num_train_timesteps, ddim.steps_offset,
@@ -368,7 +402,7 @@ class PnPPipeline(
         generation = Generation(group.noise, group.trajectories[0].embedding, config.generation_guidance_scale) if fused else None
         with self._timed(metrics, "translation_s"), step_end.phase("translation", len(plan)) as on_step:
             translated = translate(predict, ddim, group.trajectories, prompts, plan, config.guidance_scale, SD_LAYERS,
-                                   on_step, self._observer, known, generation)
+                                   on_step, self._observer, known, generation, self._injector)
         if generation is not None:
             group.clean = generation.clean
         if not self.interrupt:
@@ -402,22 +436,25 @@ class PnPPipeline(
         return randn_tensor(shape, generator=generator, device=torch.device(device), dtype=torch.float32)
 
     def _postprocess(self, config, latents: list[torch.Tensor], generated, output_type, device):
-        """Decode the latents one image at a time (bounded memory), run the safety checker, convert to ``output_type``."""
+        """Decode, check and convert the latents one image at a time (bounded memory; sizes may differ)."""
         if generated is not None:
             latents = [generated, *latents]
         if output_type == "latent":
             images = torch.cat(latents) if latents else torch.empty(0)
             return (*_split_source(images, generated is not None), None)
-        decoded = torch.cat([decode(self.vae, latent).float() for latent in latents]) if latents else None
-        flagged = None
-        if decoded is not None and self.safety_checker is not None:
-            decoded, flagged = self.run_safety_checker(decoded, device, self.safety_checker.dtype)
+        converted, flagged = [], []
+        for latent in latents:
+            decoded = decode(self.vae, latent).float()
+            bad = False
+            if self.safety_checker is not None:
+                decoded, [bad] = self.run_safety_checker(decoded, device, self.safety_checker.dtype)
+            converted.append(self.image_processor.postprocess(decoded, output_type=output_type, do_denormalize=[not bad]))
+            flagged.append(bad)
+        if self.safety_checker is None:
+            flagged = None
+        else:
             self._log_flagged(config, flagged, generated is not None)
-        if decoded is None:
-            images = [] if output_type == "pil" else np.zeros((0, 0, 0, 3)) if output_type == "np" else torch.empty(0)
-            return images, None, None
-        denormalize = None if flagged is None else [not f for f in flagged]
-        images = self.image_processor.postprocess(decoded, output_type=output_type, do_denormalize=denormalize)
+        images = _joined(converted, output_type)
         images, source_image = _split_source(images, generated is not None)
         if flagged is not None and generated is not None:
             flagged = flagged[1:]
@@ -482,6 +519,15 @@ def _in_input_order(groups: list[SourceGroup], outputs: list[torch.Tensor], coun
         for k, index in enumerate(group.indices):
             placed[index] = [latents[k * count + p][None] for p in range(count)]
     return [latent for index in sorted(placed) for latent in placed[index]]
+
+
+def _joined(converted: list, output_type: str):
+    """One output from per-image outputs: a list of PIL images, or one array or tensor."""
+    if output_type == "pil":
+        return [image for images in converted for image in images]
+    if not converted:
+        return np.zeros((0, 0, 0, 3)) if output_type == "np" else torch.empty(0)
+    return np.concatenate(converted) if output_type == "np" else torch.cat(converted)
 
 
 def _count(n: int, noun: str) -> str:

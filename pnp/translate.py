@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -61,6 +62,7 @@ def translate(
     observer: CallObserver | None = None,
     known: dict[int, dict[int, Features]] | None = None,
     generation: Generation | None = None,
+    injector: FeatureInjector | None = None,
 ) -> Translated:
     """Sample one latent per target, each (source image, prompt) pair, from its source's noisiest latent.
 
@@ -69,7 +71,8 @@ def translate(
     (the plan leaves out those source rows). With ``generation``, sources[0] is generated in the
     same calls: its latents are recorded into ``sources[0].latents`` as the loop makes them.
     ``observer`` (a feature capture, say) is told about every call just before it runs. A stop
-    from ``step_end`` returns the latents as they are.
+    from ``step_end`` returns the latents as they are. ``injector`` is the hooks already installed
+    on a compiled UNet; without, they are installed for this translation only.
     """
     count = len(prompts.targets)
     first = plan[0].timestep
@@ -78,7 +81,7 @@ def translate(
     x = torch.cat([source.latents[first].expand(count, -1, -1, -1) for source in sources])
     translated = Translated(x)
     t_next = [step.timestep for step in plan[1:]] + [None]
-    with FeatureInjector(predict.unet, layers) as injector:
+    with _injecting(predict.unet, layers, injector) as injector:
         for step, following in zip(plan, t_next):
             t = step.timestep
             injector.start_step(step.residual, step.attention, _known_at(known, t))
@@ -87,6 +90,7 @@ def translate(
                 if observer is not None:
                     observer.before_call(step, call)
                 eps = predict(*_batch(call, t, x, sources, prompts, generation))
+                injector.check_call()
                 rows = [j * count + p for j, p in call.targets]
                 parts = _by_row(call, eps)
                 guided = guided_noise(parts.get("uncond"), parts.get("negative"), parts["cond"], step.alpha, scale)
@@ -99,6 +103,19 @@ def translate(
                 break
             translated.latents = x
     return translated
+
+
+@contextmanager
+def _injecting(unet, layers: InjectionLayers, installed: FeatureInjector | None):
+    """The installed injector, idle again afterwards; or a new one, removed afterwards."""
+    if installed is None:
+        with FeatureInjector(unet, layers) as injector:
+            yield injector
+        return
+    try:
+        yield installed
+    finally:
+        installed.idle()
 
 
 def _batch(call: UNetCall, t: int, x, sources: list[Trajectory], prompts: Prompts, generation: Generation | None):

@@ -26,5 +26,7 @@ class NoisePredictor:
 
     def __call__(self, latents: torch.Tensor, t: int, embeddings: torch.Tensor) -> torch.Tensor:
         self.batch_sizes.append(latents.shape[0])
-        eps = self.unet(latents.to(self.unet.dtype), t, encoder_hidden_states=embeddings).sample
+        # The timestep as a tensor: a compiled UNet would recompile for every new Python number.
+        timestep = torch.tensor(t, device=latents.device)
+        eps = self.unet(latents.to(self.unet.dtype), timestep, encoder_hidden_states=embeddings).sample
         return eps.float()

@@ -132,3 +132,23 @@ def test_rows_only_prints_the_default_schedule_without_running(capsys):
         row = next(line for line in lines if line.startswith(f"| {count} "))
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert cells[3:7] == ["100", str(ours), str(999 + 999 + 50 * count), str(public)]
+
+
+def test_workflows_measure_each_case(tmp_path):
+    out = tmp_path / "workflows.json"
+    command = [sys.executable, "-m", "benchmarks.workflows", "--model", "tiny", "--resolution", "128", "--steps", "3",
+               "--images", "1,2", "--repeats", "1", "--threads", "1", "--cases", "cache,generation,images",
+               "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    done = subprocess.run(command, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    [cache] = results["cache"]
+    # 3 inversion rows; 3 steps of [uncond, cond], 2 of them (int(3 * 0.8)) with the source row.
+    assert (cache["first_rows"], cache["repeat_rows"]) == (3 + 3 * 2 + 2, 3 * 2)
+    [generation] = results["generation"]
+    assert (generation["fused_rows"], generation["separate_rows"]) == (3 * 4, 3 * 2 + 3 * 2 + 2)
+    one, two = results["images"]
+    assert (one["unet_calls"], two["unet_calls"]) == (6, 6) and two["unet_rows"] == 2 * one["unet_rows"]
+    assert two["throughput_ratio"] == pytest.approx(two["images_per_s"] / one["images_per_s"])
+    assert "Repeat call on a cached source" in done.stdout and "Several images per call" in done.stdout

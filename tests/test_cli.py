@@ -128,3 +128,14 @@ def test_the_installed_package_runs_from_any_folder(tmp_path):
     assert done.returncode == 0, f"is the package installed (pip install -e .)? {done.stderr}"
     script = Path(sys.executable).with_name("pnp")
     assert subprocess.run([str(script), "--help"], capture_output=True, cwd=tmp_path, env=env, timeout=60).returncode == 0
+
+
+def test_several_images_are_each_translated_into_every_prompt(tmp_path, photo):
+    photo.save(tmp_path / "house.png")
+    photo.rotate(180).save(tmp_path / "barn.png")
+    out = tmp_path / "out"
+    done = run_cli("translate", "--image", str(tmp_path / "house.png"), "--image", str(tmp_path / "barn.png"),
+                   "--prompt", "a cat", "--prompt", "a dog", "--out", str(out), "--quiet", *FAST)
+    assert done.returncode == 0, done.stderr
+    assert [f.name for f in sorted(out.iterdir())] == [
+        "00-house-a-cat.png", "01-house-a-dog.png", "02-barn-a-cat.png", "03-barn-a-dog.png"]
