@@ -224,21 +224,27 @@ def max_diff(a, b) -> float:
 
 
 # --- tolerances (measured at one thread, as the suite runs; two threads gave the same to 10%) -------
+# "Planted" numbers are the differences these tests reported with a one-line bug put in the engine
+# (and taken out again): the DDIM step run backwards, the guidance scale ignored (1.0), the VAE
+# factor dropped when encoding, the guidance sign flipped, alpha and 1 - alpha swapped, a wrong
+# attention layer (up_blocks.1.attentions.0 for .1), the empty prompt for a generated source's row.
 
 # Final latents (up to about 7 in size) of the pipeline and the reference, after 5 or 9 inversion
 # steps and 5 guided sampling steps: at most 6.5e-5 apart over the four cases below (one UNet
 # call differs by about 8e-7 between the two batchings; DDIM inversion and guidance x7.5 amplify
-# it). A wrong number moves them by 0.1 to 20 (guidance scale 1 instead of 7.5: 4.1).
+# it). Planted bugs moved them by 1.5 (alpha swapped, constant schedule) to 10.5.
 LATENT_TOLERANCE = 5e-4
 # Decoded pixels in [0, 1] of those latents: at most 5.8e-5 apart; guidance 1 moves them by 1.0.
 PIXEL_TOLERANCE = 5e-4
 # One translation step from the same latents (up to about 10 in size): at most 1.2e-5 apart over
-# both modes' 12 steps. Injecting in a wrong window moves a step by 6.8e-4 (a generated source,
-# step 4) to 0.15, except the last step (1.5e-5 to 1.3e-3), whose noise weighs little.
+# both modes' 12 steps. Planted bugs moved a step by 1.6e-3 (the wrong attention layer, generated
+# source) to 4.8; injecting in a neighbouring window by 6.8e-4 (generated source, step 4) to 0.15,
+# except in the last step (1.5e-5 to 1.3e-3), whose noise prediction weighs little.
 STEP_TOLERANCE = 5e-5
 # A generation, and a translation without injection from it, run the very UNet batches diffusers'
-# pipeline runs ([uncond, cond]): measured bit-identical. 1e-5 allows float32 rounding only;
-# guidance 1 instead of 5 moves the latents by 2.0 and the pixels by 0.18, another seed by 23 and 0.93.
+# pipeline runs ([uncond, cond]): measured bit-identical. 1e-5 allows float32 rounding only.
+# Planted bugs moved the latents by 1.7 to 16.5; guidance 1 instead of 5 moves the source's
+# pixels by 0.18, another seed by 0.93.
 SAME_OPERATIONS_TOLERANCE = 1e-5
 
 
@@ -257,9 +263,11 @@ SAMPLING_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    "case", SAMPLING_CASES, ids=lambda c: f"{c.get('negative_prompt_schedule', 'no-negative')}-inversion{c['inversion_steps']}"
-)
+def _case_id(case: dict) -> str:
+    return f"{case.get('negative_prompt_schedule', 'no-negative')}-inversion{case['inversion_steps']}"
+
+
+@pytest.mark.parametrize("case", SAMPLING_CASES, ids=_case_id)
 def test_translation_without_injection_is_guided_ddim_sampling_from_the_inverted_latent(pipe, ref, square, case):
     # 10 inversion steps for 5 sampling steps visit 1, 101, ..., 801 and stop at 801, the noisiest sampling timestep.
     negative, inversion_steps = case["negative_prompt"], case["inversion_steps"]
@@ -308,10 +316,9 @@ def test_generated_source_equals_diffusers_stable_diffusion_pipeline(pipe, ref):
         source = sd("a horse", guidance_scale=5.0, generator=generator(3), output_type=output_type, **common).images
         # Without injection the translation is plain sampling from the generation's initial noise.
         target = sd("a cat", guidance_scale=SCALE, generator=generator(3), output_type=output_type, **common).images
-        np.testing.assert_allclose(
-            np.asarray(result.source_image), np.asarray(source)[0], rtol=0, atol=SAME_OPERATIONS_TOLERANCE
-        )
-        np.testing.assert_allclose(np.asarray(result.images), np.asarray(target), rtol=0, atol=SAME_OPERATIONS_TOLERANCE)
+        exactly = dict(rtol=0, atol=SAME_OPERATIONS_TOLERANCE)
+        np.testing.assert_allclose(np.asarray(result.source_image), np.asarray(source)[0], **exactly)
+        np.testing.assert_allclose(np.asarray(result.images), np.asarray(target), **exactly)
     unguided = sd("a horse", guidance_scale=1.0, generator=generator(3), output_type="np", **common).images
     reseeded = sd("a horse", guidance_scale=5.0, generator=generator(4), output_type="np", **common).images
     assert max_diff(unguided, source) > 1000 * SAME_OPERATIONS_TOLERANCE
@@ -364,12 +371,10 @@ def test_each_translation_step_equals_a_step_with_the_sources_features_substitut
         scheduler = sampler(ref, steps)
         for k, t in enumerate(scheduler.timesteps):
             before = source[int(t)].repeat(len(PROMPTS), 1, 1, 1) if k == 0 else recorded[k - 1]
-            window = windows[k]
-            step = injected_step(ref, scheduler, before, t, source[int(t)], source_embedding, texts, alphas[k], *window)
-            torch.testing.assert_close(recorded[k], step, rtol=0, atol=STEP_TOLERANCE)
+            inputs = (ref, scheduler, before, t, source[int(t)], source_embedding, texts, alphas[k])
+            torch.testing.assert_close(recorded[k], injected_step(*inputs, *windows[k]), rtol=0, atol=STEP_TOLERANCE)
             # The neighbouring windows move a step well beyond the tolerance, except the last
             # step, which weighs its noise prediction by only about 0.01 (DDIM from t=1 to the
             # clean end).
-            for other in NEIGHBOURING_WINDOWS[window] if k < steps - 1 else []:
-                step = injected_step(ref, scheduler, before, t, source[int(t)], source_embedding, texts, alphas[k], *other)
-                assert max_diff(recorded[k], step) > 10 * STEP_TOLERANCE, (k, other)
+            for other in NEIGHBOURING_WINDOWS[windows[k]] if k < steps - 1 else []:
+                assert max_diff(recorded[k], injected_step(*inputs, *other)) > 10 * STEP_TOLERANCE, (k, other)
