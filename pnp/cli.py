@@ -86,14 +86,14 @@ def _translate(args: argparse.Namespace) -> int:
 
 def _load(args: argparse.Namespace):
     """The pipeline of ``--model`` on ``--device`` in ``--dtype``; says which, and whether its outputs are noise."""
-    from .devices import dtype_name
     from .environment import configure_libraries, log_to
-    from .models import open_model
-    from .random_models import RANDOM_MODELS
 
-    configure_libraries()
+    configure_libraries()  # before anything imports diffusers or transformers
     log_to("stderr")
+    from .devices import dtype_name
+    from .models import open_model
     from .pipeline import PnPPipeline
+    from .random_models import RANDOM_MODELS
 
     if args.model in RANDOM_MODELS:
         print(f"note: --model {args.model} has random weights; its outputs are noise", file=sys.stderr)

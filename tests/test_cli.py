@@ -34,6 +34,7 @@ def test_translate_an_image_into_two_prompts(tmp_path, photo):
             assert image.format == "PNG" and image.size == (192, 128)  # 160x128 input, sides to multiples of 64
     assert "outputs are noise" in done.stderr
     assert "translation" in done.stderr  # progress bar
+    assert "[transformers]" not in done.stderr and "Warning" not in done.stderr  # the libraries' advice stays quiet
 
 
 def test_generation_mode_writes_the_source_first(tmp_path):
