@@ -85,7 +85,7 @@ def test_a_component_flat_to_rounding_is_drawn_as_zero():
 
 @pytest.fixture(scope="module")
 def attention(pipe):
-    """attention(layer): to_q, to_k, to_v outputs and the attention output (to_out's input) of a layer, in one UNet call."""
+    """attention(layer): to_q, to_k, to_v outputs and the attention output (to_out's input) of a layer."""
     cache = {}
 
     def outputs(name):
