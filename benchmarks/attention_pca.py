@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     rows, columns = maps.shape
     print(f"{args.images} images at {args.resolution} px: maps {rows} x {columns} "
           f"({HEADS} heads of {positions} positions)")
-    print(f"PCA working memory {peak.working / MIB:.0f} MiB ({tracker.method}), {seconds:.1f} s, {len(passes)} passes")
-    print(f"all maps at once would take {rows * columns * 4 / MIB:.0f} MiB, "
-          f"a Gram matrix of all rows {rows * rows * 4 / MIB:.0f} MiB")
+    print(f"PCA working memory {peak.working / MIB:.1f} MiB ({tracker.method}), {seconds:.1f} s, {len(passes)} passes")
+    print(f"all maps at once would take {rows * columns * 4 / MIB:.1f} MiB, "
+          f"a Gram matrix of all rows {rows * rows * 4 / MIB:.1f} MiB")
     return 0
 
 
