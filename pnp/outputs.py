@@ -39,12 +39,18 @@ def output_names(prompts, with_source: bool, output_format: str, images: list[st
     With several input ``images`` (their labels, e.g. file stems), one name per image and prompt,
     image by image: ``NN-<image>-<prompt slug>.png``.
     """
+    labels = output_labels(prompts, with_source, images)
+    return [f"{i:02d}-{label}.{output_format}" for i, label in enumerate(labels)]
+
+
+def output_labels(prompts, with_source: bool, images: list[str] | None = None) -> list[str]:
+    """The labels of output names, in output order: ``source`` (if any), then each prompt's slug
+    (with several ``images``, each image's label and slug, then each prompt's)."""
     if images and len(images) > 1:
         targets = [f"{slug(image)}-{slug(p)}" for image in images for p in prompts]
     else:
         targets = [slug(p) for p in prompts]
-    labels = (["source"] if with_source else []) + targets
-    return [f"{i:02d}-{label}.{output_format}" for i, label in enumerate(labels)]
+    return (["source"] if with_source else []) + targets
 
 
 def slug(text: str, length: int = 48) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import PIL.Image
@@ -31,14 +32,16 @@ from pnp.cache import SourceCache, SourceKey, generation_digest, image_digest, w
 from pnp.config import ConfigError, PnPConfig
 from pnp.ddim import DDIMSchedule
 from pnp.devices import dtype_name
+from pnp.feature_maps import feature_maps
+from pnp.features import FeatureMaps
 from pnp.generation import generate
 from pnp.images import resize_for_model, to_rgb
 from pnp.injection import SD_LAYERS, FeatureInjector
-from pnp.inversion import invert
+from pnp.inversion import Trajectory, invert
 from pnp.models import check_supported, choose_device_and_dtype, loading_errors, loading_options
 from pnp.rows import translation_plan
 from pnp.sources import SourceGroup
-from pnp.translate import Generation, Prompts, translate
+from pnp.translate import CallObserver, Generation, Prompts, translate
 from pnp.unet import NoisePredictor
 from pnp.vae import decode, encode, image_to_tensor
 
@@ -46,6 +49,12 @@ logger = logging.getLogger("pnp.pipeline")
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 _DEFAULTS = PnPConfig()
+
+
+class RunObserver(CallObserver, Protocol):
+    """Told each source trajectory once it is made, then (``before_call``) about every translation UNet call."""
+
+    def source_ready(self, trajectory: Trajectory) -> None: ...
 
 
 @dataclass
@@ -124,8 +133,6 @@ class PnPPipeline(
         # Whether a generated source is made in the translation's own UNet calls (saves its source
         # rows) or first, separately; the results are the same within batch tolerance.
         self.fuse_generation = True
-        # Told about every translation UNet call (``pnp.translate.CallObserver``); for feature capture.
-        self._observer = None
         # The injection hooks of a compiled UNet, installed once before compiling (see compile_unet).
         self._injector = None
 
@@ -217,6 +224,7 @@ class PnPPipeline(
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        observer: RunObserver | None = None,
     ) -> PnPPipelineOutput | tuple:
         """Translate ``image`` (or a source generated from ``generation_prompt``) into every prompt of ``prompt``.
 
@@ -253,6 +261,9 @@ class PnPPipeline(
                 inversion returns no images; a stopped translation returns its partly denoised
                 latents, decoded).
             callback_on_step_end_tensor_inputs: the tensors passed in ``callback_kwargs``.
+            observer: a ``RunObserver``, such as the feature capture of ``feature_maps``; it may set
+                ``_interrupt`` in ``source_ready`` to skip the translation. With an observer, a
+                generated source is made before the translation, not fused into it.
 
         Raises ``pnp.ConfigError`` (naming the argument) before any work if an argument is invalid.
         """
@@ -284,7 +295,7 @@ class PnPPipeline(
         # 3. Group the sources by working size, each taken from the source cache where it can be.
         if config.generating:
             noise = self._initial_noise(config.resolution, generator, device)
-            groups = [self._generation_group(config, noise, source_embedding)]
+            groups = [self._generation_group(config, noise, source_embedding, self.fuse_generation and observer is None)]
         else:
             groups = self._image_groups(config, pictures, prompts.uncond)
         metrics["cache_hits"] = sum(group.hits.count(True) for group in groups)
@@ -296,10 +307,13 @@ class PnPPipeline(
             # 4. The trajectories of the sources the cache did not have: inverted, or generated.
             if not self.interrupt:
                 self._make_trajectories(group, config, ddim, predict, prompts, step_end, metrics)
+            if observer is not None and not self.interrupt:
+                for trajectory in group.trajectories:
+                    observer.source_ready(trajectory)
             # 5. Translation: every target of the group in the same UNet calls, each source's features injected.
             if self.interrupt:
                 break
-            outputs.append(self._translate(group, config, ddim, predict, prompts, step_end, metrics))
+            outputs.append(self._translate(group, config, ddim, predict, prompts, step_end, metrics, observer))
         metrics.update(unet_calls=predict.calls, unet_rows=predict.rows)
 
         # 6. Decode, check and convert.
@@ -327,6 +341,35 @@ class PnPPipeline(
             self.unet.to(memory_format=torch.channels_last)
         self.unet.compile(**compile_options)
 
+    def feature_maps(
+        self,
+        prompt: str | list[str] | None = None,
+        image: PIL.Image.Image | np.ndarray | torch.Tensor | None = None,
+        timesteps: list[int] | None = None,
+        layers: list[str] | None = None,
+        **kwargs,
+    ) -> FeatureMaps:
+        """PCA maps of decoder features and self-attention (the paper's Fig. 3 and 6) of a source and its translations.
+
+        Translates ``image`` (or a source generated from ``generation_prompt``) into every prompt
+        of ``prompt`` as ``__call__`` does, with the same keyword arguments, and records the chosen
+        modules' outputs for the source and each target's conditional row (``pnp.capture``); with
+        no prompt only the source is shown and nothing is translated. Per map and timestep, one
+        PCA over all images gives each image an RGB map (``pnp.features``, ``pnp.pca``).
+
+        Args:
+            timesteps: sampling timesteps to show (of ``num_inference_steps``' schedule); None
+                for five spread over it.
+            layers: module names (see ``pnp.features``); None for ``up_blocks.1.resnets.1`` and
+                ``up_blocks.1.attentions.1.transformer_blocks.0.attn1``.
+
+        Returns a ``pnp.features.FeatureMaps``: the maps as arrays and PIL images, a labelled
+        grid per map, and the translation's own output. Recording changes no result. Raises
+        ``pnp.ConfigError`` (naming the argument) before any work if an argument is invalid.
+        """
+        source = None if image is None else _as_pil(image)
+        return feature_maps(self, prompt, source, timesteps, layers, **kwargs)
+
     def set_source_cache(self, max_bytes: int | None) -> None:
         """Bound the source cache to ``max_bytes`` (0 turns it off; None: a quarter of a GPU's memory, a tenth of RAM on the CPU)."""
         self.source_cache.max_bytes = max_bytes
@@ -342,12 +385,14 @@ class PnPPipeline(
             group.add(index, key, self.source_cache.get(key), picture, uncond)
         return list(groups.values())
 
-    def _generation_group(self, config: PnPConfig, noise: torch.Tensor, embedding: torch.Tensor) -> SourceGroup:
+    def _generation_group(self, config: PnPConfig, noise: torch.Tensor, embedding: torch.Tensor, fuse: bool) -> SourceGroup:
+        """The generated source: from the cache, or to generate (in the translation's calls if ``fuse``)."""
         content = generation_digest(noise, config.generation_prompt, config.generation_guidance_scale)
         side = config.resolution
         key = self._source_key(config, content, (side, side), None)
         group = SourceGroup(noise=noise)
         group.add(0, key, self.source_cache.get(key), None, embedding)
+        group.fused = fuse and bool(group.misses)
         return group
 
     def _source_key(self, config: PnPConfig, content: str, size, inversion_steps) -> SourceKey:
@@ -362,18 +407,18 @@ class PnPPipeline(
         if not group.misses:
             return steps
         if group.noise is not None:
-            return steps if self.fuse_generation else 2 * steps
+            return steps if group.fused else 2 * steps
         noisiest = ddim.timesteps(steps)[0]
         return len(ddim.inversion_timesteps(config.num_inversion_steps, up_to=noisiest)) + steps
 
     def _make_trajectories(self, group: SourceGroup, config, ddim, predict, prompts: Prompts, step_end, metrics) -> None:
-        """Invert the group's uncached images together, or generate its uncached source (unless fused)."""
+        """Invert the group's uncached images together, or generate its uncached source (unless it is fused)."""
         misses = group.misses
         if not misses:
             logger.info(f"{_count(len(group.hits), 'source')} from the source cache: no encoding, inversion or generation")
             return
         if group.noise is not None:
-            if not self.fuse_generation:
+            if not group.fused:
                 with self._timed(metrics, "generation_s"), step_end.phase("generation", config.num_inference_steps) as on_step:
                     embedding = group.trajectories[0].embedding
                     latents, group.clean = generate(predict, ddim, group.noise, prompts.uncond, embedding,
@@ -389,9 +434,10 @@ class PnPPipeline(
         for n, k in enumerate(misses):
             group.trajectories[k].latents.update({t: z[n : n + 1] for t, z in latents.items()})
 
-    def _translate(self, group: SourceGroup, config, ddim, predict, prompts: Prompts, step_end, metrics) -> torch.Tensor:
+    def _translate(self, group: SourceGroup, config, ddim, predict, prompts: Prompts, step_end, metrics,
+                   observer) -> torch.Tensor:
         """Translate a group's sources into every prompt, keeping what the cache should know for next time."""
-        fused = group.noise is not None and bool(group.misses) and self.fuse_generation
+        fused = group.fused
         needed = {step.timestep: SD_LAYERS.feature_names(step.residual, step.attention)
                   for step in translation_plan(config, num_train_timesteps=ddim.num_train_timesteps, offset=ddim.steps_offset)}
         known = group.known_features()
@@ -402,7 +448,7 @@ class PnPPipeline(
         generation = Generation(group.noise, group.trajectories[0].embedding, config.generation_guidance_scale) if fused else None
         with self._timed(metrics, "translation_s"), step_end.phase("translation", len(plan)) as on_step:
             translated = translate(predict, ddim, group.trajectories, prompts, plan, config.guidance_scale, SD_LAYERS,
-                                   on_step, self._observer, known, generation, self._injector)
+                                   on_step, observer, known, generation, self._injector)
         if generation is not None:
             group.clean = generation.clean
         if not self.interrupt:

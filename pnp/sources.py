@@ -27,6 +27,7 @@ class SourceGroup:
     pictures: list[Image.Image | None] = field(default_factory=list)  # at working size; None when generated
     noise: torch.Tensor | None = None  # a generated source's initial noise
     clean: torch.Tensor | None = None  # a generated source's final latent, once known
+    fused: bool = False  # a generated source made in the translation's own UNet calls
 
     def add(self, index: int, key: SourceKey, entry: SourceEntry | None, picture, embedding: torch.Tensor) -> None:
         """Add a source: its cache entry's trajectory, or an empty one (with its prompt embedding) to fill."""

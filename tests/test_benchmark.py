@@ -152,3 +152,14 @@ def test_workflows_measure_each_case(tmp_path):
     assert (one["unet_calls"], two["unet_calls"]) == (6, 6) and two["unet_rows"] == 2 * one["unet_rows"]
     assert two["throughput_ratio"] == pytest.approx(two["images_per_s"] / one["images_per_s"])
     assert "Repeat call on a cached source" in done.stdout and "Several images per call" in done.stdout
+
+
+def test_attention_pca_benchmark_reports_memory_against_the_whole_maps(capsys):
+    from benchmarks.attention_pca import main as attention_pca
+
+    assert attention_pca(["--resolution", "64", "--images", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # 64 px: 8 x 8 = 64 positions, 8 heads; 2 images -> 128 x 512 maps of float32 (0.25 MiB).
+    assert lines[0] == "2 images at 64 px: maps 128 x 512 (8 heads of 64 positions)"
+    assert "PCA working memory" in lines[1] and "passes" in lines[1]
+    assert lines[2] == "all maps at once would take 0.2 MiB, a Gram matrix of all rows 0.1 MiB"
