@@ -1,0 +1,188 @@
+"""The web UI's runs without a browser: form values to a request, errors naming fields, progress, stopping, cleanliness."""
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import all_hooks
+from pnp.config import ConfigError
+from pnp.form import FORM_INPUTS
+from pnp.ui_runs import Runner, Stopped, parse_form
+
+# The form as it opens, with the fields left blank that the page shows blank, and fast settings.
+BLANK = {"seed": "", "num_inversion_steps": ""}
+FAST = {"num_inference_steps": 2, "resolution": 128}
+
+
+def form(**values):
+    defaults = {spec.name: spec.default for spec in FORM_INPUTS if spec.name != "disable_safety_checker"}
+    return {**defaults, **BLANK, **FAST, **values}
+
+
+@pytest.fixture
+def photo_file(tmp_path, photo):
+    path = tmp_path / "photo.png"
+    photo.save(path)
+    return str(path)
+
+
+@pytest.fixture
+def runner(pipe, tmp_path):
+    return Runner(pipe, tmp_path)
+
+
+def pixels(path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+# --- The form ---
+
+
+def test_prompts_are_lines_and_blank_fields_take_their_defaults(photo_file):
+    request = parse_form(form(input_image=photo_file, translation_prompts=" a cat \n\n a dog\n"))
+    assert request.config.prompt == ("a cat", "a dog")
+    assert request.config.num_inversion_steps == 2  # blank: as many as num_inference_steps
+    assert request.image.size == (192, 128)  # 160x128 at resolution 128: short side 128, long side rounded to 64
+    assert 0 <= request.seed < 2**32
+    assert request.notes == ()
+
+
+def test_numbers_come_as_floats_or_text(photo_file):
+    request = parse_form(form(input_image=photo_file, num_inference_steps=3.0, num_inversion_steps=" 3 ",
+                              output_quality=75.0))
+    assert (request.config.num_inference_steps, request.config.num_inversion_steps) == (3, 3)
+    assert request.options.output_quality == 75 and isinstance(request.options.output_quality, int)
+
+
+def test_generation_mode_uses_the_seed_and_says_the_image_was_ignored(photo_file):
+    request = parse_form(form(input_image=photo_file, generation_prompt="a house", seed="42"))
+    assert request.seed == 42 and request.image is None
+    assert request.notes == ("The source was generated with seed 42.", "input_image was ignored: generation_prompt is set.")
+
+
+@pytest.mark.parametrize(
+    "values, field, hint",
+    [
+        ({}, "input_image", "generation prompt"),
+        ({"generation_prompt": "a house", "translation_prompts": "\n \n"}, "translation_prompts", "at least one"),
+        ({"generation_prompt": "a house", "translation_prompts": "\n".join(["a cat"] * 17)},
+         "translation_prompts", "at most 16"),
+        ({"generation_prompt": "a house", "scale": 60.0}, "scale", "0 to 50"),
+        ({"generation_prompt": "a house", "seed": "-1"}, "seed", "0 to 4294967295"),
+        ({"generation_prompt": "a house", "seed": "lucky"}, "seed", "whole number"),
+        ({"generation_prompt": "a house", "num_inference_steps": 2.5}, "num_inference_steps", "whole number"),
+        ({"generation_prompt": "a house", "num_inference_steps": None}, "num_inference_steps", "whole number"),
+        ({"input_image": "photo", "num_inversion_steps": "3"}, "num_inversion_steps", "with 2 sampling steps"),
+        ({"generation_prompt": "a house", "generation_scale": 51.0}, "generation_scale", "0 to 50"),
+        ({"generation_prompt": "a house", "output_quality": 0}, "output_quality", "1 to 100"),
+    ],
+)
+def test_bad_values_name_the_field_to_change(photo_file, values, field, hint):
+    if values.get("input_image") == "photo":
+        values = {**values, "input_image": photo_file}
+    with pytest.raises(ConfigError) as caught:
+        parse_form(form(**values))
+    assert caught.value.param == field and str(caught.value).startswith(f"{field}: ")
+    assert hint in caught.value.reason
+
+
+def test_a_file_that_is_not_an_image_names_input_image(tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("not an image")
+    with pytest.raises(ConfigError, match="^input_image: .*not a readable image"):
+        parse_form(form(input_image=str(path)))
+
+
+# --- Runs ---
+
+
+def run(runner, values, stop_after=None):
+    """A run, recording the progress it reports; ``stop_after`` presses Stop after that many steps."""
+    steps, stop = [], threading.Event()
+
+    def progress(phase, done, total):
+        steps.append((phase, done, total))
+        if done == stop_after:
+            stop.set()
+
+    return runner.run(parse_form(values), progress, stop), steps
+
+
+@pytest.mark.parametrize("source, first_phase", [({"input_image": "photo"}, "inversion"),
+                                                  ({"generation_prompt": "a house"}, "generation")])
+def test_progress_follows_the_source_then_the_translation(runner, photo_file, source, first_phase):
+    if source.get("input_image") == "photo":
+        source = {"input_image": photo_file}
+    _, steps = run(runner, form(**source, num_inference_steps=3))
+    # 3 sampling steps: the source takes 3 (3 inversion steps reach the first sampling timestep,
+    # or 3 generation steps), then 3 translation steps; every report counts all 6.
+    assert steps == [(first_phase, 1, 6), (first_phase, 2, 6), (first_phase, 3, 6),
+                     ("translation", 4, 6), ("translation", 5, 6), ("translation", 6, 6)]
+
+
+def test_outputs_are_files_captioned_with_their_prompts_the_generated_source_first(runner):
+    result, _ = run(runner, form(generation_prompt="a house", translation_prompts="a castle\na tent", seed="3"))
+    assert [p.name for p in result.files] == ["00-source.png", "01-a-castle.png", "02-a-tent.png"]
+    assert result.captions == ["source: a house", "a castle", "a tent"]
+    assert "seed 3" in result.status
+    source = pixels(result.files[0])
+    again, _ = run(runner, form(generation_prompt="a house", translation_prompts="a tent", seed="3"))
+    assert not any(p.exists() for p in result.files)  # the previous run's files are gone
+    assert np.array_equal(pixels(again.files[0]), source)  # the seed was used
+    as_jpg, _ = run(runner, form(generation_prompt="a house", translation_prompts="a castle", output_format="jpg"))
+    assert [p.name for p in as_jpg.files] == ["00-source.jpg", "01-a-castle.jpg"]
+
+
+def test_a_stopped_run_leaves_the_model_clean_and_the_next_run_is_unchanged(runner, photo_file):
+    unet = runner.pipe.unet
+    processors = {name: type(p) for name, p in unet.attn_processors.items()}
+    values = form(input_image=photo_file, translation_prompts="a cat\na dog", num_inference_steps=3)
+    before, _ = run(runner, values)
+    expected = [pixels(p) for p in before.files]
+    for stop_after in (1, 4):  # during the inversion, during the translation (with the injection hooks on)
+        with pytest.raises(Stopped):
+            run(runner, values, stop_after=stop_after)
+        assert all_hooks(unet) == []
+        assert {name: type(p) for name, p in unet.attn_processors.items()} == processors
+    after, steps = run(runner, values)
+    assert len(steps) == 6
+    assert all(np.array_equal(a, pixels(b)) for a, b in zip(expected, after.files, strict=True))
+
+
+def test_cancelling_the_pages_run_stops_the_model_before_the_queue_moves_on(runner, photo_file):
+    """Gradio's Stop cancels the task awaiting the run; the task ends only once the model is clean."""
+    from pnp.ui import _run_function
+
+    values = form(input_image=photo_file, num_inference_steps=20)
+    names = list(values)
+    unet = runner.pipe.unet
+    calls = []
+    started = threading.Event()
+
+    def count(module, args, output):
+        calls.append(1)
+        started.set()
+
+    async def cancel_during_the_run():
+        task = asyncio.ensure_future(_run_function(runner, names)(*values.values()))
+        await asyncio.get_running_loop().run_in_executor(None, started.wait)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return len(calls), runner._lock.locked()
+
+    handle = unet.register_forward_hook(count)
+    try:
+        calls_at_cancel, busy = asyncio.run(cancel_during_the_run())
+        calls_later = len(calls)
+    finally:
+        handle.remove()
+    assert not busy  # the run's thread had finished when the task ended
+    assert calls_later == calls_at_cancel < 20  # stopped early (a whole run makes 20 + 20 calls), and nothing ran on
+    assert all_hooks(unet) == []
+    result, _ = run(runner, form(input_image=photo_file))
+    assert len(result.files) == 1
