@@ -24,6 +24,7 @@ import torch  # noqa: E402
 
 from pnp.config import ConfigError, PnPConfig  # noqa: E402
 from pnp.devices import dtype_name  # noqa: E402
+from pnp.features import write_feature_grids  # noqa: E402
 from pnp.images import load_image  # noqa: E402
 from pnp.outputs import OutputOptions, write_outputs  # noqa: E402
 from pnp.pipeline import PnPPipeline  # noqa: E402
@@ -153,8 +154,12 @@ class Predictor(BasePredictor):
             default=False,
             description="Turn off the safety checker, which replaces outputs it judges not safe for work with black images (the logs say which). Only has an effect when the model's weights include the checker; API use only.",
         ),
+        feature_maps: bool = Input(
+            default=False,
+            description="Also return the paper's PCA visualisations of the source's and the outputs' decoder features at five timesteps, as one labelled grid per map after the outputs: conv1 and conv2 of up_blocks.1.resnets.1, then the queries, keys and self-attention maps of up_blocks.1.attentions.1.transformer_blocks.0.attn1. Similar colours mean similar features; the outputs are unchanged.",
+        ),
     ) -> list[Path]:
-        """Translate the source into every prompt; the generated source (generation mode) comes first."""
+        """Translate the source into every prompt; the generated source (generation mode) comes first, feature grids last."""
         self._remove_outputs()
         chosen = "random seed" if seed is None else "seed"
         if seed is None:
@@ -185,8 +190,11 @@ class Predictor(BasePredictor):
             self.output_dir = tempfile.mkdtemp(prefix="pnp-outputs-")
             generator = torch.Generator("cpu").manual_seed(seed)
             pipe = self.unchecked if disable_safety_checker else self.pipe
-            result = pipe(image=image, generator=generator, **config.as_kwargs())
+            maps = pipe.feature_maps(image=image, generator=generator, **config.as_kwargs()) if feature_maps else None
+            result = maps.translation if maps else pipe(image=image, generator=generator, **config.as_kwargs())
             paths = write_outputs(result, config.prompt, self.output_dir, options)
+            if maps:
+                paths += write_feature_grids(maps, self.output_dir, options, first=len(paths))
         except ConfigError as err:
             self._remove_outputs()
             raise type(err)(FORM_NAMES.get(err.param, err.param), err.reason) from None

@@ -1,4 +1,4 @@
-"""Command line: ``python -m pnp translate ...``, ``python -m pnp ui ...`` and ``python -m pnp download-weights ...``.
+"""Command line: ``python -m pnp translate|features|ui|download-weights ...``.
 
 Every input is checked before the model loads, and torch and diffusers are imported only once
 a command needs them, so ``--help`` and argument errors answer at once. Bad input prints one
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .config import NEGATIVE_SCHEDULES, ConfigError, PnPConfig, check_seed
 from .devices import DTYPE_NAMES
+from .features import DEFAULT_LAYERS, LAYER_HELP, check_feature_folder, feature_request, run_config, write_feature_maps
 from .images import load_image
 from .models import DEFAULT_MODEL, ModelError
 from .outputs import OUTPUT_FORMATS, OutputOptions, check_output_folder, write_outputs
@@ -55,8 +56,39 @@ def flag(param: str) -> str:
 
 def _translate(args: argparse.Namespace) -> int:
     # Everything the user typed is checked before the (slow) imports and model load.
-    config = PnPConfig(
-        prompt=args.prompt,
+    config = PnPConfig(prompt=args.prompt, **_settings(args))
+    seed = check_seed(args.seed)
+    options = OutputOptions(args.format, args.quality)
+    image = _source_image(args, config)
+    out = check_output_folder(args.out, args.overwrite)
+
+    pipe = _load(args)
+    result = pipe(image=image, generator=_generator(seed), **config.as_kwargs())
+    for path in write_outputs(result, config.prompt, out, options):
+        print(path)
+    return 0
+
+
+def _features(args: argparse.Namespace) -> int:
+    prompts = args.prompt or []
+    config = run_config(prompts, **_settings(args))
+    request = feature_request(args.layers, args.timesteps, config.num_inference_steps)
+    seed = check_seed(args.seed)
+    image = _source_image(args, config)
+    out = check_feature_folder(args.out, args.overwrite)
+
+    pipe = _load(args)
+    settings = {k: v for k, v in config.as_kwargs().items() if k != "prompt"}
+    maps = pipe.feature_maps(prompts, image, list(request.timesteps), list(request.maps), generator=_generator(seed),
+                             **settings)
+    for path in write_feature_maps(maps, out):
+        print(path)
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    """The run options shared by translate and features, as PnPConfig fields (all but the prompts)."""
+    return dict(
         generation_prompt=args.generation_prompt,
         num_inference_steps=args.steps,
         num_inversion_steps=args.inversion_steps,
@@ -70,19 +102,17 @@ def _translate(args: argparse.Namespace) -> int:
         resolution=args.resolution,
         max_batch_size=args.max_batch_size,
     )
-    seed = check_seed(args.seed)
-    options = OutputOptions(args.format, args.quality)
-    # Read at the working size: a large image is shrunk while it is read, and refused if too long.
-    image = load_image(args.image, config.resolution) if args.image else None
-    out = check_output_folder(args.out, args.overwrite)
 
-    pipe = _load(args)
+
+def _source_image(args: argparse.Namespace, config: PnPConfig):
+    """``--image`` read at its working size (a large image is shrunk while it is read, and refused if too long), or None in generation mode."""
+    return load_image(args.image, config.resolution) if args.image else None
+
+
+def _generator(seed: int):
     import torch
 
-    result = pipe(image=image, generator=torch.Generator("cpu").manual_seed(seed), **config.as_kwargs())
-    for path in write_outputs(result, config.prompt, out, options):
-        print(path)
-    return 0
+    return torch.Generator("cpu").manual_seed(seed)
 
 
 def _load(args: argparse.Namespace):
@@ -147,42 +177,31 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m pnp", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
-    defaults = PnPConfig()
 
     t = commands.add_parser("translate", help="translate an image (or a generated one) into each prompt")
     t.set_defaults(run=_translate)
-    source = t.add_mutually_exclusive_group(required=True)
-    source.add_argument("--image", help="image to translate (PNG, JPEG, WebP, GIF, ...)")
-    source.add_argument("--generation-prompt", help="generate the source image from this prompt instead")
     t.add_argument("--prompt", action="append", required=True, help="target prompt; repeat for several")
     t.add_argument("--out", required=True,
                    help="folder for the output images (created if missing; it must not hold an earlier run's outputs)")
     t.add_argument("--overwrite", action="store_true", help="delete an earlier run's outputs in --out first")
-    t.add_argument("--model", default=DEFAULT_MODEL,
-                   help="diffusers model folder, model-hub id, or 'tiny' / 'random-sd15' (random weights, for testing)")
-    t.add_argument("--steps", type=int, default=defaults.num_inference_steps, help="sampling steps")
-    t.add_argument("--inversion-steps", type=int, default=None, help="DDIM inversion steps (default: as --steps)")
-    t.add_argument("--scale", type=float, default=defaults.guidance_scale, help="guidance scale of the translation")
-    t.add_argument("--generation-scale", type=float, default=defaults.generation_guidance_scale,
-                   help="guidance scale of the source generation")
-    t.add_argument("--feature-injection-threshold", type=float, default=defaults.feature_injection_threshold,
-                   help="fraction of steps with residual feature injection (0-1)")
-    t.add_argument("--attention-injection-threshold", type=float, default=defaults.attention_injection_threshold,
-                   help="fraction of steps with self-attention Q/K injection (0-1)")
-    t.add_argument("--negative-prompt", default=None, help="what to steer away from")
-    t.add_argument("--negative-prompt-alpha", type=float, default=defaults.negative_prompt_alpha,
-                   help="weight of the unconditional term against the negative prompt (0-1; lower is stronger)")
-    t.add_argument("--negative-prompt-schedule", default=defaults.negative_prompt_schedule,
-                   help=f"how alpha changes over the steps: {', '.join(NEGATIVE_SCHEDULES)}")
-    t.add_argument("--resolution", type=int, default=defaults.resolution, help="short side in pixels (multiple of 64)")
-    t.add_argument("--seed", type=int, default=0, help="seed of a generated source's noise")
-    t.add_argument("--max-batch-size", type=int, default=None, help="most prompts per UNet call (default: all)")
+    _add_run_options(t)
     t.add_argument("--format", default=OutputOptions.output_format, help=f"output format: {', '.join(OUTPUT_FORMATS)}")
     t.add_argument("--quality", type=int, default=OutputOptions.output_quality, help="webp/jpg quality (1-100)")
-    t.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
-    t.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
-                   help="default: float16 on CUDA, bfloat16 on CPUs with bfloat16 instructions, else float32")
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    f = commands.add_parser(
+        "features", help="PCA maps of decoder features and self-attention of a source and its translations"
+    )
+    f.set_defaults(run=_features)
+    f.add_argument("--prompt", action="append", default=None,
+                   help="target prompt, translated and shown with the source; repeat for several (none: source only)")
+    f.add_argument("--out", required=True,
+                   help="folder for <module>/NN-<label>-t<T>.png and <module>.png grids (not holding earlier maps)")
+    f.add_argument("--overwrite", action="store_true", help="delete an earlier run's maps in --out first")
+    f.add_argument("--timesteps", type=int, nargs="+", default=None,
+                   help="sampling timesteps to show (default: five spread over the --steps schedule)")
+    f.add_argument("--layers", nargs="+", default=None, metavar="MODULE",
+                   help=f"what to show, each {LAYER_HELP} (default: {' '.join(DEFAULT_LAYERS)})")
+    _add_run_options(f)
 
     u = commands.add_parser("ui", help="serve a web page for translating images (needs requirements-ui.txt)")
     u.set_defaults(run=_ui, quiet=True)
@@ -203,3 +222,38 @@ def _parser() -> argparse.ArgumentParser:
                    help="also fetch CompVis/stable-diffusion-safety-checker (safetensors only; into a folder that "
                    "already holds a model, only the checker is added)")
     return parser
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The source, model, translation settings and machine options that translate and features share."""
+    defaults = PnPConfig()
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", help="image to translate (PNG, JPEG, WebP, GIF, ...)")
+    source.add_argument("--generation-prompt", help="generate the source image from this prompt instead")
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL,
+        help="diffusers model folder, model-hub id, or 'tiny' / 'random-sd15' (random weights, for testing)",
+    )
+    parser.add_argument("--steps", type=int, default=defaults.num_inference_steps, help="sampling steps")
+    parser.add_argument("--inversion-steps", type=int, default=None, help="DDIM inversion steps (default: as --steps)")
+    parser.add_argument("--scale", type=float, default=defaults.guidance_scale,
+                        help="guidance scale of the translation")
+    parser.add_argument("--generation-scale", type=float, default=defaults.generation_guidance_scale,
+                        help="guidance scale of the source generation")
+    parser.add_argument("--feature-injection-threshold", type=float, default=defaults.feature_injection_threshold,
+                        help="fraction of steps with residual feature injection (0-1)")
+    parser.add_argument("--attention-injection-threshold", type=float, default=defaults.attention_injection_threshold,
+                        help="fraction of steps with self-attention Q/K injection (0-1)")
+    parser.add_argument("--negative-prompt", default=None, help="what to steer away from")
+    parser.add_argument("--negative-prompt-alpha", type=float, default=defaults.negative_prompt_alpha,
+                        help="weight of the unconditional term against the negative prompt (0-1; lower is stronger)")
+    parser.add_argument("--negative-prompt-schedule", default=defaults.negative_prompt_schedule,
+                        help=f"how alpha changes over the steps: {', '.join(NEGATIVE_SCHEDULES)}")
+    parser.add_argument("--resolution", type=int, default=defaults.resolution,
+                        help="short side in pixels (multiple of 64)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of a generated source's noise")
+    parser.add_argument("--max-batch-size", type=int, default=None, help="most prompts per UNet call (default: all)")
+    parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
+    parser.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
+                        help="default: float16 on CUDA, bfloat16 on CPUs with bfloat16 instructions, else float32")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")

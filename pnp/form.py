@@ -107,6 +107,10 @@ FORM_INPUTS = (
         "disable_safety_checker", "bool", False, param="disable_safety_checker",
         description="Turn off the safety checker, which replaces outputs it judges not safe for work with black images (the logs say which). Only has an effect when the model's weights include the checker; API use only.",
     ),
+    FormInput(
+        "feature_maps", "bool", False, param="feature_maps",
+        description="Also return the paper's PCA visualisations of the source's and the outputs' decoder features at five timesteps, as one labelled grid per map after the outputs: conv1 and conv2 of up_blocks.1.resnets.1, then the queries, keys and self-attention maps of up_blocks.1.attentions.1.transformer_blocks.0.attn1. Similar colours mean similar features; the outputs are unchanged.",
+    ),
 )
 
 

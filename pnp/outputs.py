@@ -35,8 +35,12 @@ class OutputOptions:
 
 def output_names(prompts: list[str] | tuple[str, ...], with_source: bool, output_format: str) -> list[str]:
     """File names in output order: ``00-source.png`` (if any), then ``NN-<prompt slug>.png`` per prompt."""
-    labels = (["source"] if with_source else []) + [slug(p) for p in prompts]
-    return [f"{i:02d}-{label}.{output_format}" for i, label in enumerate(labels)]
+    return [f"{i:02d}-{label}.{output_format}" for i, label in enumerate(output_labels(prompts, with_source))]
+
+
+def output_labels(prompts: list[str] | tuple[str, ...], with_source: bool) -> list[str]:
+    """The labels of output names, in output order: ``source`` (if any), then each prompt's slug."""
+    return (["source"] if with_source else []) + [slug(p) for p in prompts]
 
 
 def slug(text: str, length: int = 48) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import PIL.Image
@@ -29,13 +30,15 @@ from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer
 
 from pnp.config import ConfigError, PnPConfig
 from pnp.ddim import DDIMSchedule
+from pnp.feature_maps import feature_maps
+from pnp.features import FeatureMaps
 from pnp.generation import generate
 from pnp.images import resize_for_model, to_rgb
 from pnp.injection import SD_LAYERS
 from pnp.inversion import Trajectory, invert
 from pnp.models import check_supported, choose_device_and_dtype, loading_errors, loading_options
 from pnp.rows import translation_plan
-from pnp.translate import Prompts, translate
+from pnp.translate import CallObserver, Prompts, translate
 from pnp.unet import NoisePredictor
 from pnp.vae import decode, encode, image_to_tensor
 
@@ -43,6 +46,12 @@ logger = logging.getLogger("pnp.pipeline")
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 _DEFAULTS = PnPConfig()
+
+
+class RunObserver(CallObserver, Protocol):
+    """Told the source trajectory once it is made, then (``before_call``) about every translation UNet call."""
+
+    def source_ready(self, trajectory: Trajectory) -> None: ...
 
 
 @dataclass
@@ -189,6 +198,7 @@ class PnPPipeline(
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        observer: RunObserver | None = None,
     ) -> PnPPipelineOutput | tuple:
         """Translate ``image`` (or a source generated from ``generation_prompt``) into every prompt of ``prompt``.
 
@@ -223,6 +233,8 @@ class PnPPipeline(
                 inversion returns no images; a stopped translation returns its partly denoised
                 latents, decoded).
             callback_on_step_end_tensor_inputs: the tensors passed in ``callback_kwargs``.
+            observer: a ``RunObserver``, such as the feature capture of ``feature_maps``; it may set
+                ``_interrupt`` in ``source_ready`` to skip the translation.
 
         Raises ``pnp.ConfigError`` (naming the argument) before any work if an argument is invalid.
         """
@@ -270,13 +282,15 @@ class PnPPipeline(
                     predict, ddim, latent, prompts.uncond, config.num_inference_steps, config.num_inversion_steps, on_step
                 )
         trajectory = Trajectory(latents, source_embedding)
+        if observer is not None:
+            observer.source_ready(trajectory)
 
         # 4. Translation: every prompt in the same UNet calls, the source's features injected.
         outputs = None
         if not self.interrupt:
             with self._timed(metrics, "translation_s"), step_end.phase("translation", len(plan)) as on_step:
                 outputs = translate(
-                    predict, ddim, trajectory, prompts, plan, config.guidance_scale, SD_LAYERS, on_step
+                    predict, ddim, trajectory, prompts, plan, config.guidance_scale, SD_LAYERS, on_step, observer
                 )
             outputs = step_end.latents if outputs is None else outputs
         metrics.update(unet_calls=predict.calls, unet_rows=predict.rows)
@@ -288,6 +302,35 @@ class PnPPipeline(
         if not return_dict:
             return images, source_image, flagged, metrics
         return PnPPipelineOutput(images=images, source_image=source_image, nsfw_content_detected=flagged, metrics=metrics)
+
+    def feature_maps(
+        self,
+        prompt: str | list[str] | None = None,
+        image: PIL.Image.Image | np.ndarray | torch.Tensor | None = None,
+        timesteps: list[int] | None = None,
+        layers: list[str] | None = None,
+        **kwargs,
+    ) -> FeatureMaps:
+        """PCA maps of decoder features and self-attention (the paper's Fig. 3 and 6) of a source and its translations.
+
+        Translates ``image`` (or a source generated from ``generation_prompt``) into every prompt
+        of ``prompt`` as ``__call__`` does, with the same keyword arguments, and records the chosen
+        modules' outputs for the source and each target's conditional row (``pnp.capture``); with
+        no prompt only the source is shown and nothing is translated. Per map and timestep, one
+        PCA over all images gives each image an RGB map (``pnp.features``, ``pnp.pca``).
+
+        Args:
+            timesteps: sampling timesteps to show (of ``num_inference_steps``' schedule); None
+                for five spread over it.
+            layers: module names (see ``pnp.features``); None for ``up_blocks.1.resnets.1`` and
+                ``up_blocks.1.attentions.1.transformer_blocks.0.attn1``.
+
+        Returns a ``pnp.features.FeatureMaps``: the maps as arrays and PIL images, a labelled
+        grid per map, and the translation's own output. Recording changes no result. Raises
+        ``pnp.ConfigError`` (naming the argument) before any work if an argument is invalid.
+        """
+        source = None if image is None else _as_pil(image)
+        return feature_maps(self, prompt, source, timesteps, layers, **kwargs)
 
     def _encode_prompts(self, config: PnPConfig, device) -> tuple[Prompts, torch.Tensor]:
         texts = ["", config.generation_prompt or "", config.negative_prompt or "", *config.prompt]

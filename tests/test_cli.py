@@ -99,6 +99,40 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, photo, args, message)
     assert not (tmp_path / "out").exists()
 
 
+def test_features_of_an_image_and_its_translation(tmp_path, photo):
+    photo.save(tmp_path / "in.png")
+    out = tmp_path / "maps"
+    conv2 = "up_blocks.1.resnets.1.conv2"
+    done = run_cli("features", "--image", str(tmp_path / "in.png"), "--prompt", "a cat", "--out", str(out),
+                   "--timesteps", "1", "667", "--layers", conv2, "--quiet", *FAST)
+    assert done.returncode == 0, done.stderr
+    names = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert names == [conv2, f"{conv2}.png", *(f"{conv2}/{n}" for n in
+                     ["00-source-t1.png", "00-source-t667.png", "01-a-cat-t1.png", "01-a-cat-t667.png"])]
+    assert done.stdout.split() == [str(out / f"{conv2}.png")]
+    with Image.open(out / conv2 / "01-a-cat-t667.png") as image:
+        assert image.size == (192, 128)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--timesteps", "667", "500"],
+         "error: --timesteps: 500 is not a timestep of the 3-step sampling schedule; use some of 667, 334, 1"),
+        (["--layers", "up_blocks.1.attentions.1"],
+         "error: --layers: 'up_blocks.1.attentions.1' is not a map this command draws; name a residual block"),
+        (["--steps", "0"], "error: --steps: 0 is out of range"),
+    ],
+)
+def test_features_bad_input_is_one_line_before_the_model_loads(tmp_path, photo, args, message):
+    photo.save(tmp_path / "in.png")
+    done = run_cli("features", "--image", "in.png", "--out", "maps", *FAST, *args, cwd=tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
+    assert not (tmp_path / "maps").exists()
+
+
 def test_offline_model_error_says_what_to_do(tmp_path, photo):
     photo.save(tmp_path / "in.png")
     done = run_cli("translate", "--image", "in.png", "--prompt", "a cat", "--out", "out", cwd=tmp_path)

@@ -207,6 +207,18 @@ def test_several_prompts_come_out_in_prompt_order(predictor, cat_and_dog, output
     assert np.abs(pixels(alone) - dog).mean() < 0.1 * np.abs(pixels(alone) - cat).mean()
 
 
+def test_feature_maps_follow_the_unchanged_translations(predictor, cat_and_dog, outputs_root):
+    inputs, names, translations = cat_and_dog  # feature_maps off: the translations alone
+    assert names == ["00-a-cat.png", "01-a-dog.png"]
+    outputs = run(predictor, **inputs, feature_maps=True)
+    grids = ["up-blocks-1-resnets-1-conv1", "up-blocks-1-resnets-1-conv2",
+             *(f"up-blocks-1-attentions-1-transformer-blocks-0-attn1-{part}" for part in ("to-q", "to-k", "attention"))]
+    assert [p.name for p in outputs] == [*names, *(f"{i + 2:02d}-features-{grid}.png" for i, grid in enumerate(grids))]
+    assert all(np.array_equal(pixels(p), t) for p, t in zip(outputs[:2], translations, strict=True))
+    with Image.open(outputs[-1]) as grid:
+        assert grid.width > 3 * 256 and grid.height > 3 * 128  # the image and two timesteps, for three rows
+
+
 @pytest.mark.parametrize("output_format, pil_format", [("png", "PNG"), ("webp", "WEBP"), ("jpg", "JPEG")])
 def test_generation_mode_returns_the_source_first(predictor, outputs_root, output_format, pil_format):
     outputs = run(predictor, generation_prompt="a house", translation_prompts="a castle; a tent", seed=3,
