@@ -17,23 +17,29 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import signal
+import sys
 import tempfile
 import threading
+import traceback
 
 import gradio as gr
 
-from .config import ConfigError
+from .config import MAX_PROMPTS, ConfigError
 from .form import FORM_INPUTS, FormInput, form_input
 from .models import first_line
 from .samples import write_samples
-from .ui_runs import Runner, RunResult, Stopped, parse_form
+from .ui_runs import Runner, RunResult, parse_form
 
 logger = logging.getLogger("pnp.ui")
 
-# The fields above the Advanced section; disable_safety_checker stays an API-only input of the predictor.
+# The fields above the Advanced section, and those elsewhere: feature_maps on the Features tab,
+# disable_safety_checker nowhere (an API-only input of the predictor).
 MAIN_FIELDS = ("input_image", "generation_prompt", "seed", "translation_prompts")
-ADVANCED_FIELDS = tuple(s.name for s in FORM_INPUTS if s.name not in (*MAIN_FIELDS, "disable_safety_checker"))
-PROMPTS_INFO = "What the outputs should show, keeping the layout of the source: one prompt per line, one output each, at most 16."
+OTHER_FIELDS = ("feature_maps", "disable_safety_checker")
+ADVANCED_FIELDS = tuple(s.name for s in FORM_INPUTS if s.name not in (*MAIN_FIELDS, *OTHER_FIELDS))
+PROMPTS_INFO = (f"What the outputs should show, keeping the layout of the source: one prompt per line, one output each, "
+                f"at most {MAX_PROMPTS}.")
 # Slider steps: the form gives ranges, the page also needs a resolution for its sliders.
 SLIDER_STEPS = {"float": 0.01, "int": 1}
 # Integer ranges wider than this get a number box rather than a slider.
@@ -44,15 +50,39 @@ EXAMPLE_PROMPTS = {
     "house": "a photo of a wooden cabin in a snowy forest\na watercolor painting of a cottage",
     "still-life": "a photo of an orange and a glass of milk on a marble table",
 }
+FEATURES_TEXT = """\
+The paper's PCA visualisations (Fig. 3 and 6) of the last run's decoder features: for each map, a row per image (the
+source, then each output) and a column per timestep, noisiest first. The first three principal components of all the
+images' features together are drawn as red, green and blue, so similar colours mean similar features: where an
+output's map looks like the source's, it keeps the source's structure. The injection windows
+(`feature_injection_threshold`, `attention_injection_threshold`) set for how many steps the source's features and
+self-attention are imposed. Random-weight models give meaningless maps.
+
+Tick `feature_maps`, then press Run on the Translate tab."""
+FEATURE_MAPS_INFO = ("Also draw the maps below in the next runs, at five timesteps: conv1 and conv2 of up_blocks.1.resnets.1, "
+                     "then the queries, keys and self-attention of up_blocks.1.attentions.1.transformer_blocks.0.attn1. "
+                     "The outputs are unchanged.")
 GENERATION_EXAMPLE = ("a photo of a lighthouse on a cliff", "a lighthouse at night, oil painting", 1)
 
 
 def serve(pipe, model: str, host: str, port: int, share: bool) -> None:
     """Serve the page for ``pipe`` on ``host``:``port`` until interrupted; a public share link only if ``share``."""
+    # Stopped as by Ctrl-C (a service manager sends SIGTERM), so that the temporary folder goes too.
+    signal.signal(signal.SIGTERM, _interrupt)
     with tempfile.TemporaryDirectory(prefix="pnp-ui-") as folder:
         page = build_page(Runner(pipe, folder), model, write_samples(folder))
         page.queue(default_concurrency_limit=1)
-        page.launch(server_name=host, server_port=port, share=share, theme=theme(), show_error=False)
+        # Quiet: Gradio's own lines tell a Python caller to set share=True in launch(); these name the flags.
+        page.launch(server_name=host, server_port=port, share=share, theme=theme(), quiet=True,
+                    prevent_thread_lock=True)
+        print(f"serving on {page.local_url} (Ctrl-C stops)", file=sys.stderr)
+        if share:
+            print(f"public link: {page.share_url}", file=sys.stderr)
+        page.block_thread()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def theme() -> gr.themes.Base:
@@ -79,9 +109,15 @@ def build_page(runner: Runner, model: str, samples: dict) -> gr.Blocks:
                                          buttons=["download", "download_all", "fullscreen"], interactive=False)
                     status = gr.Markdown(elem_id="status")
             _examples(fields, samples)
+        with gr.Tab("Features", elem_id="features-tab"):
+            gr.Markdown(FEATURES_TEXT)
+            # Its own help: the predictor's says where its outputs list puts the grids.
+            fields["feature_maps"] = _field(form_input("feature_maps"), info=FEATURE_MAPS_INFO)
+            grids = gr.Gallery(label="feature maps of the last run", elem_id="features", columns=2, height="auto",
+                               object_fit="contain", buttons=["download", "fullscreen"], interactive=False)
         names = list(fields)
-        started = run.click(_run_function(runner, names), inputs=[fields[n] for n in names],
-                            outputs=[gallery, status], concurrency_id="model", concurrency_limit=1)
+        started = run.click(run_handler(runner, names), inputs=[fields[n] for n in names],
+                            outputs=[gallery, status, grids], concurrency_id="model", concurrency_limit=1)
         stop.click(None, cancels=[started])
     return page
 
@@ -114,9 +150,9 @@ def _main_fields() -> dict:
     return fields
 
 
-def _field(spec: FormInput) -> gr.components.Component:
-    """The page's field for a form input: its name as label, its description as help, its default and range."""
-    common = {"label": spec.name, "info": spec.description, "value": spec.default, "elem_id": spec.name}
+def _field(spec: FormInput, info: str | None = None) -> gr.components.Component:
+    """The page's field for a form input: its name as label, its description (or ``info``) as help, its default and range."""
+    common = {"label": spec.name, "info": info or spec.description, "value": spec.default, "elem_id": spec.name}
     if spec.choices is not None:
         return gr.Dropdown(choices=list(spec.choices), **common)
     if spec.kind == "bool":
@@ -143,7 +179,7 @@ def _examples(fields: dict, samples: dict) -> None:
     )
 
 
-def _run_function(runner: Runner, names: list[str]):
+def run_handler(runner: Runner, names: list[str]):
     """The Run button's handler: the form's values in ``names`` order, to the gallery's items and a status line."""
 
     async def run(*values, progress=gr.Progress()):
@@ -165,14 +201,19 @@ def _run_function(runner: Runner, names: list[str]):
             raise
         except ConfigError as err:
             raise gr.Error(str(err), title="Check the form", print_exception=False) from None
-        except Stopped:
-            raise gr.Error("The run was stopped.", title="Stopped", print_exception=False) from None
         except Exception as err:
-            logger.exception("the run failed")
-            raise gr.Error(f"The run failed: {first_line(err)}. The terminal shows the details.") from None
-        return list(zip(map(str, result.files), result.captions)), result.status
+            # pnp's log lines are one line each: the traceback goes into the message.
+            logger.error(f"the run failed:\n{traceback.format_exc()}")
+            raise gr.Error(f"The run failed: {first_line(err)}. The terminal shows the details.",
+                           print_exception=False) from None
+        return _items(result.files, result.captions), result.status, _items(result.grids, result.maps)
 
     return run
+
+
+def _items(paths, captions) -> list[tuple[str, str]]:
+    """A gallery's value: (file, caption) pairs."""
+    return [(str(path), caption) for path, caption in zip(paths, captions, strict=True)]
 
 
 async def _finished(future: asyncio.Future) -> None:

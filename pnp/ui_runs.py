@@ -14,12 +14,13 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .config import MAX_SEED, ConfigError, PnPConfig, check_seed
+from .features import write_feature_grids
 from .form import form_input, form_name
 from .images import load_image
 from .outputs import OutputOptions, write_outputs
@@ -32,6 +33,7 @@ CONFIG_FIELDS = (
     "negative_prompt_alpha", "negative_prompt_schedule", "num_inference_steps", "num_inversion_steps",
     "generation_scale", "resolution",
 )
+PNG = OutputOptions("png")  # feature grids are drawings with sharp edges: lossless whatever the outputs' format
 # Told (phase, steps done, steps in all) after every inversion or generation step and every translation step.
 Progress = Callable[[str, int, int], None]
 
@@ -48,16 +50,20 @@ class Request:
     image: object
     seed: int
     options: OutputOptions
+    feature_maps: bool = False
     notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class RunResult:
-    """What a run shows: the output files with their captions (generated source first), and a line about the run."""
+    """What a run shows: the output files with their captions (generated source first), a line about the run,
+    and the feature grids (``pnp.features``) with their map names, if they were asked for."""
 
     files: list[Path]
     captions: list[str]
     status: str
+    grids: list[Path] = field(default_factory=list)
+    maps: list[str] = field(default_factory=list)
 
 
 def parse_form(values: dict) -> Request:
@@ -87,7 +93,7 @@ def parse_form(values: dict) -> Request:
             raise ConfigError("image", "give an input image or a generation prompt")
     except ConfigError as err:
         raise ConfigError(form_name(err.param), err.reason) from None
-    return Request(config, image, seed, options, tuple(notes))
+    return Request(config, image, seed, options, bool(values["feature_maps"]), tuple(notes))
 
 
 def _whole_number(name: str, value: object) -> object:
@@ -128,17 +134,30 @@ class Runner:
         with self._lock:
             if stop.is_set():
                 raise Stopped()
-            result = self.pipe(
-                image=request.image, generator=torch.Generator("cpu").manual_seed(request.seed),
-                callback_on_step_end=step_end, **config.as_kwargs(),
-            )
+            try:
+                result, maps = self._translate(request, step_end)
+            except Exception:
+                if stop.is_set():
+                    raise Stopped() from None  # whatever a stopped run broke on, it was stopped
+                raise
             if stop.is_set():
                 raise Stopped()
-            files = write_outputs(result, config.prompt, self._new_outputs_folder(), request.options)
+            folder = self._new_outputs_folder()
+            files = write_outputs(result, config.prompt, folder, request.options)
+            grids = write_feature_grids(maps, folder, PNG, first=len(files)) if maps else []
         captions = ([f"source: {config.generation_prompt}"] if config.generating else []) + list(config.prompt)
         seconds = sum(v for k, v in result.metrics.items() if k.endswith("_s"))
         status = " ".join([f"{len(config.prompt)} translations in {seconds:.1f} s.", *request.notes])
-        return RunResult(files, captions, status)
+        return RunResult(files, captions, status, grids, list(maps.maps) if maps else [])
+
+    def _translate(self, request: Request, step_end):
+        """The pipeline's output, and the feature maps (None unless asked for), made in the same run."""
+        kwargs = dict(image=request.image, generator=torch.Generator("cpu").manual_seed(request.seed),
+                      callback_on_step_end=step_end, **request.config.as_kwargs())
+        if not request.feature_maps:
+            return self.pipe(**kwargs), None
+        maps = self.pipe.feature_maps(**kwargs)
+        return maps.translation, maps
 
     def _new_outputs_folder(self) -> Path:
         # The page has copied the previous run's files by the time the next run starts.

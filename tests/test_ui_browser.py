@@ -2,11 +2,13 @@
 
 One app serves the whole module (starting it is most of the time); each test opens its own
 page, so its session is fresh. The finished page is saved as a screenshot under the pytest
-temporary folder, ``<basetemp>/screenshots0/pnp-ui.png``; README's screenshot is that file.
+temporary folder, ``<basetemp>/screenshots0/pnp-ui.png`` (and the Features tab as
+``pnp-ui-features.png``); README's screenshot is that file.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -33,11 +35,13 @@ ADVANCED = "#advanced .label-wrap"  # the Advanced section's header, which opens
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    """The app's URL: `python -m pnp ui --model tiny` on 127.0.0.1 and a free port, stopped with Ctrl-C afterwards."""
+    """The app's URL: `python -m pnp ui --model tiny` on 127.0.0.1 and a free port, stopped as a service manager stops it."""
     folder = tmp_path_factory.mktemp("ui-app")
     port = _free_port()
+    temp = folder / "tmp"
+    temp.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           "GRADIO_TEMP_DIR": str(folder / "gradio"), "PYTHONPATH": str(ROOT)}
+           "GRADIO_TEMP_DIR": str(folder / "gradio"), "TMPDIR": str(temp), "PYTHONPATH": str(ROOT)}
     log_path = folder / "app.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -50,12 +54,16 @@ def app(tmp_path_factory):
         _wait_until_serving(url, process, log_path)
         yield url
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+    log = log_path.read_text()
+    # Bad input, stopped runs and the final SIGTERM print no traceback to the terminal either.
+    assert f"serving on {url}" in log and "Traceback" not in log, log
+    assert process.returncode == 0 and list(temp.iterdir()) == []  # stopped as by Ctrl-C: its files removed
 
 
 def _free_port() -> int:
@@ -197,16 +205,33 @@ def test_a_waiting_run_sees_its_place_in_the_queue_and_runs_once_the_first_is_st
         p.context.close()
 
 
-def test_the_finished_page(page, tmp_path_factory):
-    """An example's sample image into its two prompts; the page is saved as the README's screenshot."""
-    page.click("text=a photo of a wooden cabin in a snowy forest")
+def test_the_features_tab_shows_the_last_runs_grids_and_the_finished_page(page, tmp_path_factory):
+    """An example's sample image into its two prompts with feature maps on; the page is saved as README's screenshot."""
+    page.get_by_role("tab", name="Features").click()
+    page.check("#feature_maps input[type=checkbox]")
+    page.get_by_role("tab", name="Translate").click()
+    page.click("text=a photo of a wooden cabin in a snowy forest")  # the first example
     page.wait_for_selector("#input_image img")
     fast(page)
-    outputs = run_and_wait(page, 2)
-    assert [o["caption"] for o in outputs] == ["a photo of a wooden cabin in a snowy forest",
-                                               "a watercolor painting of a cottage"]
-    assert outputs[0]["size"] == [192, 128]  # the 512x384 sample at resolution 128: 171 rounded to 192
+    translations = run_and_wait(page, 2)
+    assert [o["caption"] for o in translations] == ["a photo of a wooden cabin in a snowy forest",
+                                                    "a watercolor painting of a cottage"]
+    assert translations[0]["size"] == [192, 128]  # the 512x384 sample at resolution 128: 171 rounded to 192
+
+    page.get_by_role("tab", name="Features").click()
+    grids = page.locator("#features .thumbnail-item")
+    grids.first.locator("img").wait_for()
+    attn1 = "up_blocks.1.attentions.1.transformer_blocks.0.attn1"
+    assert grids.locator(".caption-label").all_inner_texts() == [
+        "up_blocks.1.resnets.1.conv1", "up_blocks.1.resnets.1.conv2", f"{attn1}.to_q", f"{attn1}.to_k",
+        f"{attn1}.attention"]
+    for src in grids.locator("img").evaluate_all("imgs => imgs.map(i => i.src)"):  # served, whether shown yet or not
+        with Image.open(io.BytesIO(page.request.get(src).body())) as grid:
+            # A row per image (source and two outputs) under a title line; a column per timestep after the image.
+            assert grid.format == "PNG" and grid.height > 3 * 128 and grid.width > 3 * 192
+    screenshots = tmp_path_factory.mktemp("screenshots")
+    page.screenshot(path=screenshots / "pnp-ui-features.png", full_page=True)
+
+    page.get_by_role("tab", name="Translate").click()
     page.click(ADVANCED)  # closed again, so that the screenshot shows the outputs beside the form
-    path = tmp_path_factory.mktemp("screenshots") / "pnp-ui.png"
-    page.screenshot(path=path, full_page=True)
-    assert path.stat().st_size > 10_000
+    page.screenshot(path=screenshots / "pnp-ui.png", full_page=True)

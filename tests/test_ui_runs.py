@@ -1,8 +1,11 @@
-"""The web UI's runs without a browser: form values to a request, errors naming fields, progress, stopping, cleanliness."""
+"""The web UI's runs without a browser: form values to a request, errors naming fields, progress, stopping, cleanliness.
+
+The page's Run handler (pnp.ui) is called here as Gradio calls it, in an event loop."""
 
 import asyncio
 import threading
 
+import gradio as gr
 import numpy as np
 import pytest
 from PIL import Image
@@ -10,6 +13,7 @@ from PIL import Image
 from helpers import all_hooks
 from pnp.config import ConfigError
 from pnp.form import FORM_INPUTS
+from pnp.ui import run_handler
 from pnp.ui_runs import Runner, Stopped, parse_form
 
 # The form as it opens, with the fields left blank that the page shows blank, and fast settings.
@@ -155,8 +159,6 @@ def test_a_stopped_run_leaves_the_model_clean_and_the_next_run_is_unchanged(runn
 
 def test_cancelling_the_pages_run_stops_the_model_before_the_queue_moves_on(runner, photo_file):
     """Gradio's Stop cancels the task awaiting the run; the task ends only once the model is clean."""
-    from pnp.ui import _run_function
-
     values = form(input_image=photo_file, num_inference_steps=20)
     names = list(values)
     unet = runner.pipe.unet
@@ -168,7 +170,7 @@ def test_cancelling_the_pages_run_stops_the_model_before_the_queue_moves_on(runn
         started.set()
 
     async def cancel_during_the_run():
-        task = asyncio.ensure_future(_run_function(runner, names)(*values.values()))
+        task = asyncio.ensure_future(run_handler(runner, names)(*values.values()))
         await asyncio.get_running_loop().run_in_executor(None, started.wait)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -186,3 +188,48 @@ def test_cancelling_the_pages_run_stops_the_model_before_the_queue_moves_on(runn
     assert all_hooks(unet) == []
     result, _ = run(runner, form(input_image=photo_file))
     assert len(result.files) == 1
+
+
+def test_feature_maps_come_with_unchanged_outputs_and_a_stopped_one_leaves_the_model_clean(runner, photo_file):
+    values = form(input_image=photo_file, translation_prompts="a cat\na dog")
+    plain, _ = run(runner, values)
+    expected = [pixels(p) for p in plain.files]
+    assert (plain.grids, plain.maps) == ([], [])
+
+    with_maps, steps = run(runner, {**values, "feature_maps": True})
+    assert len(steps) == 4  # the same progress: 2 inversion and 2 translation steps
+    assert all(np.array_equal(a, pixels(b)) for a, b in zip(expected, with_maps.files, strict=True))
+    # The default maps (issue 9): a residual block's two convs, then a self-attention layer's Q, K and attention.
+    attn1 = "up_blocks.1.attentions.1.transformer_blocks.0.attn1"
+    assert with_maps.maps == ["up_blocks.1.resnets.1.conv1", "up_blocks.1.resnets.1.conv2",
+                              f"{attn1}.to_q", f"{attn1}.to_k", f"{attn1}.attention"]
+    assert [p.suffix for p in with_maps.grids] == [".png"] * 5 and all(p.exists() for p in with_maps.grids)
+
+    with pytest.raises(Stopped):
+        run(runner, {**values, "feature_maps": True}, stop_after=3)
+    assert all_hooks(runner.pipe.unet) == []
+
+
+def test_a_failing_run_shows_its_first_line_logs_the_traceback_and_leaves_the_model_clean(runner, photo_file, caplog):
+    def out_of_memory(module, args, output):
+        raise RuntimeError("CUDA out of memory\nmore detail")
+
+    values = form(input_image=photo_file)
+    handle = runner.pipe.unet.register_forward_hook(out_of_memory)
+    try:
+        with pytest.raises(gr.Error) as caught:
+            asyncio.run(run_handler(runner, list(values))(*values.values()))
+    finally:
+        handle.remove()
+    assert caught.value.message == "The run failed: CUDA out of memory. The terminal shows the details."
+    [record] = [r for r in caplog.records if r.name == "pnp.ui"]
+    assert "Traceback" in record.getMessage() and "more detail" in record.getMessage()
+    assert all_hooks(runner.pipe.unet) == []
+    assert len(run(runner, values)[0].files) == 1
+
+
+def test_bad_input_is_shown_as_a_message_naming_the_field(runner):
+    values = form()  # no source
+    with pytest.raises(gr.Error) as caught:
+        asyncio.run(run_handler(runner, list(values))(*values.values()))
+    assert caught.value.message == "input_image: give an input image or a generation prompt"
