@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from contextlib import ExitStack
 from functools import partial
 
 import torch
@@ -48,7 +49,7 @@ class FeatureCapture:
         self.images = images
         self.trajectory: Trajectory | None = None
         self.extra_calls = 0
-        self._handles: list = []
+        self._hooks = ExitStack()
         self._records: dict[tuple[str, int, int], torch.Tensor] = {}
         self._armed: tuple[int, dict[int, int]] | None = None  # (timestep, {batch row: image})
 
@@ -58,19 +59,14 @@ class FeatureCapture:
         if missing:
             blocks = [name for name in found if re.fullmatch(r"(down|up)_blocks\.\d+|mid_block", name)]
             raise ConfigError("layers", f"this UNet has no module {missing[0]}; its blocks are {', '.join(blocks)}")
-        try:
+        with ExitStack() as hooks:  # a failure half-way removes the hooks already installed
             for name in self.modules:
-                hook = partial(self._record, name)
-                self._handles.append(found[name].register_forward_hook(hook, prepend=True))
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
+                hooks.enter_context(found[name].register_forward_hook(partial(self._record, name), prepend=True))
+            self._hooks = hooks.pop_all()
         return self
 
     def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._hooks.close()
         self._armed = None
 
     def source_ready(self, trajectory: Trajectory) -> None:

@@ -63,7 +63,8 @@ class SelfAttentionMaps:
 
     Row i * P + r, column h * P + c holds A_ih[r, c], with A_ih = softmax(Q_ih K_ih^T / sqrt(d)) the
     map of head h of image i over P positions. Products with X and X^T compute the maps a block of
-    query rows (all heads) at a time and never hold more than ``block_elements`` of them.
+    query rows (all heads) at a time, in one buffer of ``block_elements`` values that every block
+    reuses (allocating a fresh block each time costs more in page faults than the maps cost to compute).
     """
 
     def __init__(self, q: torch.Tensor, k: torch.Tensor, heads: int, block_elements: int = MAP_BLOCK_ELEMENTS) -> None:
@@ -73,12 +74,20 @@ class SelfAttentionMaps:
         self.k = k.float().view(images, positions, heads, d).transpose(1, 2)
         self.heads, self.positions, self.scale = heads, positions, d**-0.5
         self.shape = (images * positions, heads * positions)
-        self.block_rows = max(1, block_elements // (heads * positions))
+        self.block_rows = max(1, min(positions, block_elements // (heads * positions)))
+        self._buffer = torch.empty(heads * self.block_rows * positions, device=q.device)
 
     def maps(self, image: int, rows: slice) -> torch.Tensor:
-        """(heads, rows, P): the attention of ``rows`` query positions of ``image`` over its key positions."""
-        logits = self.q[image, :, rows] @ self.k[image].transpose(-1, -2) * self.scale
-        return torch.softmax(logits, dim=-1)
+        """(heads, rows, P): the attention of ``rows`` query positions of ``image`` over its key positions.
+
+        The result lives in the shared buffer: the next call overwrites it.
+        """
+        queries = self.q[image, :, rows]
+        maps = self._buffer[: queries.shape[0] * queries.shape[1] * self.positions].view(*queries.shape[:2], -1)
+        torch.matmul(queries, self.k[image].transpose(-1, -2), out=maps)
+        maps.mul_(self.scale)
+        maps.sub_(maps.amax(dim=-1, keepdim=True)).exp_()  # softmax in place
+        return maps.div_(maps.sum(dim=-1, keepdim=True))
 
     def matmul(self, v: torch.Tensor) -> torch.Tensor:
         v = v.to(self.q.device).view(self.heads, self.positions, -1)
@@ -96,9 +105,10 @@ class SelfAttentionMaps:
 
     def dense(self) -> torch.Tensor:
         """The whole matrix (images * P, heads * P), for small layers and tests."""
-        images = self.q.shape[0]
-        maps = torch.stack([self.maps(i, slice(None)) for i in range(images)])  # (images, heads, P, P)
-        return maps.transpose(1, 2).reshape(self.shape)
+        out = torch.empty(self.shape, device=self.q.device)
+        for image, rows in self._blocks():
+            out[self._rows(image, rows)] = self.maps(image, rows).transpose(0, 1).reshape(rows.stop - rows.start, -1)
+        return out
 
     def _rows(self, image: int, rows: slice) -> slice:
         """The rows of X that are ``rows`` of ``image``'s queries."""

@@ -17,6 +17,8 @@ from pnp.features import (
     write_feature_maps,
 )
 from pnp.grids import GAP, LABEL_WIDTH, MARGIN
+from pnp.injection import FeatureInjector
+from pnp.rows import TranslationStep, UNetCall
 from pnp.timesteps import sampling_timesteps
 from pnp.unet import NoisePredictor
 
@@ -51,7 +53,8 @@ class Outputs:
 def test_recorded_features_are_the_unets_own_on_the_same_inputs(pipe, photo):
     """Source: the UNet on z_t with the source embedding (from the batch inside the windows, from an
     extra call outside). Targets: their conditional rows before injection (chunked, one prompt per call)."""
-    prompts, timesteps = ["a cat", "a dog"], sampling_timesteps(4)  # 751, 501, 251, 1
+    prompts, schedule = ["a cat", "a dog"], sampling_timesteps(4)  # 751, 501, 251, 1
+    shown = {1: 501, 2: 251}  # step index -> timestep: inside both windows (int(4 * 0.5) = 2 steps), outside
     convs, query = [f"{BLOCK}.conv1", f"{BLOCK}.conv2"], f"{ATTN1}.to_q"
     latents = {}
 
@@ -59,31 +62,44 @@ def test_recorded_features_are_the_unets_own_on_the_same_inputs(pipe, photo):
         latents[pipe.phase, t] = tensors["latents"].clone()
         return tensors
 
-    with FeatureCapture(pipe.unet, [*convs, query], timesteps, images=3) as capture:
+    with FeatureCapture(pipe.unet, [*convs, query], shown.values(), images=3) as capture:
         pipe(prompt=prompts, image=photo, feature_injection_threshold=0.5, attention_injection_threshold=0.5,
              max_batch_size=1, output_type="latent", callback_on_step_end=keep, observer=capture, **FAST)
         with torch.inference_mode():
             capture.record_source(NoisePredictor(pipe.unet))
-    assert capture.extra_calls == 2  # steps 2 and 3 lie outside both windows (int(4 * 0.5) = 2 steps)
-    assert len(capture.recorded) == 3 * len(timesteps) * 3  # modules x timesteps x images, nothing else
+    assert capture.extra_calls == 1  # for t = 251
+    assert len(capture.recorded) == 3 * 2 * 3  # modules x timesteps x images, nothing else
 
     embeddings, _ = pipe.encode_prompt(["", *prompts], "cpu", 1, False)  # a real image's source prompt is empty
-    for i, t in enumerate(timesteps):
-        source = latents["inversion", t]
-        targets = source.repeat(2, 1, 1, 1) if i == 0 else latents["translation", timesteps[i - 1]]
+    for i, t in shown.items():
+        source, targets = latents["inversion", t], latents["translation", schedule[i - 1]]
         with Outputs(pipe.unet, [*convs, query]) as direct, torch.inference_mode():
             pipe.unet(torch.cat([source, targets]), t, encoder_hidden_states=embeddings)
         # conv1 and conv2 of the block come before every injection, so even inside the windows the
         # targets' own outputs equal an uninjected call; to_q comes after the injected conv2.
-        names = convs if i < 2 else [*convs, query]
-        for name in names:
+        for name in convs if i < 2 else [*convs, query]:
             # Same rows in other batches (2 to 4 rows here, 3 in the direct call), text encoded in
             # another batch: float32 sums in another order. Measured: at most 4e-6 on features of
             # size 1-2; recording the injected conv2 instead would be off by more than 1e-2.
             torch.testing.assert_close(capture.features(name, t), direct.seen[name], rtol=1e-4, atol=1e-4)
-        if i < 2:  # inside the window the injector gives targets the source's conv2; recorded before that
-            recorded = capture.features(f"{BLOCK}.conv2", t)
-            assert (recorded[1] - recorded[0]).abs().max() > 1e-2
+
+
+def test_recording_comes_before_injection_whatever_the_hook_order(pipe):
+    """Hooks installed after the injector's still see each row's own output, not the injected one."""
+    call = UNetCall(prompts=range(1), source=True, terms=("cond",))  # rows: [source, cond of prompt 0]
+    step = TranslationStep(0, 401, residual=True, attention=True, alpha=1.0, calls=(call,))
+    latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    embeddings, _ = pipe.encode_prompt(["", "a cat"], "cpu", 1, False)
+    conv2 = f"{BLOCK}.conv2"
+    with torch.inference_mode(), FeatureInjector(pipe.unet) as injector:
+        with FeatureCapture(pipe.unet, [conv2], [401], images=2) as capture, Outputs(pipe.unet, [conv2]) as after:
+            injector.set_step(True, True, source_in_batch=True)
+            capture.before_call(step, call)
+            pipe.unet(latents, 401, encoder_hidden_states=embeddings)
+    assert torch.equal(after.seen[conv2][1], after.seen[conv2][0])  # injected: the target carries the source's
+    recorded = capture.features(conv2, 401)
+    assert torch.equal(recorded[0], after.seen[conv2][0])
+    assert (recorded[1] - recorded[0]).abs().max() > 1e-2  # the target's own
 
 
 def test_capture_changes_no_result_and_leaves_the_unet_clean(pipe, photo):
@@ -111,7 +127,7 @@ def test_the_unet_is_clean_after_a_failed_visualisation(pipe, photo, call):
     handle = pipe.unet.register_forward_pre_hook(_FailAt(call))
     try:
         with pytest.raises(RuntimeError, match="stopped"):
-            pipe.feature_maps(prompt="a cat", image=photo, **FAST)  # 4 inversion + 4 translation calls, 2 extra
+            pipe.feature_maps(prompt="a cat", image=photo, **FAST)  # 4 inversion, 4 translation, 1 extra call
     finally:
         handle.remove()
     assert all_hooks(pipe.unet) == []

@@ -77,9 +77,15 @@ def test_colours_are_min_max_scaled_per_image_and_component():
     assert scores_to_rgb(scores, images=2).tolist() == expected
 
 
+def test_a_component_flat_to_rounding_is_drawn_as_zero():
+    # Image 1 varies by 0.5 where scores reach 1e6: float32 keeps ~0.06 there, so it is rounding noise.
+    scores = torch.tensor([[-1e6, 0, 0], [1e6, 0, 0], [3.0, 0, 0], [3.5, 0, 0]])
+    assert scores_to_rgb(scores, images=2)[:, :, 0].tolist() == [[0, 255], [0, 0]]
+
+
 @pytest.fixture(scope="module")
 def attention(pipe):
-    """attention(layer): to_q, to_k, to_v outputs and the attention output (to_out's input) of a layer, in one UNet call."""
+    """attention(layer): to_q, to_k, to_v outputs and the attention output (to_out's input) of a layer."""
     cache = {}
 
     def outputs(name):
