@@ -134,6 +134,8 @@ class Runner:
         with self._lock:
             if stop.is_set():
                 raise Stopped()
+            if config.generating:
+                logger.info(f"generating the source with seed {request.seed}")  # as the seed field's help says
             try:
                 result, maps = self._translate(request, step_end)
             except Exception:

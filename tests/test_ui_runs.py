@@ -3,6 +3,7 @@
 The page's Run handler (pnp.ui) is called here as Gradio calls it, in an event loop."""
 
 import asyncio
+import logging
 import threading
 
 import gradio as gr
@@ -31,6 +32,19 @@ def photo_file(tmp_path, photo):
     path = tmp_path / "photo.png"
     photo.save(path)
     return str(path)
+
+
+@pytest.fixture
+def pnp_log(caplog):
+    """caplog for pnp's own log, which a predictor or command in this process may have sent elsewhere (log_to)."""
+    logger = logging.getLogger("pnp")
+    saved = logger.level, logger.propagate
+    logger.addHandler(caplog.handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # each record once
+    yield caplog
+    logger.removeHandler(caplog.handler)
+    logger.level, logger.propagate = saved
 
 
 @pytest.fixture
@@ -128,11 +142,12 @@ def test_progress_follows_the_source_then_the_translation(runner, photo_file, so
                      ("translation", 4, 6), ("translation", 5, 6), ("translation", 6, 6)]
 
 
-def test_outputs_are_files_captioned_with_their_prompts_the_generated_source_first(runner):
+def test_outputs_are_files_captioned_with_their_prompts_the_generated_source_first(runner, pnp_log):
     result, _ = run(runner, form(generation_prompt="a house", translation_prompts="a castle\na tent", seed="3"))
     assert [p.name for p in result.files] == ["00-source.png", "01-a-castle.png", "02-a-tent.png"]
     assert result.captions == ["source: a house", "a castle", "a tent"]
     assert "seed 3" in result.status
+    assert "generating the source with seed 3" in pnp_log.messages
     source = pixels(result.files[0])
     again, _ = run(runner, form(generation_prompt="a house", translation_prompts="a tent", seed="3"))
     assert not any(p.exists() for p in result.files)  # the previous run's files are gone
@@ -210,7 +225,7 @@ def test_feature_maps_come_with_unchanged_outputs_and_a_stopped_one_leaves_the_m
     assert all_hooks(runner.pipe.unet) == []
 
 
-def test_a_failing_run_shows_its_first_line_logs_the_traceback_and_leaves_the_model_clean(runner, photo_file, caplog):
+def test_a_failing_run_shows_its_first_line_logs_the_traceback_and_leaves_the_model_clean(runner, photo_file, pnp_log):
     def out_of_memory(module, args, output):
         raise RuntimeError("CUDA out of memory\nmore detail")
 
@@ -222,7 +237,7 @@ def test_a_failing_run_shows_its_first_line_logs_the_traceback_and_leaves_the_mo
     finally:
         handle.remove()
     assert caught.value.message == "The run failed: CUDA out of memory. The terminal shows the details."
-    [record] = [r for r in caplog.records if r.name == "pnp.ui"]
+    [record] = pnp_log.records
     assert "Traceback" in record.getMessage() and "more detail" in record.getMessage()
     assert all_hooks(runner.pipe.unet) == []
     assert len(run(runner, values)[0].files) == 1
