@@ -1,4 +1,4 @@
-"""Command line: ``python -m pnp translate|features|download-weights ...``.
+"""Command line: ``python -m pnp translate|features|ui|download-weights ...``.
 
 Every input is checked before the model loads, and torch and diffusers are imported only once
 a command needs them, so ``--help`` and argument errors answer at once. Bad input prints one
@@ -8,6 +8,8 @@ line, ``error: ...``, and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import socket
 import sys
 from pathlib import Path
 
@@ -141,6 +143,31 @@ def _load(args: argparse.Namespace):
     return pipe
 
 
+def _ui(args: argparse.Namespace) -> int:
+    # Gradio is an optional dependency; the port is checked before the slow model load.
+    if importlib.util.find_spec("gradio") is None:
+        print("error: the web UI needs Gradio: pip install -r requirements-ui.txt", file=sys.stderr)
+        return EXIT_USAGE
+    _check_port(args.host, args.port)
+    pipe = _load(args)
+    from .ui import serve
+
+    serve(pipe, args.model, host=args.host, port=args.port, share=args.share)
+    return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    if not 0 < port < 2**16:
+        raise ConfigError("port", f"{port} is not a port number; use one from 1 to 65535")
+    with socket.socket() as probe:
+        # As the web server binds: a port whose last connections are closing is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise ConfigError("port", f"cannot serve on {host}:{port} ({err.strerror}); choose another --port or --host") from None
+
+
 def _download_weights(args: argparse.Namespace) -> int:
     from .weights import download_weights
 
@@ -186,6 +213,17 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--layers", nargs="+", default=None, metavar="MODULE",
                    help=f"what to show, each {LAYER_HELP} (default: {' '.join(DEFAULT_LAYERS)})")
     _add_run_options(f)
+
+    u = commands.add_parser("ui", help="serve a web page for translating images (needs requirements-ui.txt)")
+    u.set_defaults(run=_ui, quiet=True)
+    u.add_argument("--model", default=DEFAULT_MODEL,
+                   help="diffusers model folder, model-hub id, or 'tiny' / 'random-sd15' (random weights, for testing)")
+    u.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every network interface)")
+    u.add_argument("--port", type=int, default=7860, help="port to serve on")
+    u.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
+    u.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
+    u.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
+                   help="default: float16 on CUDA, bfloat16 on CPUs with bfloat16 instructions, else float32")
 
     d = commands.add_parser("download-weights", help="download a model's diffusers files into a folder")
     d.set_defaults(run=_download_weights)
