@@ -144,7 +144,7 @@ def test_a_server_killed_mid_run_loses_no_pair(servers, evaluate, local_pie, tmp
     out = tmp_path / "killed"
     status = {}
     run = threading.Thread(target=lambda: status.setdefault(
-        "exit", evaluate(PIE, out, "--backend", f"{victim.url},{survivor.url}")))
+        "exit", evaluate(PIE, out, "--backend", f"{victim.url},{survivor.url}")), daemon=True)
     run.start()
     deadline = time.monotonic() + 60
     while requests.get(f"{victim.url}/health-check", timeout=10).json()["status"] != "BUSY":

@@ -34,7 +34,9 @@ def write_contact_sheet(out: Path, title: str, notes: list[str], summary_means: 
     """Write ``out``/index.html."""
     parts = [f"<!doctype html><meta charset='utf-8'><title>{_e(title)}</title><style>{STYLE}</style>",
              f"<h1>{_e(title)}</h1>", *(f"<p>{_e(note)}</p>" for note in notes),
-             _means_table({"all pairs": summary_means, **by_type})]
+             _means_table({"all pairs": summary_means, **by_type}),
+             "<p>Under each output: its scores, scaled as in the table (cos: the paper's CLIP cosine; clip: "
+             "PIE-Bench's CLIPScore; struct: structure distance, (pie) on 0..255 input).</p>"]
     parts += [_source_row(record) for record in records]
     return write_atomic(out / "index.html", "\n".join(parts) + "\n")
 

@@ -43,17 +43,17 @@ class ReplicateBackend:
         self._client = replicate.Client()
 
     def translate(self, jobs: Iterable[Job]) -> Iterator[Translation]:
-        with ThreadPoolExecutor(self.parallel, thread_name_prefix="replicate") as pool:
-            pending = [pool.submit(self._run, job) for job in jobs]
-            try:
-                while pending:
-                    done, rest = wait(pending, return_when=FIRST_COMPLETED)
-                    pending = list(rest)
-                    for future in done:
-                        yield future.result()
-            finally:
-                for future in pending:
-                    future.cancel()
+        pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="replicate")
+        pending = [pool.submit(self._run, job) for job in jobs]
+        try:
+            while pending:
+                done, rest = wait(pending, return_when=FIRST_COMPLETED)
+                pending = list(rest)
+                for future in done:
+                    yield future.result()
+        finally:
+            # On an error or Ctrl-C, queued predictions are not started and running ones not waited for.
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _run(self, job: Job) -> Translation:
         import httpx
