@@ -197,3 +197,11 @@ def test_an_unreachable_server_is_named_before_work(evaluate, tmp_path, capsys):
     assert evaluate(PIE, tmp_path / "out", "--backend", "http://127.0.0.1:9") == 2
     assert "error: --backend: no Cog server answers at http://127.0.0.1:9" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unavailable_metric_model_is_said_before_work_and_leaves_no_folder(evaluate, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert evaluate(PIE, tmp_path / "out", "--clip-model", "someone/clip-that-is-not-cached") == 2
+    [line] = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert line.startswith("error: --clip-model: model 'someone/clip-that-is-not-cached' is not in the local")
+    assert not (tmp_path / "out").exists()

@@ -3,7 +3,7 @@
 Importing this module does not import torch. Everything the user gave (flags, the benchmark file
 and its images, the backend's servers or token, the output folder) is checked before any model
 loads; then the metric models load (so an offline machine says so before translating), then the
-backend, then the run.
+local pipeline, and only then does the run write into the output folder.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ..models import RANDOM_MODELS
 from .backends import LOCAL, BackendError, make_job, parse_backend
 from .metric_models import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL, RANDOM
 from .metrics import STRUCTURE_VARIANTS
-from .records import Plan, prepare_folder
+from .records import Plan, check_folder
 from .sources import load_benchmark
 
 BOTH = "both"
@@ -96,7 +96,7 @@ def _plan(args: argparse.Namespace):
                 "settings": settings, "clip_model": args.clip_model, "dino_model": args.dino_model,
                 "structure_variants": list(_variants(args))}
     out = Path(args.out)
-    prepare_folder(out, manifest, args.overwrite)
+    check_folder(out, manifest, args.overwrite)  # written once the models have loaded, by the run
     return Plan(benchmark, jobs, out, manifest), backend
 
 

@@ -50,27 +50,31 @@ def write_json(path: Path, data) -> Path:
     return write_atomic(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
 
 
-def prepare_folder(out: Path, manifest: dict, overwrite: bool) -> None:
-    """Make ``out`` hold this run: new, the same run to resume, or (with ``overwrite``) cleared of another run's files.
-
-    A folder holding a different run is refused before any work, naming the first difference.
-    """
+def check_folder(out: Path, manifest: dict, overwrite: bool) -> None:
+    """Refuse, before any work and without writing, a folder that holds a different run (unless ``overwrite``)."""
     if out.exists() and not out.is_dir():
         raise ConfigError("out", f"{out} is a file, not a folder; name a folder for the evaluation")
-    earlier = out / MANIFEST
-    if earlier.is_file():
-        previous = json.loads(earlier.read_text())
-        if previous != manifest and not overwrite:
-            name = next((k for k in manifest if previous.get(k) != manifest[k]), None) or "the run"
-            raise ConfigError(
-                "out",
-                f"{out} holds an evaluation with other {name} ({previous.get(name)!r}, now {manifest.get(name)!r}); "
-                "choose another folder, or pass --overwrite to delete that run's files",
-            )
-        if previous != manifest:
-            clear(out)
-    out.mkdir(parents=True, exist_ok=True)
+    previous = _manifest(out)
+    if previous is not None and previous != manifest and not overwrite:
+        name = next((k for k in manifest if previous.get(k) != manifest[k]), None) or "the run"
+        raise ConfigError(
+            "out",
+            f"{out} holds an evaluation with other {name} ({previous.get(name)!r}, now {manifest.get(name)!r}); "
+            "choose another folder, or pass --overwrite to delete that run's files",
+        )
+
+
+def start_folder(out: Path, manifest: dict) -> None:
+    """Make ``out`` hold this run (after ``check_folder``): another run's files are deleted, this run's kept."""
+    previous = _manifest(out)
+    if previous is not None and previous != manifest:
+        clear(out)
     write_json(out / MANIFEST, manifest)
+
+
+def _manifest(out: Path) -> dict | None:
+    path = out / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def clear(out: Path) -> None:

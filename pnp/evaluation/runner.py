@@ -21,7 +21,7 @@ from .backends import Translation
 from .contact_sheet import write_contact_sheet
 from .metrics import MetricSuite, finite_or_none
 from .piebench import decode_mask
-from .records import IMAGES, Plan, finished, record_path, write_json
+from .records import IMAGES, Plan, finished, record_path, start_folder, write_json
 from .report import means, means_by_editing_type, rows_of, summary_table, write_results
 from .sources import PIE_BENCH
 
@@ -30,6 +30,7 @@ LOSSLESS = OutputOptions("png")
 
 def run(plan: Plan, backend, suite: MetricSuite, quiet: bool = False, log=print) -> dict:
     """Translate and score every unfinished source, then write results.csv/json and index.html; returns the summary."""
+    start_folder(plan.out, plan.manifest)
     records = {job.source.key: finished(plan.out, job.source.key, job.source.prompts) for job in plan.jobs}
     todo = [job for job in plan.jobs if records[job.source.key] is None]
     if len(todo) < len(plan.jobs):
