@@ -112,11 +112,10 @@ def _remote_backend(spec, args):
 
 def _metric_suite(args: argparse.Namespace, plan: Plan, warn):
     from ..devices import default_device
-    from ..environment import configure_libraries, log_to
+    from ..environment import configure_libraries
     from .metrics import load_metric_suite
 
     configure_libraries()
-    log_to(sys.stderr)
     if RANDOM in (args.clip_model, args.dino_model):
         print("note: random-weight metric models: their scores mean nothing", file=sys.stderr)
     device = args.device or default_device()
