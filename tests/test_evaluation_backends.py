@@ -114,7 +114,7 @@ def test_an_interrupted_local_run_resumes_without_redoing_finished_sources(local
     out, first = local_pie
     assert (out / "records" / "000000000000.json").stat().st_mtime_ns == first  # reused, not rewritten
     summary = json.loads((out / "results.json").read_text())
-    assert (summary["sources"], summary["pairs"]) == (3, 3)
+    assert (summary["name"], summary["benchmark"], summary["sources"], summary["pairs"]) == ("pie-bench", str(PIE), 3, 3)
     assert set(summary["means_by_editing_type"]) == {"6 change color", "9 change style"}
     rows = summary["rows"]
     assert [row["setting_guidance_scale"] for row in rows] == [7.5] * 3

@@ -86,7 +86,7 @@ def write_report(plan: Plan, records: list[dict], unavailable: dict[str, str]) -
     """
     benchmark = plan.benchmark
     rows = rows_of(benchmark.name, records)
-    summary = {"benchmark": benchmark.name, "kind": benchmark.kind, **plan.manifest, "sources": len(records),
+    summary = {**plan.manifest, "name": benchmark.name, "sources": len(records),
                "pairs": len(rows), "not_computed": unavailable, "means": means(rows)}
     if benchmark.kind == PIE_BENCH:
         summary["means_by_editing_type"] = means_by_editing_type(rows)
