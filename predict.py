@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from pnp.config import ConfigError, PnPConfig  # noqa: E402
 from pnp.devices import dtype_name  # noqa: E402
 from pnp.features import write_feature_grids  # noqa: E402
+from pnp.form import PROMPT_SEPARATOR, form_name  # noqa: E402
 from pnp.outputs import OutputOptions, write_outputs  # noqa: E402
 from pnp.pipeline import PnPPipeline  # noqa: E402
 from pnp.weights import locate_weights  # noqa: E402
@@ -34,14 +35,6 @@ from pnp.weights import locate_weights  # noqa: E402
 WEIGHTS_DIR = LocalPath(__file__).resolve().parent / "weights"
 SOURCE_CACHE_ENV = "PNP_SOURCE_CACHE_BYTES"
 COMPILE_ENV = "PNP_COMPILE"
-PROMPT_SEPARATOR = ";"
-# Pipeline parameters that the form calls differently; error messages use the form's names.
-FORM_NAMES = {
-    "prompt": "translation_prompts",
-    "guidance_scale": "scale",
-    "generation_guidance_scale": "generation_scale",
-    "image": "input_image",
-}
 
 
 class Predictor(BasePredictor):
@@ -212,7 +205,7 @@ class Predictor(BasePredictor):
                 paths += write_feature_grids(maps, self.output_dir, options, first=len(paths))
         except ConfigError as err:
             self._remove_outputs()
-            raise type(err)(FORM_NAMES.get(err.param, err.param), err.reason) from None
+            raise type(err)(form_name(err.param), err.reason) from None
         except BaseException:
             # Failures and cancellations (cog.CancelationException is a BaseException) leave no files.
             self._remove_outputs()

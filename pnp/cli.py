@@ -1,4 +1,4 @@
-"""Command line: ``python -m pnp translate|features|ui|download-weights ...``.
+"""Command line: ``python -m pnp translate|features|evaluate|ui|download-weights ...``.
 
 Every input is checked before the model loads, and torch and diffusers are imported only once
 a command needs them, so ``--help`` and argument errors answer at once. Bad input prints one
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .config import NEGATIVE_SCHEDULES, ConfigError, PnPConfig, check_seed
 from .devices import DTYPE_NAMES
+from .evaluation.command import add_evaluate_arguments, run_evaluate
 from .features import DEFAULT_LAYERS, LAYER_HELP, check_feature_folder, feature_request, run_config, write_feature_maps
 from .images import ImageError, load_image
 from .models import DEFAULT_MODEL, ModelError
@@ -29,6 +30,7 @@ FLAGS = {
     "generation_guidance_scale": "--generation-scale",
     "output_format": "--format",
     "output_quality": "--quality",
+    "benchmark": "BENCHMARK",
 }
 
 
@@ -56,13 +58,13 @@ def flag(param: str) -> str:
 
 def _translate(args: argparse.Namespace) -> int:
     # Everything the user typed is checked before the (slow) imports and model load.
-    config = PnPConfig(prompt=args.prompt, **_settings(args))
+    config = translation_config(args, prompt=args.prompt, **_source_settings(args))
     seed = check_seed(args.seed)
     options = OutputOptions(args.format, args.quality)
     images = _source_images(args, config)
     out = check_output_folder(args.out, args.overwrite)
 
-    pipe = _load(args)
+    pipe = load_pipeline(args)
     if args.compile:
         print("compiling the UNet: the first steps of each kind take minutes on a CPU", file=sys.stderr)
         pipe.compile_unet()
@@ -75,32 +77,34 @@ def _translate(args: argparse.Namespace) -> int:
 
 def _features(args: argparse.Namespace) -> int:
     prompts = args.prompt or []
-    config = run_config(prompts, **_settings(args))
+    config = run_config(prompts, **_source_settings(args), **_translation_settings(args))
     request = feature_request(args.layers, args.timesteps, config.num_inference_steps)
     seed = check_seed(args.seed)
     images = _source_images(args, config)
     if len(images) > 1:
         raise ImageError("image", f"{len(images)} images given; the maps show one source: give one --image")
-    image = images[0] if images else None
     out = check_feature_folder(args.out, args.overwrite)
 
-    pipe = _load(args)
+    pipe = load_pipeline(args)
     settings = {k: v for k, v in config.as_kwargs().items() if k != "prompt"}
-    maps = pipe.feature_maps(prompts, image, list(request.timesteps), list(request.maps), generator=_generator(seed),
-                             **settings)
+    maps = pipe.feature_maps(prompts, images[0] if images else None, list(request.timesteps), list(request.maps),
+                             generator=_generator(seed), **settings)
     for path in write_feature_maps(maps, out):
         print(path)
     return 0
 
 
-def _settings(args: argparse.Namespace) -> dict:
-    """The run options shared by translate and features, as PnPConfig fields (all but the prompts)."""
+def translation_config(args: argparse.Namespace, **source) -> PnPConfig:
+    """The validated settings of ``add_translate_options``'s flags; ``source`` gives the prompts and the rest."""
+    return PnPConfig(**_translation_settings(args), **source)
+
+
+def _translation_settings(args: argparse.Namespace) -> dict:
+    """``add_translate_options``'s flags as PnPConfig fields."""
     return dict(
-        generation_prompt=args.generation_prompt,
         num_inference_steps=args.steps,
         num_inversion_steps=args.inversion_steps,
         guidance_scale=args.scale,
-        generation_guidance_scale=args.generation_scale,
         feature_injection_threshold=args.feature_injection_threshold,
         attention_injection_threshold=args.attention_injection_threshold,
         negative_prompt=args.negative_prompt,
@@ -109,6 +113,11 @@ def _settings(args: argparse.Namespace) -> dict:
         resolution=args.resolution,
         max_batch_size=args.max_batch_size,
     )
+
+
+def _source_settings(args: argparse.Namespace) -> dict:
+    """``_add_source_options``'s flags as PnPConfig fields."""
+    return dict(generation_prompt=args.generation_prompt, generation_guidance_scale=args.generation_scale)
 
 
 def _source_images(args: argparse.Namespace, config: PnPConfig) -> list:
@@ -123,16 +132,15 @@ def _generator(seed: int):
     return torch.Generator("cpu").manual_seed(seed)
 
 
-def _load(args: argparse.Namespace):
+def load_pipeline(args: argparse.Namespace):
     """The pipeline of ``--model`` on ``--device`` in ``--dtype``; says which, and whether its outputs are noise."""
     from .environment import configure_libraries, log_to
 
     configure_libraries()  # before anything imports diffusers or transformers
     log_to("stderr")
     from .devices import dtype_name
-    from .models import open_model
+    from .models import RANDOM_MODELS, open_model
     from .pipeline import PnPPipeline
-    from .random_models import RANDOM_MODELS
 
     if args.model in RANDOM_MODELS:
         print(f"note: --model {args.model} has random weights; its outputs are noise", file=sys.stderr)
@@ -149,7 +157,7 @@ def _ui(args: argparse.Namespace) -> int:
         print("error: the web UI needs Gradio: pip install -r requirements-ui.txt", file=sys.stderr)
         return EXIT_USAGE
     _check_port(args.host, args.port)
-    pipe = _load(args)
+    pipe = load_pipeline(args)
     from .ui import serve
 
     serve(pipe, args.model, host=args.host, port=args.port, share=args.share)
@@ -192,12 +200,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True,
                    help="folder for the output images (created if missing; it must not hold an earlier run's outputs)")
     t.add_argument("--overwrite", action="store_true", help="delete an earlier run's outputs in --out first")
-    _add_run_options(t)
+    _add_source_options(t, "image to translate (PNG, JPEG, WebP, GIF, ...); repeat for several, each into every prompt")
     t.add_argument("--format", default=OutputOptions.output_format, help=f"output format: {', '.join(OUTPUT_FORMATS)}")
     t.add_argument("--quality", type=int, default=OutputOptions.output_quality, help="webp/jpg quality (1-100)")
     t.add_argument("--compile", action="store_true",
                    help="run the UNet through torch.compile: faster steps after minutes of compiling; pays off on "
                    "long runs and many images")
+    add_translate_options(t)
 
     f = commands.add_parser(
         "features", help="PCA maps of decoder features and self-attention of a source and its translations"
@@ -212,18 +221,20 @@ def _parser() -> argparse.ArgumentParser:
                    help="sampling timesteps to show (default: five spread over the --steps schedule)")
     f.add_argument("--layers", nargs="+", default=None, metavar="MODULE",
                    help=f"what to show, each {LAYER_HELP} (default: {' '.join(DEFAULT_LAYERS)})")
-    _add_run_options(f)
+    _add_source_options(f, "image to translate and show (PNG, JPEG, WebP, GIF, ...)")
+    add_translate_options(f)
+
+    e = commands.add_parser("evaluate", help="translate a benchmark's sources and score them with its published metrics")
+    e.set_defaults(run=run_evaluate)
+    add_evaluate_arguments(e)
+    add_translate_options(e)
 
     u = commands.add_parser("ui", help="serve a web page for translating images (needs requirements-ui.txt)")
     u.set_defaults(run=_ui, quiet=True)
-    u.add_argument("--model", default=DEFAULT_MODEL,
-                   help="diffusers model folder, model-hub id, or 'tiny' / 'random-sd15' (random weights, for testing)")
     u.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every network interface)")
     u.add_argument("--port", type=int, default=7860, help="port to serve on")
     u.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
-    u.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
-    u.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
-                   help="default: float16 on CUDA, bfloat16 on CPUs with bfloat16 instructions, else float32")
+    _add_model_options(u)
 
     d = commands.add_parser("download-weights", help="download a model's diffusers files into a folder")
     d.set_defaults(run=_download_weights)
@@ -235,23 +246,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    """The source, model, translation settings and machine options that translate and features share."""
+def _add_source_options(parser: argparse.ArgumentParser, image_help: str) -> None:
+    """The source (an image, or a generation prompt with its guidance and seed), for translate and features."""
     defaults = PnPConfig()
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--image", action="append",
-                        help="image to translate (PNG, JPEG, WebP, GIF, ...); repeat for several, each into every prompt")
+    source.add_argument("--image", action="append", help=image_help)
     source.add_argument("--generation-prompt", help="generate the source image from this prompt instead")
-    parser.add_argument(
-        "--model", default=DEFAULT_MODEL,
-        help="diffusers model folder, model-hub id, or 'tiny' / 'random-sd15' (random weights, for testing)",
-    )
-    parser.add_argument("--steps", type=int, default=defaults.num_inference_steps, help="sampling steps")
-    parser.add_argument("--inversion-steps", type=int, default=None, help="DDIM inversion steps (default: as --steps)")
-    parser.add_argument("--scale", type=float, default=defaults.guidance_scale,
-                        help="guidance scale of the translation")
     parser.add_argument("--generation-scale", type=float, default=defaults.generation_guidance_scale,
                         help="guidance scale of the source generation")
+    parser.add_argument("--seed", type=int, default=0, help="seed of a generated source's noise")
+
+
+def add_translate_options(parser: argparse.ArgumentParser) -> None:
+    """The flags of the model and of the translation settings, shared by every command that translates."""
+    defaults = PnPConfig()
+    parser.add_argument("--steps", type=int, default=defaults.num_inference_steps, help="sampling steps")
+    parser.add_argument("--inversion-steps", type=int, default=None, help="DDIM inversion steps (default: as --steps)")
+    parser.add_argument("--scale", type=float, default=defaults.guidance_scale, help="guidance scale of the translation")
     parser.add_argument("--feature-injection-threshold", type=float, default=defaults.feature_injection_threshold,
                         help="fraction of steps with residual feature injection (0-1)")
     parser.add_argument("--attention-injection-threshold", type=float, default=defaults.attention_injection_threshold,
@@ -261,11 +272,17 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="weight of the unconditional term against the negative prompt (0-1; lower is stronger)")
     parser.add_argument("--negative-prompt-schedule", default=defaults.negative_prompt_schedule,
                         help=f"how alpha changes over the steps: {', '.join(NEGATIVE_SCHEDULES)}")
-    parser.add_argument("--resolution", type=int, default=defaults.resolution,
-                        help="short side in pixels (multiple of 64)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of a generated source's noise")
-    parser.add_argument("--max-batch-size", type=int, default=None, help="most prompts per UNet call (default: all)")
+    parser.add_argument("--resolution", type=int, default=defaults.resolution, help="short side in pixels (multiple of 64)")
+    parser.add_argument("--max-batch-size", type=int, default=None,
+                        help="most (image, prompt) targets per UNet call, to bound memory (default: all)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_model_options(parser)
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Which model, on which device, in which dtype."""
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="diffusers model folder, model-hub id, or 'tiny' / 'random-sd15' (random weights, for testing)")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
     parser.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
                         help="default: float16 on CUDA, bfloat16 on CPUs with bfloat16 instructions, else float32")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -7,14 +7,22 @@ tests/test_form.py parses ``predict.py`` and fails if any literal differs from t
 UI builds its fields from the table directly. Torch-free.
 
 Names are the forms' own; ``param`` is the pipeline parameter each input sets (a ``PnPConfig``
-field, the seed, an ``OutputOptions`` field), which ``ConfigError.param`` names.
+field, the seed, an ``OutputOptions`` field), which ``ConfigError.param`` names. ``form_inputs``
+goes the other way, for clients of a running predictor (the evaluation's HTTP and Replicate
+backends), so that a server computes exactly what the local pipeline would.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .config import ConfigError, PnPConfig
+
 KINDS = ("image", "text", "int", "float", "bool")
+# The form takes several prompts in one text field, separated by this.
+PROMPT_SEPARATOR = ";"
+# PnPConfig fields the form does not offer: they bound memory and leave the results unchanged.
+NOT_ON_FORM = ("max_batch_size",)
 
 
 @dataclass(frozen=True)
@@ -125,3 +133,33 @@ def form_input(name: str) -> FormInput:
 def form_name(param: str) -> str:
     """The form input that sets pipeline parameter ``param`` (``param`` itself if none does): what errors name."""
     return next((spec.name for spec in FORM_INPUTS if spec.param == param), param)
+
+
+def form_inputs(config: PnPConfig, seed: int) -> dict:
+    """The form inputs that make the predictor translate as ``config`` and ``seed`` do locally, into lossless PNGs.
+
+    The source (``input_image``) is not included: it is a file, which each client sends its own way.
+    """
+    inputs = {}
+    for name, value in config.as_kwargs().items():
+        if name in NOT_ON_FORM:
+            continue
+        if name == "prompt":
+            value = join_prompts(value)
+        elif value is None:  # generation_prompt, negative_prompt: the form's blank means "none"
+            value = ""
+        inputs[form_name(name)] = value
+    inputs.update(seed=seed, output_format="png")
+    return inputs
+
+
+def join_prompts(prompts: tuple[str, ...]) -> str:
+    """The prompts as the form's one text field; a prompt that holds the separator would be split, so it is refused."""
+    for prompt in prompts:
+        if PROMPT_SEPARATOR in prompt:
+            raise ConfigError(
+                "prompt",
+                f"{prompt!r} contains {PROMPT_SEPARATOR!r}, which the predictor's form reads as the end of a "
+                "prompt; rephrase it without one to translate it on a server",
+            )
+    return f"{PROMPT_SEPARATOR} ".join(prompts)

@@ -12,6 +12,8 @@ from pathlib import Path
 from .devices import default_device, default_dtype, parse_dtype
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
+# Names of the random-weight test models (``pnp.random_models`` builds them); torch-free here for argument checks.
+RANDOM_MODELS = ("tiny", "random-sd15")
 
 
 class ModelError(RuntimeError):
@@ -88,7 +90,7 @@ def check_supported(pipe, model: str | Path) -> None:
 @contextmanager
 def open_model(name: str):
     """A path or hub id to load ``name`` from; the random-weight test models are built into a temporary folder."""
-    from .random_models import RANDOM_MODELS, random_model_folder
+    from .random_models import random_model_folder
 
     if name in RANDOM_MODELS:
         with random_model_folder(name) as folder:

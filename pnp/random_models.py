@@ -15,7 +15,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNe
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-RANDOM_MODELS = ("tiny", "random-sd15")
+from .models import RANDOM_MODELS
+
 
 _CROSS_DOWN = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
 _CROSS_UP = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
@@ -27,7 +28,7 @@ def build_random_pipeline(kind: str, seed: int = 0) -> StableDiffusionPipeline:
         raise ValueError(f"random model: {kind!r} is not one of {', '.join(RANDOM_MODELS)}")
     full = kind == "random-sd15"
     torch.manual_seed(seed)
-    tokenizer = _byte_level_tokenizer()
+    tokenizer = byte_level_tokenizer()
     text_width = 768 if full else 32
     unet = UNet2DConditionModel(
         block_out_channels=(320, 640, 1280, 1280) if full else (32, 32, 64, 64),
@@ -113,7 +114,7 @@ def random_model_folder(kind: str, seed: int = 0):
         yield save_random_pipeline(kind, Path(tmp) / kind, seed)
 
 
-def _byte_level_tokenizer() -> CLIPTokenizer:
+def byte_level_tokenizer() -> CLIPTokenizer:
     """A CLIP tokenizer over single bytes plus a few merges: real tokenization code, tiny vocabulary."""
     symbols = _byte_symbols()
     merges = [("t", "h"), ("th", "e</w>"), ("o", "f</w>"), ("a", "n"), ("an", "d</w>")]

@@ -57,3 +57,19 @@ def photo():
     pixels = np.stack([x * 255 / 159, y * 255 / 127, np.full_like(x, 90.0)], axis=-1)
     pixels[40:90, 60:120] = (250, 30, 30)
     return Image.fromarray(pixels.astype(np.uint8), "RGB")
+
+
+@pytest.fixture(scope="session")
+def clip_model_dir(tmp_path_factory):
+    """A tiny CLIP model and processor with random weights, as a transformers folder."""
+    from pnp.evaluation.random_metric_models import save_random_clip
+
+    return save_random_clip(tmp_path_factory.mktemp("models") / "clip")
+
+
+@pytest.fixture(scope="session")
+def dino_model_dir(tmp_path_factory):
+    """A tiny ViT with DINO ViT-B/8's patch and input size and random weights, as a transformers folder."""
+    from pnp.evaluation.random_metric_models import save_random_dino
+
+    return save_random_dino(tmp_path_factory.mktemp("models") / "dino")

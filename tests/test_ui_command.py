@@ -14,7 +14,7 @@ def no_model(monkeypatch):
     def load(args):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(cli, "_load", load)
+    monkeypatch.setattr(cli, "load_pipeline", load)
 
 
 def test_a_port_in_use_is_refused_before_the_model_loads(capsys):

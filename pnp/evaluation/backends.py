@@ -1,0 +1,132 @@
+"""What every backend does the same way: the unit of work, its result, the ``--backend`` syntax, and image transport.
+
+A backend takes jobs (one source and all its prompts, with the exact settings and seed) and
+yields translations as they finish, in any order. The local backend runs ``PnPPipeline``; the
+others send the same settings to our Cog predictor (``pnp.form``) and get lossless PNGs back, so
+outputs are the same whichever backend ran them. Torch-free.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import mimetypes
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import urlparse
+
+from PIL import Image
+
+from ..config import ConfigError, PnPConfig
+from .sources import Source
+
+LOCAL = "local"
+OUTPUT_TIMEOUT_S = 300
+REPLICATE_PREFIX = "replicate:"
+# OWNER/MODEL or OWNER/MODEL:VERSION, as Replicate names them.
+_REPLICATE_REF = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(:[0-9a-f]{16,64})?$")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One call: a source translated into all its prompts with ``config``; ``seed`` seeds a generated source's noise."""
+
+    source: Source
+    config: PnPConfig
+    seed: int
+
+
+@dataclass
+class Translation:
+    """A finished job: one output per prompt, the generated source (generation mode) and who translated it."""
+
+    job: Job
+    outputs: list[Image.Image]
+    generated_source: Image.Image | None
+    worker: str
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A parsed ``--backend``: ``local``, a list of Cog server URLs, or a Replicate model reference."""
+
+    kind: str  # "local", "http" or "replicate"
+    urls: tuple[str, ...] = ()
+    model: str | None = None
+
+
+def parse_backend(text: str) -> BackendSpec:
+    """Check ``--backend``'s syntax (nothing is contacted yet)."""
+    text = text.strip()
+    if text == LOCAL:
+        return BackendSpec(LOCAL)
+    if text.startswith(REPLICATE_PREFIX):
+        model = text[len(REPLICATE_PREFIX):]
+        if not _REPLICATE_REF.match(model):
+            raise ConfigError("backend", f"{model!r} is not a Replicate model: use replicate:OWNER/MODEL or replicate:OWNER/MODEL:VERSION")
+        return BackendSpec("replicate", model=model)
+    urls = tuple(url.strip().rstrip("/") for url in text.split(","))
+    for url in urls:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ConfigError(
+                "backend",
+                f"{url!r} is not a server URL; use local, http://HOST:PORT[,http://HOST2:PORT...] or replicate:OWNER/MODEL[:VERSION]",
+            )
+    return BackendSpec("http", urls=urls)
+
+
+def make_job(source: Source, base: PnPConfig) -> Job:
+    """The job of ``source`` under the run's settings; a generated source brings its own prompt, scale, steps and seed."""
+    generation = source.generation
+    if generation is None:
+        return Job(source, replace(base, prompt=source.prompts), seed=0)
+    config = replace(base, prompt=source.prompts, generation_prompt=generation.prompt,
+                     generation_guidance_scale=generation.scale, num_inference_steps=generation.steps,
+                     num_inversion_steps=None)
+    return Job(source, config, generation.seed)
+
+
+def file_data_uri(path: Path) -> str:
+    """A file as a data URI, as `cog predict -i input_image=@file` sends it."""
+    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return f"data:{media_type};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """An output file's bytes as an RGB image."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return image.convert("RGB")
+
+
+def read_output(uri: str, session) -> bytes:
+    """An output file's bytes, from a data URI or an http(s) URL fetched with ``session`` (a requests.Session)."""
+    if uri.startswith("data:"):
+        return data_uri_bytes(uri)
+    response = session.get(uri, timeout=OUTPUT_TIMEOUT_S)
+    response.raise_for_status()
+    return response.content
+
+
+def data_uri_bytes(uri: str) -> bytes:
+    """The payload of a base64 data URI."""
+    header, _, payload = uri.partition(",")
+    if not header.startswith("data:") or not header.endswith(";base64"):
+        raise ValueError(f"not a base64 data URI: {uri[:60]}...")
+    return base64.b64decode(payload)
+
+
+def split_outputs(job: Job, images: list[Image.Image], worker: str) -> Translation:
+    """A predictor's output list as a Translation: in generation mode the generated source comes first."""
+    expected = len(job.source.prompts) + (1 if job.config.generating else 0)
+    if len(images) != expected:
+        raise ValueError(f"{worker} returned {len(images)} images for {expected} expected")
+    if job.config.generating:
+        return Translation(job, images[1:], images[0], worker)
+    return Translation(job, images, None, worker)
+
+
+class BackendError(RuntimeError):
+    """Translation failed in a way a retry elsewhere cannot fix; the message names the source and the cause."""
