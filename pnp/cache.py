@@ -10,6 +10,7 @@ recently used go first.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .injection import Features, InjectionLayers
 from .inversion import Trajectory
@@ -29,7 +31,7 @@ CUDA_SHARE, CPU_SHARE = 0.25, 0.10
 class SourceKey:
     """Everything that decides a source's trajectory and its features at each sampling step."""
 
-    weights: tuple  # ``weights_fingerprint`` of the modules that compute them
+    weights: tuple  # ``WeightsIdentity.fingerprint`` of the modules that compute them
     dtype: str
     device: str
     layers: InjectionLayers
@@ -49,7 +51,7 @@ class SourceEntry:
 
     @property
     def nbytes(self) -> int:
-        tensors = [*self.trajectory.latents.values(), self.trajectory.embedding]
+        tensors = [*self.trajectory.latents.values(), *self.trajectory.embedding.tensors]
         tensors += [t for features in self.features.values() for t in features.values()]
         tensors += [] if self.clean is None else [self.clean]
         return sum(t.numel() * t.element_size() for t in tensors)
@@ -65,6 +67,7 @@ class SourceCache:
     def __init__(self, max_bytes: int | None = None) -> None:
         self.max_bytes = max_bytes
         self._entries: OrderedDict[SourceKey, SourceEntry] = OrderedDict()
+        self.weights = WeightsIdentity()  # what ``SourceKey.weights`` is made with
 
     def get(self, key: SourceKey) -> SourceEntry | None:
         entry = self._entries.get(key)
@@ -104,12 +107,42 @@ def default_budget(device: torch.device) -> int:
     return int(CPU_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def weights_fingerprint(*modules: torch.nn.Module) -> tuple:
-    """Changes when a module's weights change in place, or parameters are added or removed (LoRA, fused projections).
+class WeightsIdentity:
+    """Fingerprints of modules' weights that change whenever what they compute may have changed.
 
-    Every in-place change to a tensor bumps its version counter.
+    Each module and parameter gets a serial number the first time it is seen, kept for as long
+    as it lives: a parameter replaced by another (LoRA adapters unloaded and others loaded, even
+    of the same shapes and at the same memory address) is told apart, which ``id`` cannot do.
+    Every in-place change to a tensor bumps its version counter. LoRA layers (peft's) compute
+    with their adapters' scales and active set, which change no parameter: they are part of the
+    fingerprint too.
     """
-    return tuple((id(m), sum(p._version for p in m.parameters()), sum(1 for _ in m.parameters())) for m in modules)
+
+    def __init__(self) -> None:
+        self._serials = WeakIdKeyDictionary()
+        self._next = itertools.count()
+
+    def fingerprint(self, *modules: torch.nn.Module) -> tuple:
+        return tuple((self._serial(m), self._parameters(m), _adapter_state(m)) for m in modules)
+
+    def _serial(self, thing) -> int:
+        serial = self._serials.get(thing)
+        if serial is None:
+            serial = self._serials[thing] = next(self._next)
+        return serial
+
+    def _parameters(self, module: torch.nn.Module) -> int:
+        return hash(tuple((self._serial(p), p._version) for p in module.parameters()))
+
+
+def _adapter_state(module: torch.nn.Module) -> int:
+    """A hash of every LoRA layer's scales, active adapters and whether adapters are disabled (0 without any)."""
+    states = [
+        (name, tuple(sorted(layer.scaling.items())), tuple(layer.active_adapters), bool(layer.disable_adapters))
+        for name, layer in module.named_modules()
+        if isinstance(getattr(layer, "scaling", None), dict) and hasattr(layer, "active_adapters")
+    ]
+    return hash(tuple(states)) if states else 0
 
 
 def image_digest(image: Image.Image) -> str:

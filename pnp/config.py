@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from .timesteps import MAX_INVERSION_STEPS, inversion_reaches, valid_inversion_steps
 
@@ -70,8 +70,9 @@ class PnPConfig:
     # Weight of the unconditional term against the negative one: 1 ignores the negative prompt.
     negative_prompt_alpha: float = 1.0
     negative_prompt_schedule: str = "linear"
-    # Short side of the working image in pixels (sides are rounded to multiples of 64).
-    resolution: int = 512
+    # Short side of the working image in pixels (sides are rounded to multiples of 64); None for
+    # the model's own size (``resolved``), which only the loaded model knows.
+    resolution: int | None = None
     # Most target prompts in one UNet call; None puts all prompts in one call.
     max_batch_size: int | None = None
 
@@ -98,9 +99,10 @@ class PnPConfig:
                            ("negative_prompt_alpha", 1.0)):
             set_(name, check_float(name, getattr(self, name), 0.0, high))
         set_("negative_prompt_schedule", check_choice("negative_prompt_schedule", self.negative_prompt_schedule, NEGATIVE_SCHEDULES))
-        set_("resolution", check_int("resolution", self.resolution, MIN_RESOLUTION, MAX_RESOLUTION))
-        if self.resolution % RESOLUTION_MULTIPLE:
-            raise ConfigError("resolution", f"{self.resolution} is not a multiple of {RESOLUTION_MULTIPLE}")
+        if self.resolution is not None:
+            set_("resolution", check_int("resolution", self.resolution, MIN_RESOLUTION, MAX_RESOLUTION))
+            if self.resolution % RESOLUTION_MULTIPLE:
+                raise ConfigError("resolution", f"{self.resolution} is not a multiple of {RESOLUTION_MULTIPLE}")
         if self.max_batch_size is not None:
             set_("max_batch_size", check_int("max_batch_size", self.max_batch_size, 1, MAX_PROMPTS))
 
@@ -118,6 +120,17 @@ class PnPConfig:
     def attention_injection_steps(self) -> int:
         """Number of leading sampling steps with attention Q/K injection."""
         return int(self.num_inference_steps * self.attention_injection_threshold)
+
+    def resolved(self, model_resolution: int) -> PnPConfig:
+        """This configuration with the model's own size, ``model_resolution``, where it has no resolution."""
+        if self.resolution is not None:
+            return self
+        try:
+            return replace(self, resolution=model_resolution)
+        except ConfigError as err:
+            raise ConfigError(
+                "resolution", f"the model's own size, {model_resolution} px, cannot be used ({err.reason}); give a resolution"
+            ) from None
 
     def as_kwargs(self) -> dict:
         """The fields as keyword arguments of ``PnPPipeline.__call__``."""

@@ -7,6 +7,7 @@ import torch
 from .ddim import DDIMSchedule, ddim_step
 from .guidance import guided_noise
 from .inversion import StepEnd
+from .text import TextEmbeddings
 from .unet import NoisePredictor
 
 
@@ -14,8 +15,8 @@ def generate(
     predict: NoisePredictor,
     schedule: DDIMSchedule,
     noise: torch.Tensor,
-    uncond: torch.Tensor,
-    cond: torch.Tensor,
+    uncond: TextEmbeddings,
+    cond: TextEmbeddings,
     steps: int,
     scale: float,
     step_end: StepEnd | None = None,
@@ -24,7 +25,7 @@ def generate(
 
     Returns the latent entering each timestep (the first is ``noise`` itself) and the final clean latent.
     """
-    embeddings = torch.cat([uncond, cond])
+    embeddings = TextEmbeddings.cat([uncond, cond])
     latents, z = {}, noise
     for i, (t, t_next) in enumerate(schedule.sampling_pairs(steps)):
         latents[t] = z

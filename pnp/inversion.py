@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .ddim import DDIMSchedule, ddim_step
+from .text import TextEmbeddings
 from .unet import NoisePredictor
 
 # Called after every step with (step index, timestep, latents); returns the latents to go on
@@ -20,14 +21,14 @@ class Trajectory:
     """The source's noisy latents at every sampling timestep, and the prompt embedding it was made with."""
 
     latents: dict[int, torch.Tensor]  # timestep -> (1, 4, h, w) float32
-    embedding: torch.Tensor  # (1, 77, D): the empty prompt for real images, the generation prompt otherwise
+    embedding: TextEmbeddings  # one row: the empty prompt for real images, the generation prompt otherwise
 
 
 def invert(
     predict: NoisePredictor,
     schedule: DDIMSchedule,
     latent: torch.Tensor,
-    embedding: torch.Tensor,
+    embedding: TextEmbeddings,
     steps: int,
     inversion_steps: int,
     step_end: StepEnd | None = None,

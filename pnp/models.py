@@ -6,6 +6,7 @@ name with ``open_model``, which also knows the random-weight test models.
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,7 +14,9 @@ from .devices import default_device, default_dtype, parse_dtype
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 # Names of the random-weight test models (``pnp.random_models`` builds them); torch-free here for argument checks.
-RANDOM_MODELS = ("tiny", "random-sd15")
+RANDOM_MODELS = ("tiny", "tiny-v", "tiny-sdxl", "random-sd15")
+# What a UNet may predict; pnp.ddim converts each to noise (torch-free copy of pnp.ddim.PREDICTION_TYPES).
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 class ModelError(RuntimeError):
@@ -39,20 +42,44 @@ def choose_device_and_dtype(device: str | None, dtype) -> tuple[str, object]:
     return device, dtype or default_dtype(device)
 
 
-def loading_options(model: str | Path) -> dict:
+def loading_options(model: str | Path, safety_checker: bool = True) -> dict:
     """from_pretrained options for ``model``: local folders load offline, with a safety checker only where present.
 
     A hub id loads without a safety checker unless the caller asks for one: it would otherwise
-    add a 1.2 GB download that the translation does not need.
+    add a 1.2 GB download that the translation does not need. ``safety_checker``: whether the
+    pipeline has one at all (SDXL's has not).
     """
-    local = Path(model).expanduser()
-    if local.is_dir():
+    local = _local_folder(model)
+    no_checker = _NO_CHECKER if safety_checker else {}
+    if local is not None:
         has_checker = (local / "safety_checker").is_dir() and (local / "feature_extractor").is_dir()
         options = {"local_files_only": True}
-        return options if has_checker else {**options, **_NO_CHECKER}
+        return options if has_checker else {**options, **no_checker}
+    return dict(no_checker)
+
+
+def _local_folder(model: str | Path) -> Path | None:
+    """``model`` as a local folder; None for a hub id; ModelError for a path that names no folder."""
+    local = Path(model).expanduser()
+    if local.is_dir():
+        return local
     if str(model).startswith((".", "/", "~")) or local.exists():
         raise ModelError(f"model folder {local} does not exist; pass a diffusers model folder or a model-hub id")
-    return dict(_NO_CHECKER)
+    return None
+
+
+def is_sdxl(model: str | Path) -> bool:
+    """Whether ``model`` (a local folder or hub id) is an SDXL pipeline: its model_index.json lists ``text_encoder_2``.
+
+    Raises OSError when there is no model_index.json to read (offline, say): ``loading_errors`` says what to do.
+    """
+    from huggingface_hub import hf_hub_download
+
+    local = _local_folder(model)
+    index = local / "model_index.json" if local is not None else Path(hf_hub_download(str(model), "model_index.json"))
+    if not index.is_file():
+        raise OSError(f"no model_index.json in {local}")
+    return (json.loads(index.read_text()).get("text_encoder_2") or [None])[0] is not None
 
 
 _NO_CHECKER = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
@@ -78,12 +105,19 @@ def loading_errors(model: str | Path):
 
 
 def check_supported(pipe, model: str | Path) -> None:
-    """Refuse models the method's code cannot run yet: only epsilon prediction is implemented."""
+    """Refuse models the method's code cannot run: an unknown prediction type, or a UNet without the injected layers."""
     prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
-    if prediction_type != "epsilon":
+    if prediction_type not in PREDICTION_TYPES:
         raise ModelError(
-            f"model {model}: predicts {prediction_type!r}; only epsilon-prediction models "
-            "(Stable Diffusion 1.x, 2.x base) are supported"
+            f"model {model}: predicts {prediction_type!r}; only {', '.join(PREDICTION_TYPES)} models are supported"
+        )
+    from .injection import missing_modules
+
+    missing = missing_modules(pipe.injection_layers, pipe.unet)
+    if missing:
+        raise ModelError(
+            f"model {model}: its UNet has no module {missing[0]}, where PnP injects features; "
+            "it is not a Stable Diffusion 1.x, 2.x or SDXL UNet"
         )
 
 

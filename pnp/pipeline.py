@@ -28,7 +28,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer
 
-from pnp.cache import SourceCache, SourceKey, generation_digest, image_digest, weights_fingerprint
+from pnp.cache import SourceCache, SourceKey, generation_digest, image_digest
 from pnp.config import ConfigError, PnPConfig
 from pnp.ddim import DDIMSchedule
 from pnp.devices import dtype_name
@@ -36,11 +36,12 @@ from pnp.feature_maps import feature_maps
 from pnp.features import FeatureMaps
 from pnp.generation import generate
 from pnp.images import resize_for_model, to_rgb
-from pnp.injection import SD_LAYERS, FeatureInjector
+from pnp.injection import LAYER_SETS, FeatureInjector, InjectionLayers, default_layer_set, injection_layers
 from pnp.inversion import Trajectory, invert
-from pnp.models import check_supported, choose_device_and_dtype, loading_errors, loading_options
+from pnp.models import check_supported, choose_device_and_dtype, is_sdxl, loading_errors, loading_options
 from pnp.rows import translation_plan
 from pnp.sources import SourceGroup
+from pnp.text import TextEmbeddings
 from pnp.translate import CallObserver, Generation, Prompts, translate
 from pnp.unet import NoisePredictor
 from pnp.vae import decode, encode, image_to_tensor
@@ -123,6 +124,10 @@ class PnPPipeline(
             feature_extractor=feature_extractor,
         )
         self.register_to_config(requires_safety_checker=requires_safety_checker)
+        self._init_state(vae, unet)
+
+    def _init_state(self, vae: AutoencoderKL | None, unet: UNet2DConditionModel | None) -> None:
+        """The pipeline's own state beside its components (every architecture's)."""
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self._interrupt = False
@@ -135,21 +140,30 @@ class PnPPipeline(
         self.fuse_generation = True
         # The injection hooks of a compiled UNet, installed once before compiling (see compile_unet).
         self._injector = None
+        # Where the source's features are injected: the architecture's set (see set_injection_layers).
+        self.injection_layers = None if unet is None else LAYER_SETS[default_layer_set(unet)]
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, device: str | None = None, dtype=None, **kwargs):
-        """Load a Stable Diffusion 1.x/2.x diffusers folder or model-hub id onto ``device`` in ``dtype``.
+        """Load a Stable Diffusion 1.x/2.x or SDXL diffusers folder or model-hub id onto ``device`` in ``dtype``.
 
-        device defaults to CUDA if present, else the CPU; dtype ("float16", torch.float16, ...) to
-        float16 on CUDA, bfloat16 on CPUs with bfloat16 instructions, float32 otherwise. A local
-        folder loads offline, with its safety checker if it has one; a hub id is downloaded once
-        into the Hugging Face cache, without the safety checker unless ``safety_checker`` is passed.
-        Other keyword arguments go to ``DiffusionPipeline.from_pretrained``. Raises
-        ``pnp.ModelError`` saying what to do when the model cannot be loaded.
+        Called on PnPPipeline, an SDXL model (one whose components include ``text_encoder_2``)
+        comes back as its subclass ``pnp.pipeline_xl.PnPXLPipeline``. device defaults to CUDA if
+        present, else the CPU; dtype ("float16", torch.float16, ...) to float16 on CUDA, bfloat16
+        on CPUs with bfloat16 instructions, float32 otherwise. A local folder loads offline, with
+        its safety checker if it has one; a hub id is downloaded once into the Hugging Face cache,
+        without the safety checker unless ``safety_checker`` is passed. Other keyword arguments go
+        to ``DiffusionPipeline.from_pretrained``. Raises ``pnp.ModelError`` saying what to do when
+        the model cannot be loaded. Single ``.safetensors`` checkpoints load with
+        ``pnp.single_file.load_single_file``.
         """
         device, dtype = choose_device_and_dtype(device, dtype)
-        options = {**loading_options(pretrained_model_name_or_path), **kwargs}
         with loading_errors(pretrained_model_name_or_path):
+            if cls is PnPPipeline and is_sdxl(pretrained_model_name_or_path):
+                from pnp.pipeline_xl import PnPXLPipeline
+
+                return PnPXLPipeline.from_pretrained(pretrained_model_name_or_path, device, dtype, **kwargs)
+            options = {**loading_options(pretrained_model_name_or_path, cls._safety_checker_options), **kwargs}
             pipe = super().from_pretrained(pretrained_model_name_or_path, dtype=dtype, **options)
         check_supported(pipe, pretrained_model_name_or_path)
         return pipe.to(device)
@@ -168,6 +182,25 @@ class PnPPipeline(
                 pipe._injector = pipeline._injector
         return pipe
 
+    # Whether loading_options may turn a safety checker off: only pipelines that have one.
+    _safety_checker_options = True
+
+    @property
+    def default_resolution(self) -> int:
+        """The model's own image size in pixels: its UNet's sample size times the VAE's factor (512 SD 1.x, 768 SD 2.1, 1024 SDXL)."""
+        return self.unet.config.sample_size * self.vae_scale_factor
+
+    def set_injection_layers(self, layers: str | InjectionLayers) -> None:
+        """Inject into another layer set: a name of ``pnp.injection.LAYER_SETS`` or an ``InjectionLayers`` of module names.
+
+        The default is the architecture's set ("sd" or "sdxl"). Raises ValueError if the UNet
+        lacks a module, or if ``compile_unet`` has already installed the hooks of another set.
+        """
+        chosen = injection_layers(layers, self.unet)
+        if self._injector is not None and chosen != self._injector.layers:
+            raise ValueError("injection layers: the compiled UNet's hooks are installed; choose the layers before compile_unet")
+        self.injection_layers = chosen
+
     @property
     def interrupt(self) -> bool:
         """Set ``pipe._interrupt = True`` in a step callback to stop the run after that step."""
@@ -185,7 +218,7 @@ class PnPPipeline(
 
     def check_inputs(self, image, output_type: str, callback_on_step_end_tensor_inputs, **settings) -> PnPConfig:
         """Validate every argument before any work; returns the configuration. Raises ConfigError naming the argument."""
-        config = PnPConfig(**settings)
+        config = PnPConfig(**settings).resolved(self.default_resolution)
         if not config.generating and (image is None or (isinstance(image, list) and not image)):
             raise ConfigError("image", "give an input image or a generation prompt")
         if not config.generating:
@@ -217,7 +250,7 @@ class PnPPipeline(
         negative_prompt: str | None = None,
         negative_prompt_alpha: float = _DEFAULTS.negative_prompt_alpha,
         negative_prompt_schedule: str = _DEFAULTS.negative_prompt_schedule,
-        resolution: int = _DEFAULTS.resolution,
+        resolution: int | None = _DEFAULTS.resolution,
         generator: torch.Generator | None = None,
         max_batch_size: int | None = None,
         output_type: str = "pil",
@@ -248,7 +281,8 @@ class PnPPipeline(
             negative_prompt: what to steer away from; None for no negative prompting.
             negative_prompt_alpha: weight of the unconditional term against the negative one (0-1).
             negative_prompt_schedule: "constant", "linear" (alpha to 0) or "exp".
-            resolution: short side of the working image in pixels (a multiple of 64, 128-1024).
+            resolution: short side of the working image in pixels (a multiple of 64, 128-1024); None
+                for the model's own size, ``default_resolution`` (512 for SD 1.x, 768 for SD 2.1, 1024 for SDXL).
             generator: the random generator of a generated source's initial noise.
             max_batch_size: most prompts per UNet call (bounds memory; results are the same).
             output_type: "pil", "np", "pt" or "latent".
@@ -285,7 +319,7 @@ class PnPPipeline(
                               "come back only as PIL images; use output_type='pil' or images of one size")
         device = self._execution_device
         ddim = DDIMSchedule.from_config(self.scheduler.config)
-        predict = NoisePredictor(self.unet)
+        predict = NoisePredictor(self.unet, ddim, self.vae_scale_factor)
         metrics: dict[str, float] = {"cache_hits": 0}
 
         # 2. Encode the prompts: [empty, source, negative, targets...] in one text-encoder batch.
@@ -336,7 +370,7 @@ class PnPPipeline(
         new batch shape compiles on its first call: minutes on a CPU, so warm up before timing.
         """
         if self._injector is None:
-            self._injector = FeatureInjector(self.unet, SD_LAYERS).install()
+            self._injector = FeatureInjector(self.unet, self.injection_layers).install()
         if channels_last if channels_last is not None else self.unet.device.type == "cuda":
             self.unet.to(memory_format=torch.channels_last)
         self.unet.compile(**compile_options)
@@ -397,9 +431,13 @@ class PnPPipeline(
 
     def _source_key(self, config: PnPConfig, content: str, size, inversion_steps) -> SourceKey:
         unet = self.unet
-        weights = weights_fingerprint(unet, self.text_encoder, self.vae)
-        return SourceKey(weights, dtype_name(unet.dtype), str(unet.device), SD_LAYERS, content, tuple(size),
+        weights = self.source_cache.weights.fingerprint(*self._source_modules())
+        return SourceKey(weights, dtype_name(unet.dtype), str(unet.device), self.injection_layers, content, tuple(size),
                          config.num_inference_steps, inversion_steps)
+
+    def _source_modules(self) -> list[torch.nn.Module]:
+        """The modules that compute a source's trajectory and features: every model component but a safety checker."""
+        return [m for name, m in self.components.items() if isinstance(m, torch.nn.Module) and name != "safety_checker"]
 
     def _steps_of(self, group: SourceGroup, config: PnPConfig, ddim: DDIMSchedule) -> int:
         """The steps a group takes: the inversion of its uncached images (or a separate generation), then the translation."""
@@ -426,10 +464,11 @@ class PnPPipeline(
                 group.trajectories[0].latents.update(latents)
             return
         with self._timed(metrics, "encode_s"):
-            latent = torch.cat([encode(self.vae, image_to_tensor(group.pictures[k]).to(predict.unet.device)) for k in misses])
+            latent = torch.cat([encode(self.vae, image_to_tensor(group.pictures[k]).to(predict.unet.device), self._vae_float32)
+                                for k in misses])
         steps = self._steps_of(group, config, ddim) - config.num_inference_steps
         with self._timed(metrics, "inversion_s"), step_end.phase("inversion", steps) as on_step:
-            latents = invert(predict, ddim, latent, prompts.uncond.expand(len(misses), -1, -1),
+            latents = invert(predict, ddim, latent, prompts.uncond.expand(len(misses)),
                              config.num_inference_steps, config.num_inversion_steps, on_step)
         for n, k in enumerate(misses):
             group.trajectories[k].latents.update({t: z[n : n + 1] for t, z in latents.items()})
@@ -438,7 +477,8 @@ class PnPPipeline(
                    observer) -> torch.Tensor:
         """Translate a group's sources into every prompt, keeping what the cache should know for next time."""
         fused = group.fused
-        needed = {step.timestep: SD_LAYERS.feature_names(step.residual, step.attention)
+        layers = self.injection_layers
+        needed = {step.timestep: layers.feature_names(step.residual, step.attention)
                   for step in translation_plan(config, num_train_timesteps=ddim.num_train_timesteps, offset=ddim.steps_offset)}
         known = group.known_features()
         plan = translation_plan(
@@ -447,7 +487,7 @@ class PnPPipeline(
         )
         generation = Generation(group.noise, group.trajectories[0].embedding, config.generation_guidance_scale) if fused else None
         with self._timed(metrics, "translation_s"), step_end.phase("translation", len(plan)) as on_step:
-            translated = translate(predict, ddim, group.trajectories, prompts, plan, config.guidance_scale, SD_LAYERS,
+            translated = translate(predict, ddim, group.trajectories, prompts, plan, config.guidance_scale, layers,
                                    on_step, observer, known, generation, self._injector)
         if generation is not None:
             group.clean = generation.clean
@@ -455,13 +495,27 @@ class PnPPipeline(
             group.remember(self.source_cache, translated.features, predict.unet.device)
         return translated.latents
 
-    def _encode_prompts(self, config: PnPConfig, device) -> tuple[Prompts, torch.Tensor]:
+    def _encode_prompts(self, config: PnPConfig, device) -> tuple[Prompts, TextEmbeddings]:
         texts = ["", config.generation_prompt or "", config.negative_prompt or "", *config.prompt]
         self._warn_about_truncation(texts[1:])
-        embeddings, _ = self.encode_prompt(texts, device, 1, False)
-        uncond, source, negative, targets = embeddings[:1], embeddings[1:2], embeddings[2:3], embeddings[3:]
+        embeddings = self._embed(texts, device)
+        uncond, source, negative, targets = self._unconditional(embeddings[0]), embeddings[1], embeddings[2], embeddings[3:]
         # An empty negative prompt embeds exactly as the unconditional one: no extra rows needed.
         return Prompts(targets, uncond, negative if config.negative_prompt else None), source
+
+    def _embed(self, texts: list[str], device) -> TextEmbeddings:
+        """The text encoder's embeddings of ``texts``, one row each (diffusers' encode_prompt: LoRA and textual inversion apply)."""
+        hidden, _ = self.encode_prompt(texts, device, 1, False)
+        return TextEmbeddings(hidden)
+
+    def _unconditional(self, empty: TextEmbeddings) -> TextEmbeddings:
+        """The unconditional text: the empty prompt's embedding (SDXL may use zeros instead)."""
+        return empty
+
+    @property
+    def _vae_float32(self) -> bool:
+        """Whether the VAE runs in float32 whatever its dtype (SDXL's overflows in float16)."""
+        return False
 
     def _warn_about_truncation(self, texts: list[str]) -> None:
         """CLIP reads at most ``model_max_length`` tokens; say which prompt lost words and what was kept."""
@@ -490,7 +544,7 @@ class PnPPipeline(
             return (*_split_source(images, generated is not None), None)
         converted, flagged = [], []
         for latent in latents:
-            decoded = decode(self.vae, latent).float()
+            decoded = decode(self.vae, latent, self._vae_float32).float()
             bad = False
             if self.safety_checker is not None:
                 decoded, [bad] = self.run_safety_checker(decoded, device, self.safety_checker.dtype)

@@ -13,8 +13,8 @@ from .guidance import guided_noise
 from .injection import FeatureInjector, Features, InjectionLayers
 from .inversion import StepEnd, Trajectory
 from .rows import TranslationStep, UNetCall
+from .text import TextEmbeddings
 from .unet import NoisePredictor
-
 
 
 class CallObserver(Protocol):
@@ -25,11 +25,11 @@ class CallObserver(Protocol):
 
 @dataclass
 class Prompts:
-    """Text embeddings of a translation, each (n, 77, D)."""
+    """Text embeddings of a translation."""
 
-    targets: torch.Tensor  # one row per target prompt
-    uncond: torch.Tensor  # the empty prompt
-    negative: torch.Tensor | None  # None when there is no negative prompt
+    targets: TextEmbeddings  # one row per target prompt
+    uncond: TextEmbeddings  # the empty prompt (zeros for SDXL, where its config says so)
+    negative: TextEmbeddings | None  # None when there is no negative prompt
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Generation:
     """A source generated in the translation's own UNet calls (fused generation): its noise, guidance and prompt."""
 
     noise: torch.Tensor  # (1, 4, h, w): the latent entering the first sampling step
-    embedding: torch.Tensor  # (1, 77, D): the generation prompt
+    embedding: TextEmbeddings  # the generation prompt
     scale: float  # its classifier-free guidance scale
     clean: torch.Tensor | None = None  # the final generated latent, once the loop has run
 
@@ -121,19 +121,19 @@ def _injecting(unet, layers: InjectionLayers, installed: FeatureInjector | None)
 def _batch(call: UNetCall, t: int, x, sources: list[Trajectory], prompts: Prompts, generation: Generation | None):
     """The latents and text embeddings of every row of ``call``, in its layout's order."""
     count = len(prompts.targets)
-    embeddings = {"uncond": prompts.uncond[0], "negative": None if prompts.negative is None else prompts.negative[0]}
+    embeddings = {"uncond": prompts.uncond, "negative": prompts.negative}
     latents, texts = [], []
     for row in call.layout:
         if row.kind == "generation":
             latents.append(sources[0].latents[t][0])
-            texts.append(prompts.uncond[0])
+            texts.append(prompts.uncond)
         elif row.kind == "source":
             latents.append(sources[row.image].latents[t][0])
-            texts.append(generation.embedding[0] if generation is not None else sources[row.image].embedding[0])
+            texts.append(generation.embedding if generation is not None else sources[row.image].embedding)
         else:
             latents.append(x[row.image * count + row.prompt])
             texts.append(prompts.targets[row.prompt] if row.kind == "cond" else embeddings[row.kind])
-    return torch.stack(latents), t, torch.stack(texts)
+    return torch.stack(latents), t, TextEmbeddings.cat(texts)
 
 
 def _by_row(call: UNetCall, eps: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -31,8 +31,20 @@ def tiny_model_dir(tmp_path_factory):
     return save_random_pipeline("tiny", tmp_path_factory.mktemp("models") / "tiny")
 
 
+@pytest.fixture(scope="session")
+def tiny_v_model_dir(tmp_path_factory):
+    """A tiny SD-2.x-layout model predicting v, with random weights, as a diffusers folder."""
+    return save_random_pipeline("tiny-v", tmp_path_factory.mktemp("models") / "tiny-v")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_model_dir(tmp_path_factory):
+    """A tiny SDXL-layout model with random weights, as a diffusers folder (saved by StableDiffusionXLPipeline)."""
+    return save_random_pipeline("tiny-sdxl", tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
 def load_tiny(folder, source_cache: bool = False) -> PnPPipeline:
-    """The tiny model as a float32 CPU pipeline without progress bars.
+    """A tiny model as a float32 CPU pipeline without progress bars.
 
     Its source cache is off unless asked for: tests that count UNet rows or compare runs on the
     same photo expect every call to invert afresh (tests/test_cache.py tests the cache).

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from diffusers import DDIMScheduler
+from diffusers import UNet2DConditionModel
 
 from pnp import devices
 from pnp.devices import default_dtype
@@ -60,9 +60,38 @@ def test_cuda_asked_for_without_a_gpu(tiny_model_dir):
         load_pipeline(tiny_model_dir, device="cuda")
 
 
-def test_v_prediction_models_are_refused(tmp_path):
+def test_every_prediction_type_loads_and_others_are_refused(tmp_path, tiny_v_model_dir):
+    loaded = load_pipeline(tiny_v_model_dir, device="cpu", dtype="float32")
+    assert loaded.scheduler.config.prediction_type == "v_prediction"
     pipe = build_random_pipeline("tiny")
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type="v_prediction")
-    pipe.save_pretrained(tmp_path / "v")
-    with pytest.raises(ModelError, match="epsilon"):
-        load_pipeline(tmp_path / "v", device="cpu")
+    pipe.scheduler.register_to_config(prediction_type="flow")
+    pipe.save_pretrained(tmp_path / "flow")
+    with pytest.raises(ModelError, match="predicts 'flow'; only epsilon, v_prediction, sample"):
+        load_pipeline(tmp_path / "flow", device="cpu")
+
+
+def test_a_unet_without_the_injected_layers_is_refused(tmp_path):
+    pipe = build_random_pipeline("tiny")
+    pipe.unet = UNet2DConditionModel(block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                     norm_num_groups=8, sample_size=16)
+    pipe.save_pretrained(tmp_path / "other")
+    with pytest.raises(ModelError, match="its UNet has no module up_blocks.2.attentions.0.transformer_blocks.0.attn1, "
+                       "where PnP injects features; it is not a Stable Diffusion 1.x, 2.x or SDXL UNet"):
+        load_pipeline(tmp_path / "other", device="cpu")
+
+
+def test_sdxl_loads_as_the_xl_pipeline_with_its_size(tiny_sdxl_model_dir, tiny_v_model_dir, tiny_model_dir):
+    from pnp.pipeline_xl import PnPXLPipeline
+
+    xl = load_pipeline(tiny_sdxl_model_dir, device="cpu", dtype="float32")
+    assert type(xl) is PnPXLPipeline and isinstance(xl, PnPPipeline)
+    built = build_random_pipeline("tiny-sdxl")
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        ours, theirs = getattr(built, name).state_dict(), getattr(xl, name).state_dict()
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), name
+    assert xl.config.force_zeros_for_empty_prompt and xl.safety_checker is None
+    # The model's own size: UNet sample size times the VAE's factor of 8 (SDXL's 128 latents make 1024 px).
+    sizes = [load_pipeline(m, device="cpu", dtype="float32").default_resolution
+             for m in (tiny_model_dir, tiny_v_model_dir)]
+    assert sizes + [xl.default_resolution] == [16 * 8, 24 * 8, 32 * 8]
