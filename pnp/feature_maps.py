@@ -40,14 +40,14 @@ def feature_maps(
     if fixed:
         raise TypeError(f"feature_maps() sets {', '.join(fixed)} itself; leave it out")
     prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt or ())
-    config = run_config(prompts, **{k: v for k, v in kwargs.items() if k in _CONFIG_FIELDS})
+    config = run_config(prompts, **{k: v for k, v in kwargs.items() if k in _CONFIG_FIELDS}).resolved(pipe.default_resolution)
     request = _request(pipe, config, timesteps, layers)
     n = 1 + len(prompts)
     with FeatureCapture(pipe.unet, request.modules, request.timesteps, n) as capture:
         observer = capture if prompts else _SourceOnly(pipe, capture)
         result = pipe(prompt=config.prompt, image=image, output_type="pil", observer=observer, **kwargs)
         with torch.inference_mode():
-            capture.record_source(NoisePredictor(pipe.unet))
+            capture.record_source(NoisePredictor(pipe.unet, vae_scale_factor=pipe.vae_scale_factor))
     source = result.source_image if config.generating else resize_for_model(image, config.resolution)
     images = [source, *(result.images if prompts else [])]
     heads = {name: _module(pipe.unet, name).heads for name in map(attention_layer, request.maps) if name}

@@ -169,6 +169,22 @@ class PnPPipeline(
         return pipe.to(device)
 
     @classmethod
+    def from_single_file(cls, pretrained_model_link_or_path: str | Path, device: str | None = None, dtype=None,
+                         config: str | Path | None = None, allow_pickle: bool = False, **kwargs):
+        """Load a single-file checkpoint (``.safetensors``, the format of community fine-tunes) onto ``device`` in ``dtype``.
+
+        ``config`` is the base configuration of its architecture, a diffusers folder or model-hub id
+        (needed offline); an SDXL file comes back as ``PnPXLPipeline``. Pickled ``.ckpt`` files load
+        only with ``allow_pickle``. Raises ``pnp.ModelError`` saying what to do; see ``pnp.single_file``.
+        """
+        from pnp.single_file import load_single_file
+
+        device, dtype = choose_device_and_dtype(device, dtype)
+        pipe = load_single_file(cls, pretrained_model_link_or_path, config, dtype, allow_pickle, **kwargs)
+        check_supported(pipe, pretrained_model_link_or_path)
+        return pipe.to(device)
+
+    @classmethod
     def from_pipe(cls, pipeline, **kwargs):
         """diffusers' ``from_pipe``: a new pipeline on the same components (give ``dtype``: it defaults to float32).
 
