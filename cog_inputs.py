@@ -24,7 +24,9 @@ from pathlib import PurePath
 
 from PIL import Image
 
+from pnp.config import ConfigError
 from pnp.images import ImageError, load_image
+from pnp.lora import check_lora_file
 
 # NamedTemporaryFile's name: "tmp", 8 characters of tempfile's alphabet, then the suffix.
 _REQUEST_FILE = re.compile(r"tmp[a-z0-9_]{8}(?P<name>.*)", re.DOTALL)
@@ -41,7 +43,7 @@ def read_request_image(value: object, resolution: int | None = None) -> Image.Im
     Error messages call the file by the name the user gave it, not by Cog's temporary name.
     Given the ``resolution``, the image is read at its working size (``pnp.images.load_image``).
     """
-    name = _request_file_name(value)
+    name = _request_file_name(value, ImageError("image", REFUSED))
     if os.path.getsize(value) == 0:
         raise ImageError("image", f"{name} is empty: no bytes arrived (with a data: URI, check its base64)")
     return load_image(value, resolution, name=name)
@@ -54,7 +56,18 @@ def whole_number(value: object) -> object:
     return value
 
 
-def _request_file_name(value: object) -> str:
+def request_lora_file(value: object):
+    """The LoRA file Cog made from the request's ``lora_weights``, as (path, the name the user gave it); ConfigError otherwise.
+
+    The same rule as images: only a file the request brought is read.
+    """
+    name = _request_file_name(value, ConfigError("lora_weights", REFUSED))
+    if not name.lower().endswith(".safetensors"):
+        raise ConfigError("lora_weights", f"{name} is not a .safetensors file; LoRA adapters are read from safetensors only")
+    return check_lora_file(value, "lora_weights", name=name), name
+
+
+def _request_file_name(value: object, refused: ConfigError) -> str:
     if isinstance(value, PurePath):
         # Lexical checks only: nothing on the disk is looked at before the file is known to be Cog's.
         path = os.path.abspath(value)
@@ -62,4 +75,4 @@ def _request_file_name(value: object) -> str:
         match = _REQUEST_FILE.fullmatch(base)
         if match and folder == os.path.abspath(tempfile.gettempdir()):
             return "the uploaded file" if _NAMELESS.fullmatch(match["name"]) else match["name"]
-    raise ImageError("image", REFUSED)
+    raise refused

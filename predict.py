@@ -10,13 +10,14 @@ import random
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path as LocalPath
 from typing import Optional
 
 from cog import BasePredictor, Input, Path, current_scope
 from PIL import Image
 
-from cog_inputs import read_request_image, whole_number
+from cog_inputs import read_request_image, request_lora_file, whole_number
 from pnp.environment import configure_libraries, log_to
 
 # Before diffusers and transformers load: their import-time advice would fill the setup logs.
@@ -24,10 +25,11 @@ configure_libraries()
 
 import torch  # noqa: E402
 
-from pnp.config import ConfigError, PnPConfig  # noqa: E402
+from pnp.config import ConfigError, PnPConfig, check_float  # noqa: E402
 from pnp.devices import dtype_name  # noqa: E402
 from pnp.features import write_feature_grids  # noqa: E402
-from pnp.form import PROMPT_SEPARATOR, form_name  # noqa: E402
+from pnp.form import PROMPT_SEPARATOR, config_resolution, form_name  # noqa: E402
+from pnp.lora import load_loras  # noqa: E402
 from pnp.outputs import OutputOptions, write_outputs  # noqa: E402
 from pnp.pipeline import PnPPipeline  # noqa: E402
 from pnp.weights import locate_weights  # noqa: E402
@@ -41,7 +43,7 @@ class Predictor(BasePredictor):
     """Plug-and-play translation of an uploaded or generated image into one image per prompt."""
 
     def setup(self) -> None:
-        """Load the weights once ($PNP_WEIGHTS, else weights/, else a download).
+        """Load the weights once ($PNP_WEIGHTS, else weights/, else a download of $PNP_MODEL): SD 1.x, 2.x or SDXL.
 
         $PNP_DEVICE and $PNP_DTYPE override the device and dtype; $PNP_SOURCE_CACHE_BYTES bounds the
         cache of recent sources (0 turns it off; default: a quarter of the GPU's memory);
@@ -54,13 +56,14 @@ class Predictor(BasePredictor):
             folder, device=os.environ.get("PNP_DEVICE") or None, dtype=os.environ.get("PNP_DTYPE") or None
         )
         dtype = dtype_name(self.pipe.unet.dtype)
-        print(f"Loaded {folder} on {self.pipe.device} as {dtype} in {time.perf_counter() - start:.1f} s")
+        print(f"Loaded {folder} ({type(self.pipe).__name__}, {self.pipe.default_resolution} px by default) on "
+              f"{self.pipe.device} as {dtype} in {time.perf_counter() - start:.1f} s")
         self.pipe.set_source_cache(_env_bytes(SOURCE_CACHE_ENV))
         if os.environ.get(COMPILE_ENV, "").strip() == "1":
             self._compile()
         # The same weights without the checker, for predictions that turn it off. from_pipe casts the
         # shared weights to its dtype argument (float32 by default), so it is given theirs.
-        self.unchecked = PnPPipeline.from_pipe(
+        self.unchecked = self.pipe if self.pipe.safety_checker is None else PnPPipeline.from_pipe(
             self.pipe, safety_checker=None, feature_extractor=None, dtype=self.pipe.unet.dtype
         )
         checker = "absent from the weights" if self.pipe.safety_checker is None else "on (disable_safety_checker turns it off)"
@@ -139,9 +142,9 @@ class Predictor(BasePredictor):
             description="Seed of the noise the source image is generated from, from 0 to 4294967295 (generation mode only; translating an input image is deterministic). Leave blank for a random seed; the seed used is printed in the logs.",
         ),
         resolution: int = Input(
-            default=512,
-            choices=[128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960, 1024],
-            description="Short side of the working image and the outputs, in pixels; the long side follows the input image's aspect ratio (at most twice the short side), generated sources are square. Stable Diffusion 1.x works best at 512; larger is slower.",
+            default=0,
+            choices=[0, 128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960, 1024],
+            description="Short side of the working image and the outputs, in pixels; the long side follows the input image's aspect ratio (at most twice the short side), generated sources are square. 0 (the default) uses the model's own size, at which it works best: 512 for Stable Diffusion 1.x, 768 for 2.1, 1024 for SDXL. Larger is slower.",
         ),
         output_format: str = Input(
             default="png",
@@ -161,6 +164,16 @@ class Predictor(BasePredictor):
         feature_maps: bool = Input(
             default=False,
             description="Also return the paper's PCA visualisations of the source's and the outputs' decoder features at five timesteps, as one labelled grid per map after the outputs: conv1 and conv2 of up_blocks.1.resnets.1, then the queries, keys and self-attention maps of up_blocks.1.attentions.1.transformer_blocks.0.attn1. Similar colours mean similar features; the outputs are unchanged.",
+        ),
+        lora_weights: Optional[Path] = Input(
+            default=None,
+            description="A LoRA adapter for the model's weights, as a .safetensors file (an upload or a URL), applied to this prediction only. It must be made for the model's architecture (Stable Diffusion 1.x, 2.x or SDXL). Leave empty for none.",
+        ),
+        lora_scale: float = Input(
+            default=0.6,
+            ge=0.0,
+            le=1.0,
+            description="Weight of the LoRA adapter in `lora_weights`, from 0 (off) to 1 (as trained); ignored without one.",
         ),
     ) -> list[Path]:
         """Translate the source into every prompt; the generated source (generation mode) comes first, feature grids last."""
@@ -185,9 +198,10 @@ class Predictor(BasePredictor):
                 negative_prompt=negative_prompt,
                 negative_prompt_alpha=negative_prompt_alpha,
                 negative_prompt_schedule=negative_prompt_schedule,
-                resolution=resolution,
-            )
+                resolution=config_resolution(resolution),
+            ).resolved(self.pipe.default_resolution)
             options = OutputOptions(output_format, output_quality)
+            lora = self._lora(lora_weights, lora_scale)
             image = None
             if config.generating:
                 print(f"Generating the source image with {chosen} {seed}")
@@ -198,8 +212,9 @@ class Predictor(BasePredictor):
             self.output_dir = tempfile.mkdtemp(prefix="pnp-outputs-")
             generator = torch.Generator("cpu").manual_seed(seed)
             pipe = self.unchecked if disable_safety_checker else self.pipe
-            maps = pipe.feature_maps(image=image, generator=generator, **config.as_kwargs()) if feature_maps else None
-            result = maps.translation if maps else pipe(image=image, generator=generator, **config.as_kwargs())
+            with self._adapter(lora):
+                maps = pipe.feature_maps(image=image, generator=generator, **config.as_kwargs()) if feature_maps else None
+                result = maps.translation if maps else pipe(image=image, generator=generator, **config.as_kwargs())
             paths = write_outputs(result, config.prompt, self.output_dir, options)
             if maps:
                 paths += write_feature_grids(maps, self.output_dir, options, first=len(paths))
@@ -215,12 +230,38 @@ class Predictor(BasePredictor):
             scope.record_metric(name, value)
         return [Path(p) for p in paths]
 
+    def _lora(self, lora_weights, lora_scale: float):
+        """The request's LoRA file and scale, checked; None without one."""
+        if lora_weights is None:
+            return None
+        path, name = request_lora_file(lora_weights)
+        check_float("lora_scale", lora_scale, 0.0, 1.0)
+        if self.pipe._injector is not None:
+            raise ConfigError("lora_weights", f"{name}: this predictor runs a compiled UNet ({COMPILE_ENV}=1), whose "
+                                              "modules cannot change; run it without compiling to use LoRA adapters")
+        print(f"LoRA adapter {name} at scale {lora_scale:g}")
+        return path, lora_scale, name
+
+    @contextmanager
+    def _adapter(self, lora):
+        """The request's adapter loaded for the prediction, then unloaded: the UNet is again exactly as loaded."""
+        if lora is None:
+            yield
+            return
+        path, scale, name = lora
+        load_loras(self.pipe, [(path, scale)], "lora_weights", [name])  # the unchecked pipeline shares its modules
+        try:
+            yield
+        finally:
+            self.pipe.unload_lora_weights()
+
     def _compile(self) -> None:
         """Compile the UNet, then run each kind of UNet call the default inputs make once, so each compiles now."""
         start = time.perf_counter()
         self.pipe.compile_unet()
         warm_up = dict(prompt="a photo", num_inference_steps=5, output_type="latent")
-        self.pipe(image=Image.new("RGB", (512, 512), (128, 128, 128)), **warm_up)  # inversion and translation
+        side = self.pipe.default_resolution
+        self.pipe(image=Image.new("RGB", (side, side), (128, 128, 128)), **warm_up)  # inversion and translation
         self.pipe(generation_prompt="a photo", **warm_up)  # fused generation
         self.pipe.source_cache.clear()
         print(f"Compiled and warmed up the UNet in {time.perf_counter() - start:.1f} s")

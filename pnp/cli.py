@@ -17,8 +17,9 @@ from .config import NEGATIVE_SCHEDULES, ConfigError, PnPConfig, check_seed
 from .devices import DTYPE_NAMES
 from .evaluation.command import add_evaluate_arguments, run_evaluate
 from .features import DEFAULT_LAYERS, LAYER_HELP, check_feature_folder, feature_request, run_config, write_feature_maps
-from .images import ImageError, load_image
-from .models import DEFAULT_MODEL, ModelError
+from .images import ImageError, check_image, load_image
+from .lora import MAX_LORA_SCALE, MIN_LORA_SCALE, parse_lora
+from .models import DEFAULT_MODEL, RANDOM_MODELS, ModelError
 from .outputs import OUTPUT_FORMATS, OutputOptions, check_output_folder, write_outputs
 
 EXIT_USAGE = 2
@@ -31,7 +32,10 @@ FLAGS = {
     "output_format": "--format",
     "output_quality": "--quality",
     "benchmark": "BENCHMARK",
+    "injection_layers": "--injection-layers",
 }
+# The injection layer sets by name (pnp.injection.LAYER_SETS, which needs torch; tests check they agree).
+LAYER_SET_NAMES = ("sd", "sdxl", "sdxl-first-block")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,10 +65,13 @@ def _translate(args: argparse.Namespace) -> int:
     config = translation_config(args, prompt=args.prompt, **_source_settings(args))
     seed = check_seed(args.seed)
     options = OutputOptions(args.format, args.quality)
-    images = _source_images(args, config)
+    images = _source_images(args, config.resolution)
+    loras = _model_checks(args)
     out = check_output_folder(args.out, args.overwrite)
 
-    pipe = load_pipeline(args)
+    pipe = load_pipeline(args, loras)
+    config = config.resolved(pipe.default_resolution)
+    images = images if images is not None else _source_images(args, config.resolution)
     if args.compile:
         print("compiling the UNet: the first steps of each kind take minutes on a CPU", file=sys.stderr)
         pipe.compile_unet()
@@ -80,12 +87,15 @@ def _features(args: argparse.Namespace) -> int:
     config = run_config(prompts, **_source_settings(args), **_translation_settings(args))
     request = feature_request(args.layers, args.timesteps, config.num_inference_steps)
     seed = check_seed(args.seed)
-    images = _source_images(args, config)
-    if len(images) > 1:
-        raise ImageError("image", f"{len(images)} images given; the maps show one source: give one --image")
+    if len(args.image or []) > 1:
+        raise ImageError("image", f"{len(args.image)} images given; the maps show one source: give one --image")
+    images = _source_images(args, config.resolution)
+    loras = _model_checks(args)
     out = check_feature_folder(args.out, args.overwrite)
 
-    pipe = load_pipeline(args)
+    pipe = load_pipeline(args, loras)
+    config = config.resolved(pipe.default_resolution)
+    images = images if images is not None else _source_images(args, config.resolution)
     settings = {k: v for k, v in config.as_kwargs().items() if k != "prompt"}
     maps = pipe.feature_maps(prompts, images[0] if images else None, list(request.timesteps), list(request.maps),
                              generator=_generator(seed), **settings)
@@ -120,10 +130,27 @@ def _source_settings(args: argparse.Namespace) -> dict:
     return dict(generation_prompt=args.generation_prompt, generation_guidance_scale=args.generation_scale)
 
 
-def _source_images(args: argparse.Namespace, config: PnPConfig) -> list:
+def _source_images(args: argparse.Namespace, resolution: int | None) -> list | None:
     """Every ``--image``, read at its working size (a large image is shrunk while it is read, one
-    too long is refused); none in generation mode."""
-    return [load_image(path, config.resolution) for path in args.image or []]
+    too long is refused); none in generation mode. Without a resolution (the model's own, known
+    once it has loaded) they are only checked, from their headers: None."""
+    if resolution is None and args.image:
+        for path in args.image:
+            check_image(path)
+        return None
+    return [load_image(path, resolution) for path in args.image or []]
+
+
+def _model_checks(args: argparse.Namespace) -> list:
+    """Check the model options before anything loads; returns the ``--lora`` adapters as (path, scale)."""
+    from .single_file import check_single_file, is_single_file
+
+    single = is_single_file(args.model) and args.model not in RANDOM_MODELS
+    if single:
+        check_single_file(args.model, args.allow_pickle)
+    elif args.config is not None:
+        raise ConfigError("config", "a base configuration is only for a single-file --model (.safetensors)")
+    return [parse_lora(spec, args.allow_pickle) for spec in args.lora or []]
 
 
 def _generator(seed: int):
@@ -132,22 +159,38 @@ def _generator(seed: int):
     return torch.Generator("cpu").manual_seed(seed)
 
 
-def load_pipeline(args: argparse.Namespace):
-    """The pipeline of ``--model`` on ``--device`` in ``--dtype``; says which, and whether its outputs are noise."""
+def load_pipeline(args: argparse.Namespace, loras: list | None = None):
+    """The pipeline of ``--model`` on ``--device`` in ``--dtype`` with the ``loras`` (``_model_checks``) and
+    ``--injection-layers``; says which, and whether its outputs are noise."""
     from .environment import configure_libraries, log_to
 
     configure_libraries()  # before anything imports diffusers or transformers
     log_to("stderr")
     from .devices import dtype_name
-    from .models import RANDOM_MODELS, open_model
+    from .lora import load_loras
+    from .models import open_model
     from .pipeline import PnPPipeline
+    from .single_file import is_single_file
 
+    loras = _model_checks(args) if loras is None else loras
     if args.model in RANDOM_MODELS:
         print(f"note: --model {args.model} has random weights; its outputs are noise", file=sys.stderr)
     with open_model(args.model) as model:
-        pipe = PnPPipeline.from_pretrained(model, device=args.device, dtype=args.dtype)
+        if args.model not in RANDOM_MODELS and is_single_file(args.model):
+            pipe = PnPPipeline.from_single_file(model, device=args.device, dtype=args.dtype, config=args.config,
+                                                allow_pickle=args.allow_pickle)
+        else:
+            pipe = PnPPipeline.from_pretrained(model, device=args.device, dtype=args.dtype)
+    load_loras(pipe, loras)
+    if args.injection_layers is not None:
+        try:
+            pipe.set_injection_layers(args.injection_layers)
+        except ValueError as err:
+            raise ConfigError("injection_layers", str(err).removeprefix("injection layers: ")) from None
     pipe.set_progress_bar_config(disable=args.quiet)
-    print(f"model {args.model} on {pipe.device} ({dtype_name(pipe.unet.dtype)})", file=sys.stderr)
+    adapters = "".join(f", LoRA {path.name} at {scale:g}" for path, scale in loras)
+    print(f"model {args.model} ({type(pipe).__name__}) on {pipe.device} ({dtype_name(pipe.unet.dtype)}{adapters}, "
+          f"{pipe.default_resolution} px by default)", file=sys.stderr)
     return pipe
 
 
@@ -272,7 +315,9 @@ def add_translate_options(parser: argparse.ArgumentParser) -> None:
                         help="weight of the unconditional term against the negative prompt (0-1; lower is stronger)")
     parser.add_argument("--negative-prompt-schedule", default=defaults.negative_prompt_schedule,
                         help=f"how alpha changes over the steps: {', '.join(NEGATIVE_SCHEDULES)}")
-    parser.add_argument("--resolution", type=int, default=defaults.resolution, help="short side in pixels (multiple of 64)")
+    parser.add_argument("--resolution", type=int, default=defaults.resolution,
+                        help="short side in pixels (multiple of 64; default: the model's own, 512 for SD 1.x, 768 for "
+                             "SD 2.1, 1024 for SDXL)")
     parser.add_argument("--max-batch-size", type=int, default=None,
                         help="most (image, prompt) targets per UNet call, to bound memory (default: all)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -280,9 +325,21 @@ def add_translate_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    """Which model, on which device, in which dtype."""
+    """Which model (its adapters and injected layers), on which device, in which dtype."""
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="diffusers model folder, model-hub id, or 'tiny' / 'random-sd15' (random weights, for testing)")
+                        help="diffusers model folder or model-hub id (SD 1.x, 2.x, SDXL), a single-file .safetensors "
+                             f"checkpoint, or one of {', '.join(RANDOM_MODELS)} (random weights, for testing)")
+    parser.add_argument("--config", default=None,
+                        help="base configuration of a single-file --model: a diffusers folder or model-hub id of the "
+                             "same architecture (needed offline)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="also load pickled checkpoints and LoRA files (.ckpt, .bin): only from sources you trust")
+    parser.add_argument("--lora", action="append", default=None, metavar="PATH[:SCALE]",
+                        help=f"a LoRA adapter (.safetensors file, or a folder holding one) and its scale "
+                             f"({MIN_LORA_SCALE:g}-{MAX_LORA_SCALE:g}, default 1); repeat for several")
+    parser.add_argument("--injection-layers", default=None, choices=LAYER_SET_NAMES,
+                        help="where the source's features are injected (default: the model's own set, sd or sdxl; "
+                             "sdxl-first-block: only the first transformer block of each SDXL attention)")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
     parser.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
                         help="default: float16 on CUDA, bfloat16 on CPUs with bfloat16 instructions, else float32")

@@ -18,11 +18,14 @@ from dataclasses import dataclass
 
 from .config import ConfigError, PnPConfig
 
-KINDS = ("image", "text", "int", "float", "bool")
+KINDS = ("image", "file", "text", "int", "float", "bool")
 # The form takes several prompts in one text field, separated by this.
 PROMPT_SEPARATOR = ";"
 # PnPConfig fields the form does not offer: they bound memory and leave the results unchanged.
 NOT_ON_FORM = ("max_batch_size",)
+# The form's resolution for "the model's own size" (PnPConfig's None): a number among the choices,
+# so that the form stays a static list that cog build can read and Replicate's page can show.
+MODEL_RESOLUTION = 0
 
 
 @dataclass(frozen=True)
@@ -99,9 +102,9 @@ FORM_INPUTS = (
         description="Seed of the noise the source image is generated from, from 0 to 4294967295 (generation mode only; translating an input image is deterministic). Leave blank for a random seed; the seed used is printed in the logs.",
     ),
     FormInput(
-        "resolution", "int", 512, param="resolution",
-        choices=(128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960, 1024),
-        description="Short side of the working image and the outputs, in pixels; the long side follows the input image's aspect ratio (at most twice the short side), generated sources are square. Stable Diffusion 1.x works best at 512; larger is slower.",
+        "resolution", "int", 0, param="resolution",
+        choices=(0, 128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960, 1024),
+        description="Short side of the working image and the outputs, in pixels; the long side follows the input image's aspect ratio (at most twice the short side), generated sources are square. 0 (the default) uses the model's own size, at which it works best: 512 for Stable Diffusion 1.x, 768 for 2.1, 1024 for SDXL. Larger is slower.",
     ),
     FormInput(
         "output_format", "text", "png", param="output_format", choices=("png", "webp", "jpg"),
@@ -118,6 +121,14 @@ FORM_INPUTS = (
     FormInput(
         "feature_maps", "bool", False, param="feature_maps",
         description="Also return the paper's PCA visualisations of the source's and the outputs' decoder features at five timesteps, as one labelled grid per map after the outputs: conv1 and conv2 of up_blocks.1.resnets.1, then the queries, keys and self-attention maps of up_blocks.1.attentions.1.transformer_blocks.0.attn1. Similar colours mean similar features; the outputs are unchanged.",
+    ),
+    FormInput(
+        "lora_weights", "file", None, param="lora_weights",
+        description="A LoRA adapter for the model's weights, as a .safetensors file (an upload or a URL), applied to this prediction only. It must be made for the model's architecture (Stable Diffusion 1.x, 2.x or SDXL). Leave empty for none.",
+    ),
+    FormInput(
+        "lora_scale", "float", 0.6, param="lora_scale", ge=0.0, le=1.0,
+        description="Weight of the LoRA adapter in `lora_weights`, from 0 (off) to 1 (as trained); ignored without one.",
     ),
 )
 
@@ -146,11 +157,16 @@ def form_inputs(config: PnPConfig, seed: int) -> dict:
             continue
         if name == "prompt":
             value = join_prompts(value)
-        elif value is None:  # generation_prompt, negative_prompt: the form's blank means "none"
-            value = ""
+        elif value is None:  # generation_prompt, negative_prompt, resolution: the form's default means "none"
+            value = form_input(form_name(name)).default
         inputs[form_name(name)] = value
     inputs.update(seed=seed, output_format="png")
     return inputs
+
+
+def config_resolution(value: int) -> int | None:
+    """The form's resolution as PnPConfig takes it: ``MODEL_RESOLUTION`` is None, the model's own size."""
+    return None if value == MODEL_RESOLUTION else value
 
 
 def join_prompts(prompts: tuple[str, ...]) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -63,8 +64,33 @@ def load_image(source: str | Path | BinaryIO, resolution: int | None = None, nam
     read (see the module docstring); without, at its own size. Error messages call the file
     ``name``, by default its path (or the file object's name).
     """
-    if name is None:
-        name = getattr(source, "name", source)
+    name = _name(source, name)
+    with _opened(source, name) as image:
+        image.seek(0)
+        if resolution is None:
+            return _decode(image)
+        return _decode_for_model(image, resolution)
+
+
+def check_image(source: str | Path | BinaryIO, name: str | None = None) -> tuple[int, int]:
+    """Check an image file from its header alone: it exists, Pillow reads it, it is neither too large nor too long.
+
+    For checking before the working size is known; returns the (width, height) stored in the
+    file. A file whose pixel data is damaged passes, and fails when ``load_image`` decodes it.
+    """
+    name = _name(source, name)
+    with _opened(source, name) as image:
+        _check_aspect(*image.size)
+        return image.size
+
+
+def _name(source, name: str | None) -> object:
+    return getattr(source, "name", source) if name is None else name
+
+
+@contextmanager
+def _opened(source: str | Path | BinaryIO, name: object):
+    """The image opened (its header read and its pixel count checked); every failure as an ImageError naming ``name``."""
     try:
         with warnings.catch_warnings():
             # Pillow warns from 89 MP up; MAX_PIXELS, checked below, is the limit that applies.
@@ -73,10 +99,7 @@ def load_image(source: str | Path | BinaryIO, resolution: int | None = None, nam
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(source) as image:
                 _check_pixel_count(name, image.size)
-                image.seek(0)
-                if resolution is None:
-                    return _decode(image)
-                return _decode_for_model(image, resolution)
+                yield image
     except FileNotFoundError:
         raise ImageError("image", f"no file at {name}") from None
     except Image.DecompressionBombError as err:
@@ -106,12 +129,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def working_size(width: int, height: int, resolution: int) -> tuple[int, int]:
     """The (width, height) a (width, height) image is translated at; see the module docstring."""
+    _check_aspect(width, height)
+    scale = min(resolution / min(width, height), MAX_LONG_SIDE * resolution / max(width, height))
+    return _round_side(width * scale), _round_side(height * scale)
+
+
+def _check_aspect(width: int, height: int) -> None:
     if max(width, height) > MAX_ASPECT * min(width, height):
         raise ImageError(
             "image", f"{width}x{height} is more than {MAX_ASPECT} times longer than wide; crop it first"
         )
-    scale = min(resolution / min(width, height), MAX_LONG_SIDE * resolution / max(width, height))
-    return _round_side(width * scale), _round_side(height * scale)
 
 
 def resize_for_model(image: Image.Image, resolution: int) -> Image.Image:

@@ -34,9 +34,10 @@ from .ui_runs import Runner, RunResult, parse_form
 logger = logging.getLogger("pnp.ui")
 
 # The fields above the Advanced section, and those elsewhere: feature_maps on the Features tab,
-# disable_safety_checker nowhere (an API-only input of the predictor).
+# disable_safety_checker nowhere (an API-only input of the predictor), nor the LoRA inputs (the
+# page's model takes its adapters when it loads: python -m pnp ui --lora PATH[:SCALE]).
 MAIN_FIELDS = ("input_image", "generation_prompt", "seed", "translation_prompts")
-OTHER_FIELDS = ("feature_maps", "disable_safety_checker")
+OTHER_FIELDS = ("feature_maps", "disable_safety_checker", "lora_weights", "lora_scale")
 ADVANCED_FIELDS = tuple(s.name for s in FORM_INPUTS if s.name not in (*MAIN_FIELDS, *OTHER_FIELDS))
 PROMPTS_INFO = (f"What the outputs should show, keeping the layout of the source: one prompt per line, one output each, "
                 f"at most {MAX_PROMPTS}.")
@@ -129,7 +130,8 @@ def _header(pipe, model: str, random_weights: bool) -> str:
         "# Plug-and-play image translation",
         "Translate an image into each prompt while keeping its layout (Plug-and-Play Diffusion Features, "
         "Tumanyan et al., CVPR 2023).",
-        f"Model: `{model}` on {pipe.device} ({dtype_name(pipe.unet.dtype)}).",
+        f"Model: `{model}` on {pipe.device} ({dtype_name(pipe.unet.dtype)}); its own size, resolution 0, is "
+        f"{pipe.default_resolution} px.",
     ]
     if random_weights:
         lines.append(f"**`{model}` has random weights: its outputs are noise.** It is for trying the page; "
@@ -186,7 +188,7 @@ def run_handler(runner: Runner, names: list[str]):
         stop = threading.Event()
 
         def work() -> RunResult:
-            request = parse_form(dict(zip(names, values, strict=True)))
+            request = parse_form(dict(zip(names, values, strict=True)), runner.pipe.default_resolution)
             progress(0, desc="starting")
             return runner.run(request, lambda phase, done, total: progress((done, total), desc=phase), stop)
 

@@ -21,7 +21,7 @@ import torch
 
 from .config import MAX_SEED, ConfigError, PnPConfig, check_seed
 from .features import write_feature_grids
-from .form import form_input, form_name
+from .form import config_resolution, form_input, form_name
 from .images import load_image
 from .outputs import OutputOptions, write_outputs
 
@@ -66,8 +66,11 @@ class RunResult:
     maps: list[str] = field(default_factory=list)
 
 
-def parse_form(values: dict) -> Request:
+def parse_form(values: dict, model_resolution: int | None = None) -> Request:
     """Check the form's values (by field name) before any model work; ConfigError names the field to change.
+
+    ``model_resolution`` is the model's own size, which the form's resolution 0 stands for (without
+    it, the image is read at its own size and the pipeline resizes it).
 
     ``translation_prompts`` holds one prompt per line (blank lines are skipped). Whole numbers may
     come as floats (2.0), as number fields send them, or as text, as the fields that may be left
@@ -75,10 +78,13 @@ def parse_form(values: dict) -> Request:
     """
     values = {name: _whole_number(name, value) for name, value in values.items()}
     try:
+        settings = {form_input(name).param: values[name] for name in CONFIG_FIELDS}
+        settings["resolution"] = config_resolution(settings["resolution"])
         config = PnPConfig(
-            prompt=[line for line in (values["translation_prompts"] or "").splitlines() if line.strip()],
-            **{form_input(name).param: values[name] for name in CONFIG_FIELDS},
+            prompt=[line for line in (values["translation_prompts"] or "").splitlines() if line.strip()], **settings
         )
+        if model_resolution is not None:
+            config = config.resolved(model_resolution)
         options = OutputOptions(values["output_format"], values["output_quality"])
         seed = random.randint(0, MAX_SEED) if values["seed"] is None else check_seed(values["seed"])
         notes = []

@@ -29,7 +29,7 @@ FORM_ORDER = [
     "input_image", "generation_prompt", "translation_prompts", "scale", "feature_injection_threshold",
     "attention_injection_threshold", "negative_prompt", "negative_prompt_alpha", "negative_prompt_schedule",
     "num_inference_steps", "num_inversion_steps", "generation_scale", "seed", "resolution", "output_format",
-    "output_quality", "disable_safety_checker", "feature_maps",
+    "output_quality", "disable_safety_checker", "feature_maps", "lora_weights", "lora_scale",
 ]
 # Inputs that make a prediction on the tiny model take a fraction of a second.
 FAST = {"num_inference_steps": 2, "num_inversion_steps": 2, "resolution": 128}

@@ -164,7 +164,7 @@ def test_openapi_lists_every_input_in_form_order(server):
     assert inputs["num_inference_steps"]["maximum"] == MAX_SAMPLING_STEPS
     assert choices("negative_prompt_schedule") == list(NEGATIVE_SCHEDULES)
     assert choices("output_format") == list(OUTPUT_FORMATS)
-    assert choices("resolution") == list(range(MIN_RESOLUTION, MAX_RESOLUTION + 1, 64))
+    assert choices("resolution") == [0, *range(MIN_RESOLUTION, MAX_RESOLUTION + 1, 64)]
     assert components["Output"] == {"title": "Output", "type": "array", "items": {"type": "string", "format": "uri"}}
 
 

@@ -11,11 +11,12 @@ import pytest
 from pnp.form import FORM_INPUTS, KINDS, form_input, form_name
 
 PREDICT = Path(__file__).resolve().parents[1] / "predict.py"
-ANNOTATION_KINDS = {"Path": "image", "str": "text", "int": "int", "float": "float", "bool": "bool"}
+# The annotation of each kind of input (images and other files are both cog Paths).
+KIND_ANNOTATIONS = {"image": "Path", "file": "Path", "text": "str", "int": "int", "float": "float", "bool": "bool"}
 
 
 def predictor_inputs() -> list[dict]:
-    """Each parameter of Predictor.predict as cog build sees it: name, kind, optional, and the Input() keywords."""
+    """Each parameter of Predictor.predict as cog build sees it: name, annotation, optional, and the Input() keywords."""
     tree = ast.parse(PREDICT.read_text())
     method = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "predict")
     inputs = []
@@ -24,14 +25,14 @@ def predictor_inputs() -> list[dict]:
         optional = isinstance(annotation, ast.Subscript) and ast.unparse(annotation.value) == "Optional"
         inner = annotation.slice if optional else annotation
         fields = {k.arg: ast.literal_eval(k.value) for k in default.keywords}
-        inputs.append({"name": arg.arg, "kind": ANNOTATION_KINDS[ast.unparse(inner)], "optional": optional, **fields})
+        inputs.append({"name": arg.arg, "annotation": ast.unparse(inner), "optional": optional, **fields})
     return inputs
 
 
 def test_the_table_is_the_predictors_form_literal_for_literal():
     expected = []
     for spec in FORM_INPUTS:
-        fields = {"name": spec.name, "kind": spec.kind, "optional": spec.optional, "default": spec.default,
+        fields = {"name": spec.name, "annotation": KIND_ANNOTATIONS[spec.kind], "optional": spec.optional, "default": spec.default,
                   "description": spec.description}
         fields.update({k: getattr(spec, k) for k in ("ge", "le") if getattr(spec, k) is not None})
         if spec.choices is not None:

@@ -25,10 +25,13 @@ from pnp.config import (
     NEGATIVE_SCHEDULES,
     ConfigError,
     PnPConfig,
+    check_float,
     check_seed,
     describe_ranges,
 )
+from pnp.form import MODEL_RESOLUTION, config_resolution
 from pnp.images import ImageError
+from pnp.lora import MAX_LORA_SCALE, MIN_LORA_SCALE
 from pnp.models import ModelError
 from pnp.outputs import OUTPUT_FORMATS, OutputOptions
 from pnp.timesteps import MAX_INVERSION_STEPS, valid_inversion_steps
@@ -41,6 +44,7 @@ ENGINE_FIELDS = {
     "negative_prompt_alpha": "negative_prompt_alpha", "negative_prompt_schedule": "negative_prompt_schedule",
     "num_inference_steps": "num_inference_steps", "num_inversion_steps": "num_inversion_steps",
     "generation_scale": "generation_guidance_scale", "seed": "seed", "resolution": "resolution",
+    "lora_scale": "lora_scale",
     "output_format": "output_format", "output_quality": "output_quality", "generation_prompt": "generation_prompt",
 }
 OUTPUT_FIELDS = ("output_format", "output_quality")
@@ -123,11 +127,16 @@ def test_every_input_is_documented_in_sentences():
 def test_defaults_are_the_engine_defaults():
     engine, output = PnPConfig(), OutputOptions()
     for name, field_name in ENGINE_FIELDS.items():
-        if name in ("seed", "num_inversion_steps"):
+        if name in ("seed", "num_inversion_steps", "lora_scale"):
             continue
         expected = getattr(output if field_name in OUTPUT_FIELDS else engine, field_name)
-        # The form's "no generation/negative prompt" is the empty string; the engine's is None.
-        assert PREDICT_PARAMETERS[name].default == ("" if expected is None else expected), name
+        # The form's "no generation/negative prompt" is the empty string, its "the model's own size"
+        # resolution 0; the engine's are None.
+        blank = 0 if name == "resolution" else ""
+        assert PREDICT_PARAMETERS[name].default == (blank if expected is None else expected), name
+    assert config_resolution(PREDICT_PARAMETERS["resolution"].default) is None
+    # Replicate's own SDXL model: lora_scale 0.6 by default, from 0 to 1.
+    assert (PREDICT_PARAMETERS["lora_scale"].default, MIN_LORA_SCALE, MAX_LORA_SCALE) == (0.6, 0.0, 1.0)
     assert tuple(PREDICT_PARAMETERS["translation_prompts"].default.split(";")) == engine.prompt
     # Blank: a random seed, and as many inversion steps as sampling steps (the engine's default).
     assert PnPConfig(num_inversion_steps=None).num_inversion_steps == engine.num_inference_steps
@@ -138,9 +147,9 @@ def test_defaults_are_the_engine_defaults():
 def test_choices_are_the_engine_choices():
     assert PREDICT_PARAMETERS["negative_prompt_schedule"].choices == list(NEGATIVE_SCHEDULES)
     assert PREDICT_PARAMETERS["output_format"].choices == list(OUTPUT_FORMATS)
-    assert PREDICT_PARAMETERS["resolution"].choices == list(range(MIN_RESOLUTION, MAX_RESOLUTION + 1, 64))
+    assert PREDICT_PARAMETERS["resolution"].choices == [MODEL_RESOLUTION, *range(MIN_RESOLUTION, MAX_RESOLUTION + 1, 64)]
     for choice in PREDICT_PARAMETERS["resolution"].choices:
-        PnPConfig(resolution=choice)
+        assert PnPConfig(resolution=config_resolution(choice)).resolution == (None if choice == 0 else choice)
     assert PREDICT_PARAMETERS["seed"].le == MAX_SEED
 
 
@@ -153,6 +162,8 @@ def test_bounds_are_the_engine_bounds(name):
     def config(value):
         if engine_name == "seed":
             return check_seed(value)
+        if engine_name == "lora_scale":
+            return check_float("lora_scale", value, MIN_LORA_SCALE, MAX_LORA_SCALE)
         if engine_name in OUTPUT_FIELDS:
             return OutputOptions(**{engine_name: value})
         extra = {}
