@@ -1,4 +1,4 @@
-"""Where the predictor's Stable Diffusion weights come from, and fetching only the files a pipeline needs.
+"""Where the predictor's Stable Diffusion weights (1.x, 2.x or SDXL) come from, and fetching only the files a pipeline needs.
 
 Order of preference: the folder named by ``PNP_WEIGHTS``; else the project's ``weights/`` folder if
 it holds a model; else the model is downloaded from the model hub into ``weights/``.
@@ -20,6 +20,9 @@ MODEL_ENV = "PNP_MODEL"
 MARKER = "model_index.json"
 WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
 WHOLE_COMPONENTS = ("tokenizer", "scheduler")
+# SDXL's second text encoder and tokenizer: fetched where the repository has them.
+SDXL_WEIGHT_COMPONENTS = ("text_encoder_2",)
+SDXL_WHOLE_COMPONENTS = ("tokenizer_2",)
 FP16_SUFFIX = ".fp16.safetensors"
 SAFETY_CHECKER = "CompVis/stable-diffusion-safety-checker"
 # How model_index.json lists a safety checker, as Stable Diffusion's own repositories do.
@@ -65,7 +68,8 @@ def download_weights(model: str, out: str | Path, with_safety_checker: bool = Fa
     """Download the files a Stable Diffusion pipeline loads from ``model`` (a model-hub id) into ``out``.
 
     Fetches model_index.json, the tokenizer and scheduler, and for the UNet, VAE and text
-    encoder their config and safetensors weights: the float16 file where the repository has one
+    encoder (SDXL: both tokenizers and text encoders) their config and safetensors weights: the
+    float16 file where the repository has one
     (half the download; it is renamed so it loads as the default weights), else the full ones.
     Nothing else: no safety checker, no .ckpt or .bin copies. With ``with_safety_checker``, also
     CompVis/stable-diffusion-safety-checker's config and safetensors weights (into
@@ -116,6 +120,9 @@ def _fetch(repo: str, choose, folder: Path) -> list[str]:
 
 def _add_safety_checker(partial: Path, index: Path) -> None:
     """Fetch the safety checker into ``partial``'s component folders and list it in a new model_index.json there."""
+    components = json.loads(index.read_text())
+    if "text_encoder_2" in components:
+        raise ModelError("SDXL pipelines have no safety checker; download the model without --with-safety-checker")
     staging = partial / ".safety-checker"
     _fetch(SAFETY_CHECKER, select_safety_checker_files, staging)
     for component in ("safety_checker", "feature_extractor"):
@@ -123,7 +130,6 @@ def _add_safety_checker(partial: Path, index: Path) -> None:
     for name in ("config.json", "model.safetensors"):
         (staging / name).replace(partial / "safety_checker" / name)
     (staging / "preprocessor_config.json").replace(partial / "feature_extractor" / "preprocessor_config.json")
-    components = json.loads(index.read_text())
     components.update(SAFETY_CHECKER_COMPONENTS)
     (partial / MARKER).write_text(json.dumps(components, indent=2) + "\n")
 
@@ -143,9 +149,10 @@ def select_files(repo_files: list[str], model: str = "the model") -> list[str]:
     if MARKER not in files:
         raise ModelError(f"{model} is not a diffusers model repository (no {MARKER})")
     selected = [MARKER]
-    for component in WHOLE_COMPONENTS:
+    present = {f.partition("/")[0] for f in files if "/" in f}
+    for component in (*WHOLE_COMPONENTS, *(c for c in SDXL_WHOLE_COMPONENTS if c in present)):
         selected += sorted(f for f in files if f.startswith(f"{component}/"))
-    for component in WEIGHT_COMPONENTS:
+    for component in (*WEIGHT_COMPONENTS, *(c for c in SDXL_WEIGHT_COMPONENTS if c in present)):
         own = sorted(f for f in files if f.rpartition("/")[0] == component)
         fp16 = [f for f in own if f.endswith(FP16_SUFFIX)]
         full = [f for f in own if _is_plain_safetensors(f.rpartition("/")[2])]

@@ -205,3 +205,31 @@ def test_a_model_folder_can_gain_the_safety_checker_later(fake_hub, tmp_path):
     download_weights("owner/model", out, with_safety_checker=True)
     assert all(f.startswith(SAFETY_CHECKER) for f in fake_hub.fetched)  # the model itself is not fetched again
     assert PnPPipeline.from_pretrained(out, device="cpu", dtype="float32").safety_checker is not None
+
+
+@pytest.fixture(scope="module")
+def sdxl_repo(tmp_path_factory):
+    """A tiny SDXL model stored as a hub repository, with float16 variants as stabilityai's SDXL repositories have."""
+    repo = tmp_path_factory.mktemp("hub") / "sdxl"
+    pipe = build_random_pipeline("tiny-sdxl")
+    pipe.save_pretrained(repo)
+    pipe.to(torch.float16).save_pretrained(repo, variant="fp16")
+    return repo
+
+
+def test_an_sdxl_download_has_both_text_encoders_and_loads_as_the_xl_pipeline(sdxl_repo, monkeypatch, tmp_path):
+    hub = FakeHub(sdxl_repo)
+    monkeypatch.setattr("huggingface_hub.HfApi", lambda: hub)
+    monkeypatch.setattr("huggingface_hub.snapshot_download", hub.snapshot_download)
+    out = download_weights("stabilityai/sdxl", tmp_path / "weights")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "model_index.json", "scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "vae"]
+    assert sorted(p.name for p in (out / "text_encoder_2").iterdir()) == ["config.json", "model.safetensors"]
+    assert not any(f.endswith("model.safetensors") and "fp16" not in f for f in hub.fetched if "text_encoder" in f)
+    pipe = PnPPipeline.from_pretrained(out, device="cpu", dtype="float32")
+    assert type(pipe).__name__ == "PnPXLPipeline"
+    stored = build_random_pipeline("tiny-sdxl").text_encoder_2.to(torch.float16).state_dict()
+    assert all(torch.equal(v.to(torch.float16), stored[k]) for k, v in pipe.text_encoder_2.state_dict().items())
+    with pytest.raises(ModelError, match="SDXL pipelines have no safety checker"):
+        download_weights("stabilityai/sdxl", tmp_path / "checked", with_safety_checker=True)
+    assert not (tmp_path / "checked").exists()
