@@ -43,8 +43,8 @@ def load_loras(pipe, loras: list[tuple[Path, float]], param: str = "lora", label
     """Load each (file, scale) of ``loras`` into ``pipe`` as adapters ``<param>0``, ``<param>1``, ... weighed by their scales.
 
     Returns the adapter names. A file the model cannot take raises ConfigError naming ``param``
-    and the file (by its ``labels`` entry, default its name); the adapters loaded before it are
-    unloaded again.
+    and the file (by its ``labels`` entry, default its name), after unloading every adapter: a
+    failed load can leave adapter layers behind.
     """
     names: list[str] = []
     if not loras:
@@ -59,8 +59,7 @@ def load_loras(pipe, loras: list[tuple[Path, float]], param: str = "lora", label
             names.append(f"{param}{n}")
         pipe.set_adapters(names, [scale for _, scale in loras])
     except (OSError, ValueError, KeyError, RuntimeError) as err:
-        if names:
-            pipe.unload_lora_weights()
+        pipe.unload_lora_weights()
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(param, f"{labels[n]} cannot be loaded into this model as a LoRA adapter ({text})") from None
     return names

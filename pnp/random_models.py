@@ -202,3 +202,21 @@ def _byte_symbols() -> list[str]:
             symbols[b] = chr(256 + extra)
             extra += 1
     return list(symbols.values())
+
+
+def save_random_lora(kind: str, folder: str | Path, seed: int = 1, rank: int = 4) -> Path:
+    """A random LoRA adapter for the UNet of random model ``kind`` (on every attention projection), saved as
+    diffusers saves LoRA weights: ``folder``/pytorch_lora_weights.safetensors. Returns the file."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = build_random_pipeline(kind)
+    torch.manual_seed(seed)
+    # Random up and down matrices (peft starts "up" at zero, which would change nothing).
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                        init_lora_weights=False)
+    pipe.unet.add_adapter(config)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
+    type(pipe).save_lora_weights(folder, unet_lora_layers=layers)
+    return Path(folder) / "pytorch_lora_weights.safetensors"

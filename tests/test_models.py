@@ -95,3 +95,14 @@ def test_sdxl_loads_as_the_xl_pipeline_with_its_size(tiny_sdxl_model_dir, tiny_v
     sizes = [load_pipeline(m, device="cpu", dtype="float32").default_resolution
              for m in (tiny_model_dir, tiny_v_model_dir)]
     assert sizes + [xl.default_resolution] == [16 * 8, 24 * 8, 32 * 8]
+
+
+def test_without_a_resolution_each_model_works_at_its_own_size(pipe, tiny_v_model_dir, photo):
+    """160x128 at the tiny model's 128 px is 192x128 (160 rounds up to 192); at tiny-v's 192 px, 256x192 (240 rounds to 256)."""
+    v_pipe = PnPPipeline.from_pretrained(tiny_v_model_dir, device="cpu", dtype="float32")
+    v_pipe.set_progress_bar_config(disable=True)
+    assert pipe(prompt="a cat", image=photo, num_inference_steps=2).images[0].size == (192, 128)
+    [image] = v_pipe(prompt="a cat", image=photo, num_inference_steps=2).images  # a v-prediction model, end to end
+    assert image.size == (256, 192)
+    result = v_pipe(prompt="a cat", generation_prompt="a horse", num_inference_steps=2, generator=torch.Generator())
+    assert result.source_image.size == (192, 192)

@@ -232,6 +232,15 @@ def cat_and_dog(predictor):
     return inputs, [p.name for p in outputs], [pixels(p) for p in outputs]
 
 
+def test_resolution_0_is_the_models_own_size(predictor, photo_file, outputs_root):
+    [output] = run(predictor, input_image=photo_file, resolution=0)
+    with Image.open(output) as image:
+        assert image.size == (256, 128)  # the 256x128 photo at the tiny model's own 128 px
+    [output] = run(predictor, input_image=photo_file, resolution=192)
+    with Image.open(output) as image:
+        assert image.size == (384, 192)
+
+
 def test_several_prompts_come_out_in_prompt_order(predictor, cat_and_dog, photo_file, outputs_root):
     inputs, names, (cat, dog) = cat_and_dog
     assert names == ["00-a-cat.png", "01-a-dog.png"]
