@@ -20,6 +20,7 @@ import torch
 from pnp.devices import DTYPE_NAMES, default_dtype, dtype_name
 from pnp.injection import FeatureInjector
 from pnp.pipeline import PnPPipeline
+from pnp.text import TextEmbeddings
 from pnp.unet import NoisePredictor
 
 from .replay import TIMESTEP, BareReplay, timed
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         # The hooks are installed around the timed call only, so the bare runs have none.
         with FeatureInjector(unet) as injector:
             injector.set_step(residual=True, attention=True, source_in_batch=True)
-            return timed(lambda: predict(latents32, TIMESTEP, text), pipe.device)
+            return timed(lambda: predict(latents32, TIMESTEP, TextEmbeddings(text)), pipe.device)
 
     times = {"bare": [], "engine": []}
     with torch.inference_mode():

@@ -16,6 +16,7 @@ from test_predict import run
 
 from predict import Predictor
 
+from pnp.cli import LAYER_SET_NAMES
 from pnp.config import PnPConfig
 from pnp.injection import LAYER_SETS, SDXL_FIRST_BLOCK_LAYERS, SDXL_LAYERS, FeatureInjector
 from pnp.rows import Row, inversion_rows, translation_rows
@@ -49,6 +50,7 @@ def square(photo):
 def test_the_sdxl_layers_are_the_mapped_modules(xl):
     assert SDXL_LAYERS.residual == (RESIDUAL,) and list(SDXL_LAYERS.attention) == ATTENTION
     assert LAYER_SETS["sdxl"] is SDXL_LAYERS and xl.injection_layers is SDXL_LAYERS
+    assert LAYER_SET_NAMES == tuple(LAYER_SETS)  # the command line's torch-free copy of the names
     assert list(SDXL_FIRST_BLOCK_LAYERS.attention) == [n for n in ATTENTION if ".transformer_blocks.0." in n]
     modules = dict(xl.unet.named_modules())
     assert type(modules[RESIDUAL.removesuffix(".conv2")]).__name__ == "ResnetBlock2D"

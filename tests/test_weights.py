@@ -71,13 +71,18 @@ def test_a_repository_without_safetensors_is_refused():
         select_files(files, "someone/old-model")
 
 
+def stored_on_hub(kind: str, repo: Path) -> Path:
+    """Random model ``kind`` stored as a hub repository: full and float16 weights, as Stable Diffusion's repositories have."""
+    pipe = build_random_pipeline(kind)
+    pipe.save_pretrained(repo)
+    pipe.to(torch.float16).save_pretrained(repo, variant="fp16")
+    return repo
+
+
 @pytest.fixture(scope="module")
 def hub_repo(tmp_path_factory):
     """A tiny model stored as a hub repository: full and float16 weights plus files the pipeline never loads."""
-    repo = tmp_path_factory.mktemp("hub") / "repo"
-    pipe = build_random_pipeline("tiny")
-    pipe.save_pretrained(repo)
-    pipe.to(torch.float16).save_pretrained(repo, variant="fp16")
+    repo = stored_on_hub("tiny", tmp_path_factory.mktemp("hub") / "repo")
     for junk in ("sd-v1-4.ckpt", "unet/diffusion_pytorch_model.bin", "safety_checker/model.safetensors"):
         (repo / junk).parent.mkdir(exist_ok=True)
         (repo / junk).write_bytes(b"never downloaded")
@@ -210,11 +215,7 @@ def test_a_model_folder_can_gain_the_safety_checker_later(fake_hub, tmp_path):
 @pytest.fixture(scope="module")
 def sdxl_repo(tmp_path_factory):
     """A tiny SDXL model stored as a hub repository, with float16 variants as stabilityai's SDXL repositories have."""
-    repo = tmp_path_factory.mktemp("hub") / "sdxl"
-    pipe = build_random_pipeline("tiny-sdxl")
-    pipe.save_pretrained(repo)
-    pipe.to(torch.float16).save_pretrained(repo, variant="fp16")
-    return repo
+    return stored_on_hub("tiny-sdxl", tmp_path_factory.mktemp("hub") / "sdxl")
 
 
 def test_an_sdxl_download_has_both_text_encoders_and_loads_as_the_xl_pipeline(sdxl_repo, monkeypatch, tmp_path):
