@@ -22,6 +22,9 @@ from ..config import ConfigError, PnPConfig
 from .sources import Source
 
 LOCAL = "local"
+# The local backend translates real images with the same prompts and settings (ImageNet-R-TI2I's
+# images of one class, say) together, in shared UNet calls; this many at most, to bound memory.
+IMAGES_PER_CALL = 4
 OUTPUT_TIMEOUT_S = 300
 REPLICATE_PREFIX = "replicate:"
 # OWNER/MODEL or OWNER/MODEL:VERSION, as Replicate names them.

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..config import check_int
 from ..form import form_inputs
 from ..models import RANDOM_MODELS
-from .backends import LOCAL, BackendError, make_job, parse_backend
+from .backends import IMAGES_PER_CALL, LOCAL, BackendError, make_job, parse_backend
 from .metric_models import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL, RANDOM
 from .metrics import STRUCTURE_VARIANTS
 from .records import Plan, check_folder
@@ -37,6 +37,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default=LOCAL,
                         help="where to translate: local (default), http://HOST:PORT[,http://HOST2:PORT...] (Cog "
                              "servers running predict.py) or replicate:OWNER/MODEL[:VERSION] (needs REPLICATE_API_TOKEN)")
+    parser.add_argument("--images-per-call", type=int, default=IMAGES_PER_CALL,
+                        help="with the local backend, real images that share their prompts and settings are "
+                             f"translated together, this many at most (default {IMAGES_PER_CALL}; 1: one at a time)")
     parser.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL,
                         help=f"predictions in flight at once with the replicate backend (default {DEFAULT_PARALLEL})")
     parser.add_argument("--clip-model", default=None,
@@ -60,7 +63,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
         pipe = load_pipeline(args)
         pipe.set_progress_bar_config(disable=True)  # the evaluation's own bar counts pairs
-        backend = LocalBackend(pipe)
+        backend = LocalBackend(pipe, args.images_per_call)
     from .runner import run
 
     try:
@@ -79,6 +82,7 @@ def _plan(args: argparse.Namespace):
 
     base = translation_config(args, prompt=PLACEHOLDER_PROMPT)
     limit = None if args.limit is None else check_int("limit", args.limit, 1, 10**9)
+    check_int("images_per_call", args.images_per_call, 1, 64)
     spec = parse_backend(args.backend)
     benchmark = load_benchmark(args.benchmark).limited(limit)
     jobs = tuple(make_job(source, base) for source in benchmark.sources)
