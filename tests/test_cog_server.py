@@ -140,7 +140,7 @@ def decoded_images(outputs):
 def test_setup_is_ready_and_logged(server, tiny_model_dir):
     assert requests.get(f"{server.url}/health-check", timeout=10).json()["status"] == "READY"
     # From the server's own log: coglet's health-check sometimes drops the last setup lines.
-    assert f"Loaded {tiny_model_dir} on cpu as float32 in " in server.log()
+    assert f"Loaded {tiny_model_dir} (PnPPipeline, 128 px by default) on cpu as float32 in " in server.log()
 
 
 def test_openapi_lists_every_input_in_form_order(server):
@@ -156,7 +156,7 @@ def test_openapi_lists_every_input_in_form_order(server):
 
     for name, field in inputs.items():
         assert len(field["description"]) > 60, name
-        assert ("default" in field) != (name in ("input_image", "seed", "num_inversion_steps")), name
+        assert ("default" in field) != (name in ("input_image", "seed", "num_inversion_steps", "lora_weights")), name
         if field.get("type") in ("integer", "number"):
             assert "minimum" in field and "maximum" in field, name
     assert inputs["input_image"]["format"] == "uri" and inputs["seed"]["nullable"]
