@@ -69,9 +69,7 @@ def _translate(args: argparse.Namespace) -> int:
     loras = _model_checks(args)
     out = check_output_folder(args.out, args.overwrite)
 
-    pipe = load_pipeline(args, loras)
-    config = config.resolved(pipe.default_resolution)
-    images = images if images is not None else _source_images(args, config.resolution)
+    pipe, config, images = _loaded(args, config, images, loras)
     if args.compile:
         print("compiling the UNet: the first steps of each kind take minutes on a CPU", file=sys.stderr)
         pipe.compile_unet()
@@ -93,9 +91,7 @@ def _features(args: argparse.Namespace) -> int:
     loras = _model_checks(args)
     out = check_feature_folder(args.out, args.overwrite)
 
-    pipe = load_pipeline(args, loras)
-    config = config.resolved(pipe.default_resolution)
-    images = images if images is not None else _source_images(args, config.resolution)
+    pipe, config, images = _loaded(args, config, images, loras)
     settings = {k: v for k, v in config.as_kwargs().items() if k != "prompt"}
     maps = pipe.feature_maps(prompts, images[0] if images else None, list(request.timesteps), list(request.maps),
                              generator=_generator(seed), **settings)
@@ -139,6 +135,14 @@ def _source_images(args: argparse.Namespace, resolution: int | None) -> list | N
             check_image(path)
         return None
     return [load_image(path, resolution) for path in args.image or []]
+
+
+def _loaded(args: argparse.Namespace, config, images: list | None, loras: list):
+    """The loaded pipeline, ``config`` at its resolution (the model's own where none was given), and
+    the source images at that size (read now if their size had to wait for the model)."""
+    pipe = load_pipeline(args, loras)
+    config = config.resolved(pipe.default_resolution)
+    return pipe, config, images if images is not None else _source_images(args, config.resolution)
 
 
 def _model_checks(args: argparse.Namespace) -> list:
