@@ -274,7 +274,6 @@ class Predictor(BasePredictor):
             self.output_dir = None
 
 
-
 def _env_bytes(name: str) -> int | None:
     """A byte count from the environment variable ``name``; None when it is unset or empty."""
     value = os.environ.get(name, "").strip()
