@@ -8,8 +8,9 @@ Cases (``--cases``):
 - generation: generation mode with the generation fused into the translation's calls, against
   generating first and translating after;
 - images: images translated per second with 1, 2 and 4 images per call (``--images``);
-- compile: a warm translation through a compiled UNet against the eager one, and the time the
-  first compiled call takes (compiling).
+- compile: a warm translation through a compiled UNet against the eager one, the time the
+  first compiled call takes (compiling), and how far the compiled result is from the eager one
+  on a source the compiled UNet first sees after the timed runs.
 Each timing is the fastest of ``--repeats`` runs after a warm-up run. Results are ratios: absolute
 times on shared machines drift.
 """
@@ -143,6 +144,9 @@ def compile_case(pipe, image, args) -> list[dict]:
     pipe.set_source_cache(0)
     eager = {count: fastest(lambda c=count: pipe(image=image, **settings(args, c)).metrics, args.repeats, args.device)[0]
              for count in args.prompts}
+    # A source the compiled UNet first sees after the timed runs: stale (frozen) features or weights would show.
+    check = image.rotate(90)
+    expected = pipe(image=check, **settings(args, args.prompts[0])).images
     pipe.compile_unet(backend=args.compile_backend)
     rows = []
     for count in args.prompts:
@@ -153,6 +157,7 @@ def compile_case(pipe, image, args) -> list[dict]:
         compiled_s = fastest(lambda: pipe(image=image, **settings(args, count)).metrics, args.repeats, args.device)[0]
         rows.append({"prompts": count, "eager_s": eager[count], "compiled_s": compiled_s, "first_compiled_s": first_s,
                      "speedup": eager[count] / compiled_s})
+    rows[0]["max_abs_diff"] = float((pipe(image=check, **settings(args, args.prompts[0])).images - expected).abs().max())
     return rows
 
 
@@ -189,7 +194,9 @@ def format_report(report: dict) -> str:
         lines += ["Compiled UNet against eager", ""]
         lines += markdown_table(["P", "eager s", "compiled s", "speed-up", "first compiled call s"],
                                 [[r["prompts"], f"{r['eager_s']:.2f}", f"{r['compiled_s']:.2f}", f"{r['speedup']:.2f}",
-                                  f"{r['first_compiled_s']:.1f}"] for r in results["compile"]]) + [""]
+                                  f"{r['first_compiled_s']:.1f}"] for r in results["compile"]])
+        lines += ["", f"Compiled against eager on a source first seen after compiling: max |difference| "
+                      f"{results['compile'][0]['max_abs_diff']:.2e} in the final latents", ""]
     if (report["other_cpu_share"] or 0) > 0.05:
         lines += [f"NOTE: other processes took {report['other_cpu_share']:.0%} of the CPU during the run: times are disturbed"]
     return "\n".join(lines)

@@ -137,8 +137,8 @@ def test_rows_only_prints_the_default_schedule_without_running(capsys):
 def test_workflows_measure_each_case(tmp_path):
     out = tmp_path / "workflows.json"
     command = [sys.executable, "-m", "benchmarks.workflows", "--model", "tiny", "--resolution", "128", "--steps", "3",
-               "--images", "1,2", "--repeats", "1", "--threads", "1", "--cases", "cache,generation,images",
-               "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+               "--images", "1,2", "--repeats", "1", "--threads", "1", "--cases", "cache,generation,images,compile",
+               "--compile-backend", "eager", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
     done = subprocess.run(command, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -151,7 +151,13 @@ def test_workflows_measure_each_case(tmp_path):
     one, two = results["images"]
     assert (one["unet_calls"], two["unet_calls"]) == (6, 6) and two["unet_rows"] == 2 * one["unet_rows"]
     assert two["throughput_ratio"] == pytest.approx(two["images_per_s"] / one["images_per_s"])
+    [compiled] = results["compile"]
+    assert compiled["first_compiled_s"] > 0 and compiled["speedup"] == pytest.approx(compiled["eager_s"] / compiled["compiled_s"])
+    # The eager backend runs the traced graph with the same kernels in the same order: the same numbers, up to
+    # float32 rounding where dynamo reorders an elementwise expression.
+    assert compiled["max_abs_diff"] < 1e-5
     assert "Repeat call on a cached source" in done.stdout and "Several images per call" in done.stdout
+    assert "Compiled against eager on a source first seen after compiling" in done.stdout
 
 
 def test_attention_pca_benchmark_reports_memory_against_the_whole_maps(capsys):
