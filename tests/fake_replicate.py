@@ -14,9 +14,9 @@ import json
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
+from local_http import LocalServer, QuietHandler
 
 TOKEN = "r8_fake_token_for_tests"
 _MODEL_PATH = re.compile(r"^/v1/models/([^/]+)/([^/]+)/predictions$")
@@ -34,7 +34,7 @@ class FakeReplicate:
         self._lock = threading.Lock()
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self):
                 if not fake._authorized(self):
                     return self._send(401, {"detail": "Invalid token."})
@@ -58,26 +58,13 @@ class FakeReplicate:
                 self._send(200, prediction) if prediction else self._send(404, {"detail": "Not found."})
 
             def _send(self, status, body):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_body(json.dumps(body).encode(), status, "application/json")
 
             def _send_bytes(self, data):
-                self.send_response(200)
-                self.send_header("Content-Type", "image/png")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_body(data, 200, "image/png")
 
-            def log_message(self, *args):
-                pass
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+        self.server = LocalServer(Handler)
+        self.url = self.server.url
 
     def _authorized(self, handler) -> bool:
         return handler.headers.get("Authorization") == f"Bearer {TOKEN}"
@@ -116,5 +103,4 @@ class FakeReplicate:
         prediction.update(output=urls, status="succeeded")
 
     def stop(self) -> None:
-        self.http.shutdown()
-        self.http.server_close()
+        self.server.stop()

@@ -10,13 +10,13 @@ import shutil
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
 from PIL import Image
 
 from cog_server import FAST, FORM_ORDER, CogServer, data_uri, decode_data_uri, sample_photo, write_schema
+from local_http import LocalServer, QuietHandler
 from pnp.config import MAX_RESOLUTION, MAX_SAMPLING_STEPS, MIN_RESOLUTION, NEGATIVE_SCHEDULES
 from pnp.outputs import OUTPUT_FORMATS
 
@@ -75,24 +75,17 @@ class FileServer:
         self.first_byte, self.last_byte = threading.Event(), threading.Event()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self):
                 if self.path == "/slow.png":
                     return server.send_slowly(self)
                 data = server.files.get(self.path.partition("?")[0])
                 if data is None:
                     return self.send_error(404)
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_body(data)
 
-            def log_message(self, *args):
-                pass
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+        self.server = LocalServer(Handler)
+        self.url = self.server.url
 
     def send_slowly(self, handler) -> None:
         handler.send_response(200)
@@ -109,8 +102,7 @@ class FileServer:
         handler.wfile.write(b"x")
 
     def stop(self) -> None:
-        self.http.shutdown()
-        self.http.server_close()
+        self.server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -285,18 +277,14 @@ class WebhookReceiver:
     def __init__(self) -> None:
         received = self.received = []
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self):
                 received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
                 self.send_response(200)
                 self.end_headers()
 
-            def log_message(self, *args):
-                pass
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/webhook"
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+        self.server = LocalServer(Handler)
+        self.url = f"{self.server.url}/webhook"
 
     def wait_for(self, condition, timeout_s=120):
         deadline = time.monotonic() + timeout_s
@@ -307,8 +295,7 @@ class WebhookReceiver:
         raise TimeoutError(f"no such webhook update; last: {self.received[-1:]}")
 
     def stop(self) -> None:
-        self.http.shutdown()
-        self.http.server_close()
+        self.server.stop()
 
 
 def test_a_cancelled_prediction_is_followed_by_a_successful_one(server, photo):
