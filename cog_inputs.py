@@ -26,7 +26,7 @@ from PIL import Image
 
 from pnp.config import ConfigError
 from pnp.images import ImageError, load_image
-from pnp.lora import check_lora_file
+from pnp.pipelines.lora import check_lora_file
 
 # NamedTemporaryFile's name: "tmp", 8 characters of tempfile's alphabet, then the suffix.
 _REQUEST_FILE = re.compile(r"tmp[a-z0-9_]{8}(?P<name>.*)", re.DOTALL)

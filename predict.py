@@ -27,12 +27,12 @@ import torch  # noqa: E402
 
 from pnp.config import ConfigError, PnPConfig, check_float  # noqa: E402
 from pnp.devices import dtype_name  # noqa: E402
-from pnp.features import write_feature_grids  # noqa: E402
-from pnp.form import PROMPT_SEPARATOR, config_resolution, form_name  # noqa: E402
-from pnp.lora import load_loras  # noqa: E402
+from pnp.visual.maps import write_feature_grids  # noqa: E402
+from pnp.app.form import PROMPT_SEPARATOR, config_resolution, form_name  # noqa: E402
+from pnp.pipelines.lora import load_loras  # noqa: E402
 from pnp.outputs import OutputOptions, write_outputs  # noqa: E402
-from pnp.pipeline import PnPPipeline  # noqa: E402
-from pnp.weights import locate_weights  # noqa: E402
+from pnp.pipelines.base import PnPPipeline  # noqa: E402
+from pnp.pipelines.weights import locate_weights  # noqa: E402
 
 WEIGHTS_DIR = LocalPath(__file__).resolve().parent / "weights"
 SOURCE_CACHE_ENV = "PNP_SOURCE_CACHE_BYTES"

@@ -18,10 +18,10 @@ import sys
 import torch
 
 from pnp.devices import DTYPE_NAMES, default_dtype, dtype_name
-from pnp.injection import FeatureInjector
-from pnp.pipeline import PnPPipeline
-from pnp.text import TextEmbeddings
-from pnp.unet import NoisePredictor
+from pnp.method.injection import FeatureInjector
+from pnp.pipelines.base import PnPPipeline
+from pnp.method.text import TextEmbeddings
+from pnp.method.noise_predictor import NoisePredictor
 
 from .replay import TIMESTEP, BareReplay, timed
 from .machine import add_machine_options, check_machine_options, model_folder

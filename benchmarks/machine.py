@@ -16,7 +16,7 @@ import diffusers
 import torch
 import transformers
 
-from pnp import random_models
+from pnp.pipelines import random_models
 from pnp.devices import default_device
 
 from .memory import MemoryTracker

@@ -6,7 +6,7 @@
 For every dtype, resolution and prompt count it runs one translation through ``PnPPipeline``
 (text encoding, VAE encoding, DDIM inversion, batched translation, decoding), then, in the same
 process, replays the same text-encoder batch, the exact sequence of UNet batch shapes of that run
-(``pnp.rows``) as bare UNet calls, and the same VAE work. The ratio of the two is the overhead of
+(``pnp.method.plan``) as bare UNet calls, and the same VAE work. The ratio of the two is the overhead of
 the implementation over the method's minimum. The model is
 Stable Diffusion 1.5-shaped with random weights (built once, saved, and loaded through the same
 code that loads real weights), or a diffusers folder of real weights.
@@ -28,8 +28,8 @@ from PIL import Image
 from pnp.config import ConfigError, PnPConfig
 from pnp.devices import DTYPE_NAMES, default_dtype, dtype_name
 from pnp.images import load_image, resize_for_model
-from pnp.pipeline import PnPPipeline
-from pnp.rows import inversion_rows, translation_rows
+from pnp.pipelines.base import PnPPipeline
+from pnp.method.plan import inversion_rows, translation_rows
 
 from .machine import OtherLoad, add_machine_options, check_machine_options, environment, model_folder
 from .memory import MemoryTracker

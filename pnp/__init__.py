@@ -7,12 +7,12 @@ bad arguments and unusable models.
 
 from importlib import import_module
 
-from .config import ConfigError, PnPConfig
-from .models import ModelError
+from pnp.config import ConfigError, PnPConfig
+from pnp.pipelines.loading import ModelError
 
 # These pull in torch, diffusers and transformers: imported on first use, so that the command
 # line answers --help at once and configures those libraries before they load.
-_LAZY = {"PnPPipeline": "pipeline", "PnPPipelineOutput": "pipeline", "InjectionError": "injection"}
+_LAZY = {"PnPPipeline": "pipelines.base", "PnPPipelineOutput": "pipelines.base", "InjectionError": "method.injection"}
 
 __all__ = ["ConfigError", "ModelError", "PnPConfig", *_LAZY]
 

@@ -12,7 +12,7 @@ import math
 import numbers
 from dataclasses import dataclass, fields, replace
 
-from .timesteps import MAX_INVERSION_STEPS, inversion_reaches, valid_inversion_steps
+from pnp.method.timesteps import MAX_INVERSION_STEPS, inversion_reaches, valid_inversion_steps
 
 NEGATIVE_SCHEDULES = ("constant", "linear", "exp")
 MAX_PROMPTS = 16

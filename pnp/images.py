@@ -28,7 +28,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from .config import ConfigError
+from pnp.config import ConfigError
 
 MAX_LONG_SIDE = 2  # the long side is at most this many times the requested resolution
 MAX_ASPECT = 8  # more extreme strips would lose their short side to the 64-px rounding

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .config import ConfigError, check_choice, check_int
+from pnp.config import ConfigError, check_choice, check_int
 
 OUTPUT_FORMATS = ("png", "webp", "jpg")
 _PIL_FORMATS = {"png": "PNG", "webp": "WEBP", "jpg": "JPEG"}

@@ -11,7 +11,7 @@ import pytest
 from benchmarks.run import main
 from benchmarks.schedule import public_rows
 from pnp.config import PnPConfig
-from pnp.rows import inversion_rows, translation_rows
+from pnp.method.plan import inversion_rows, translation_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_STEPS = 10  # what --quick promises in the command's help

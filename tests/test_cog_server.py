@@ -15,8 +15,8 @@ import pytest
 import requests
 from PIL import Image
 
-from cog_server import FAST, FORM_ORDER, CogServer, data_uri, decode_data_uri, sample_photo, write_schema
-from local_http import LocalServer, QuietHandler
+from support.cog_server import FAST, FORM_ORDER, CogServer, data_uri, decode_data_uri, sample_photo, write_schema
+from support.local_http import LocalServer, QuietHandler
 from pnp.config import MAX_RESOLUTION, MAX_SAMPLING_STEPS, MIN_RESOLUTION, NEGATIVE_SCHEDULES
 from pnp.outputs import OUTPUT_FORMATS
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pnp.config import ConfigError, PnPConfig, check_seed, describe_ranges
-from pnp.timesteps import inversion_reaches, leading_timesteps, valid_inversion_steps
+from pnp.method.timesteps import inversion_reaches, leading_timesteps, valid_inversion_steps
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,9 @@ from cog.types import URLPath, get_filename
 from PIL import Image
 
 import predict
-from cog_server import FAST, FORM_ORDER, data_uri, sample_photo
-from helpers import all_hooks
+from support.cog_server import FAST, FORM_ORDER, data_uri, sample_photo
+from support.predictor import PREDICT_PARAMETERS, fetched_from, run, sent_as
+from support.hooks import all_hooks
 from pnp.config import (
     MAX_PROMPTS,
     MAX_RESOLUTION,
@@ -29,12 +30,12 @@ from pnp.config import (
     check_seed,
     describe_ranges,
 )
-from pnp.form import MODEL_RESOLUTION, config_resolution
+from pnp.app.form import MODEL_RESOLUTION, config_resolution
 from pnp.images import ImageError
-from pnp.lora import MAX_LORA_SCALE, MIN_LORA_SCALE
-from pnp.models import ModelError
+from pnp.pipelines.lora import MAX_LORA_SCALE, MIN_LORA_SCALE
+from pnp.pipelines.loading import ModelError
 from pnp.outputs import OUTPUT_FORMATS, OutputOptions
-from pnp.timesteps import MAX_INVERSION_STEPS, valid_inversion_steps
+from pnp.method.timesteps import MAX_INVERSION_STEPS, valid_inversion_steps
 from predict import Predictor
 
 # Form input -> the pipeline parameter (PnPConfig field, seed, or OutputOptions field) it sets as it is.
@@ -48,9 +49,6 @@ ENGINE_FIELDS = {
     "output_format": "output_format", "output_quality": "output_quality", "generation_prompt": "generation_prompt",
 }
 OUTPUT_FIELDS = ("output_format", "output_quality")
-PREDICT_PARAMETERS = {
-    name: p.default for name, p in inspect.signature(Predictor.predict).parameters.items() if name != "self"
-}
 PREDICT_HINTS = typing.get_type_hints(Predictor.predict)
 INTEGER_INPUTS = [n for n in PREDICT_PARAMETERS if int in (PREDICT_HINTS[n], *typing.get_args(PREDICT_HINTS[n]))]
 REFUSED = ("input_image: only a file the request brings is read: an upload, a data: URI or an http(s) URL, "
@@ -84,27 +82,9 @@ def output_folders(root) -> list:
     return [p for p in root.iterdir() if p.is_dir()]
 
 
-def sent_as(uri: str) -> Path:
-    """The file the Cog server makes of a data: URI given for a Path input: cog.types' own code, as coglet calls it."""
-    return Path.validate(uri).convert()
-
-
-def fetched_from(url: str, data: bytes) -> Path:
-    """The file the Cog server makes of an http(s) URL that serves ``data``: Cog's code, without the network."""
-    return URLPath(source=url, filename=get_filename(url), fileobj=io.BytesIO(data)).convert()
-
-
 @pytest.fixture
 def photo_file(outputs_root):
     return sent_as(data_uri(sample_photo()))
-
-
-def run(model, **inputs):
-    """Call predict() as Cog does: every input given, defaults for those not in ``inputs``."""
-    values = {name: field.default for name, field in PREDICT_PARAMETERS.items()}
-    values.update(FAST)
-    values.update(inputs)
-    return model.predict(**values)
 
 
 def pixels(path) -> np.ndarray:
@@ -474,8 +454,8 @@ def test_setup_offline_without_weights_says_how_to_supply_them(tmp_path, monkeyp
 @pytest.fixture(scope="module")
 def checked_predictor(tmp_path_factory, tiny_model_dir):
     """A predictor whose weights include a tiny safety checker that flags every image."""
-    from pnp.pipeline import PnPPipeline
-    from pnp.random_models import build_random_safety_checker
+    from pnp.pipelines.base import PnPPipeline
+    from support.models import build_random_safety_checker
 
     checker, extractor = build_random_safety_checker()
     with torch.no_grad():

@@ -2,7 +2,7 @@
 
 A backend takes jobs (one source and all its prompts, with the exact settings and seed) and
 yields translations as they finish, in any order. The local backend runs ``PnPPipeline``; the
-others send the same settings to our Cog predictor (``pnp.form``) and get lossless PNGs back, so
+others send the same settings to our Cog predictor (``pnp.app.form``) and get lossless PNGs back, so
 outputs are the same whichever backend ran them. Torch-free.
 """
 
@@ -18,8 +18,8 @@ from urllib.parse import urlparse
 
 from PIL import Image
 
-from ..config import ConfigError, PnPConfig
-from .sources import Source
+from pnp.config import ConfigError, PnPConfig
+from pnp.evaluation.benchmarks import Source
 
 LOCAL = "local"
 # The local backend translates real images with the same prompts and settings (ImageNet-R-TI2I's

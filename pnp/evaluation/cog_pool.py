@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterable, Iterator
 
 import requests
 
-from ..config import ConfigError
-from ..form import form_inputs
-from ..models import first_line
-from .backends import BackendError, Job, Translation, decode_image, file_data_uri, read_output, split_outputs
+from pnp.config import ConfigError
+from pnp.app.form import form_inputs
+from pnp.pipelines.loading import first_line
+from pnp.evaluation.backends import BackendError, Job, Translation, decode_image, file_data_uri, read_output, split_outputs
 
 HEALTH_TIMEOUT_S = 10
 BUSY_POLL_S = 0.1

@@ -12,14 +12,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..config import check_int
-from ..form import form_inputs
-from ..models import RANDOM_MODELS
-from .backends import IMAGES_PER_CALL, LOCAL, BackendError, make_job, parse_backend
-from .metric_models import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL, RANDOM
-from .metrics import STRUCTURE_VARIANTS
-from .records import Plan, check_folder
-from .sources import load_benchmark
+from pnp.config import check_int
+from pnp.app.form import form_inputs
+from pnp.pipelines.loading import RANDOM_MODELS
+from pnp.evaluation.backends import IMAGES_PER_CALL, LOCAL, BackendError, make_job, parse_backend
+from pnp.evaluation.metric_models import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL, RANDOM
+from pnp.evaluation.metrics import STRUCTURE_VARIANTS
+from pnp.evaluation.records import Plan, check_folder
+from pnp.evaluation.benchmarks import load_benchmark
 
 BOTH = "both"
 DEFAULT_PARALLEL = 8
@@ -53,18 +53,18 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """The evaluate command: returns 0, or 1 when translation failed midway (finished sources are kept)."""
-    from ..cli import load_pipeline
+    from pnp.app.cli import load_pipeline
 
     plan, backend = _plan(args)
     warn = _warner()
     suite = _metric_suite(args, plan, warn)
     if backend is None:
-        from .local import LocalBackend
+        from pnp.evaluation.local import LocalBackend
 
         pipe = load_pipeline(args)
         pipe.set_progress_bar_config(disable=True)  # the evaluation's own bar counts pairs
         backend = LocalBackend(pipe, args.images_per_call)
-    from .runner import run
+    from pnp.evaluation.runner import run
 
     try:
         summary = run(plan, backend, suite, quiet=args.quiet, log=lambda line: print(line, file=sys.stderr))
@@ -78,7 +78,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace):
     """Check every input and prepare the output folder; returns the plan and the remote backend (None: local)."""
-    from ..cli import translation_config
+    from pnp.app.cli import translation_config
 
     base = translation_config(args, prompt=PLACEHOLDER_PROMPT)
     limit = None if args.limit is None else check_int("limit", args.limit, 1, 10**9)
@@ -106,18 +106,18 @@ def _plan(args: argparse.Namespace):
 
 def _remote_backend(spec, args):
     if spec.kind == "http":
-        from .cog_pool import CogPool
+        from pnp.evaluation.cog_pool import CogPool
 
         return CogPool(spec.urls, _warner())
-    from .replicate_backend import ReplicateBackend
+    from pnp.evaluation.replicate_backend import ReplicateBackend
 
     return ReplicateBackend(spec.model, check_int("parallel", args.parallel, 1, 1000), _warner())
 
 
 def _metric_suite(args: argparse.Namespace, plan: Plan, warn):
-    from ..devices import default_device
-    from ..environment import configure_libraries
-    from .metrics import load_metric_suite
+    from pnp.devices import default_device
+    from pnp.environment import configure_libraries
+    from pnp.evaluation.metrics import load_metric_suite
 
     configure_libraries()
     if RANDOM in (args.clip_model, args.dino_model):

@@ -10,8 +10,8 @@ import html
 import math
 from pathlib import Path
 
-from .metrics import METRICS
-from .records import write_atomic
+from pnp.evaluation.metrics import METRICS
+from pnp.evaluation.records import write_atomic
 
 THUMBNAIL_PX = 192
 # The scores shown under each output, in this order (those a pair has).

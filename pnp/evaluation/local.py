@@ -6,8 +6,8 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from ..images import load_image
-from .backends import IMAGES_PER_CALL, LOCAL, Job, Translation
+from pnp.images import load_image
+from pnp.evaluation.backends import IMAGES_PER_CALL, LOCAL, Job, Translation
 
 
 class LocalBackend:

@@ -11,7 +11,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..models import ModelError, first_line
+from pnp.pipelines.loading import ModelError, first_line
 
 # CLIP ViT-L/14: the model of PIE-Bench's CLIP scores, used for the paper's cosine too (one model, one load).
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
@@ -24,7 +24,7 @@ def load_clip(name: str, device: str):
     """(CLIPModel, CLIPProcessor) of ``name`` on ``device``, in float32 and eval mode."""
     from transformers import CLIPModel, CLIPProcessor
 
-    from .random_metric_models import save_random_clip
+    from pnp.evaluation.random_metric_models import save_random_clip
 
     with _located(name, "--clip-model", save_random_clip) as (where, options):
         model = CLIPModel.from_pretrained(where, **options)
@@ -36,7 +36,7 @@ def load_dino(name: str, device: str):
     """The ViTModel of ``name`` on ``device``, in float32 and eval mode."""
     from transformers import ViTModel
 
-    from .random_metric_models import save_random_dino
+    from pnp.evaluation.random_metric_models import save_random_dino
 
     with _located(name, "--dino-model", save_random_dino) as (where, options):
         model = ViTModel.from_pretrained(where, add_pooling_layer=False, **options)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from .sources import PIE_BENCH, Source
+from pnp.evaluation.benchmarks import PIE_BENCH, Source
 
 # The structure distance's two input scales (see ``structure``): images in 0..1, or in 0..255 as PIE-Bench's code feeds them.
 SPLICE_INPUT = "splice"
@@ -53,9 +53,9 @@ class MetricSuite:
 
     def score(self, source: Source, source_image: Image.Image, outputs: list[Image.Image]) -> list[dict[str, float | None]]:
         """The scores of each output (one per prompt of ``source``), in prompt order."""
-        from .background import background_scores
-        from .clip import clip_score, masked
-        from .piebench import decode_mask
+        from pnp.evaluation.background import background_scores
+        from pnp.evaluation.clip import clip_score, masked
+        from pnp.evaluation.piebench import decode_mask
 
         outputs = [same_size(output, source_image.size) for output in outputs]
         prompts = list(source.prompts)
@@ -80,9 +80,9 @@ def same_size(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 def load_metric_suite(kind: str, clip_model: str, dino_model: str, variants: tuple[str, ...], device: str, warn) -> MetricSuite:
     """Load the models a benchmark of ``kind`` needs; LPIPS (PIE-Bench only) is skipped with a warning where unavailable."""
-    from .clip import ClipSimilarity
-    from .metric_models import MetricUnavailable, load_clip, load_dino, load_lpips
-    from .structure import StructureDistance
+    from pnp.evaluation.clip import ClipSimilarity
+    from pnp.evaluation.metric_models import MetricUnavailable, load_clip, load_dino, load_lpips
+    from pnp.evaluation.structure import StructureDistance
 
     suite = MetricSuite(ClipSimilarity(*load_clip(clip_model, device)), StructureDistance(load_dino(dino_model, device)),
                         variants)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, ViTConfig, ViTModel
 
-from ..random_models import byte_level_tokenizer
+from pnp.pipelines.random_models import byte_level_tokenizer
 
 CLIP_IMAGE_SIZE = 32  # the real models read 224 px; the tiny one reads less to stay fast
 

@@ -17,9 +17,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError
-from .backends import Job
-from .sources import Benchmark
+from pnp.config import ConfigError
+from pnp.evaluation.backends import Job
+from pnp.evaluation.benchmarks import Benchmark
 
 MANIFEST = "run.json"
 RECORDS = "records"

@@ -11,8 +11,8 @@ import io
 import math
 from pathlib import Path
 
-from .metrics import METRICS
-from .records import write_atomic, write_json
+from pnp.evaluation.metrics import METRICS
+from pnp.evaluation.records import write_atomic, write_json
 
 # PIE-Bench's editing_type_id values.
 EDITING_TYPES = {

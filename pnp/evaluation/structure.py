@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .metrics import PIE_BENCH_INPUT, SPLICE_INPUT, STRUCTURE_VARIANTS
+from pnp.evaluation.metrics import PIE_BENCH_INPUT, SPLICE_INPUT, STRUCTURE_VARIANTS
 
 # The value each variant feeds the normalisation for a full-intensity pixel.
 _FULL_SCALE = {SPLICE_INPUT: 1.0, PIE_BENCH_INPUT: 255.0}

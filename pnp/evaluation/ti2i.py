@@ -14,9 +14,9 @@ from __future__ import annotations
 import numbers
 from pathlib import Path
 
-from ..config import ConfigError, check_float, check_int, check_seed
-from ..outputs import slug
-from .sources import TI2I, Benchmark, Generation, Source, check_image, check_prompts
+from pnp.config import ConfigError, check_float, check_int, check_seed
+from pnp.outputs import slug
+from pnp.evaluation.benchmarks import TI2I, Benchmark, Generation, Source, check_image, check_prompts
 
 REAL_KEYS = ("init_img", "target_prompts")
 GENERATED_KEYS = ("source_prompt", "seed", "scale", "ddim_steps", "target_prompts")

@@ -1,0 +1,350 @@
+"""Command line: ``python -m pnp translate|features|evaluate|ui|download-weights ...``.
+
+Every input is checked before the model loads, and torch and diffusers are imported only once
+a command needs them, so ``--help`` and argument errors answer at once. Bad input prints one
+line, ``error: ...``, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import socket
+import sys
+from pathlib import Path
+
+from pnp.config import NEGATIVE_SCHEDULES, ConfigError, PnPConfig, check_seed
+from pnp.devices import DTYPE_NAMES
+from pnp.evaluation.command import add_evaluate_arguments, run_evaluate
+from pnp.visual.maps import DEFAULT_LAYERS, LAYER_HELP, check_feature_folder, feature_request, run_config, write_feature_maps
+from pnp.images import ImageError, check_image, load_image
+from pnp.pipelines.lora import MAX_LORA_SCALE, MIN_LORA_SCALE, parse_lora
+from pnp.pipelines.loading import DEFAULT_MODEL, RANDOM_MODELS, ModelError
+from pnp.outputs import OUTPUT_FORMATS, OutputOptions, check_output_folder, write_outputs
+
+EXIT_USAGE = 2
+# Flags whose name is not the parameter's own ("--" + name with dashes).
+FLAGS = {
+    "num_inference_steps": "--steps",
+    "num_inversion_steps": "--inversion-steps",
+    "guidance_scale": "--scale",
+    "generation_guidance_scale": "--generation-scale",
+    "output_format": "--format",
+    "output_quality": "--quality",
+    "benchmark": "BENCHMARK",
+    "injection_layers": "--injection-layers",
+}
+# The injection layer sets by name (pnp.method.injection.LAYER_SETS, which needs torch; tests check they agree).
+LAYER_SET_NAMES = ("sd", "sdxl", "sdxl-first-block")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 for any bad input, with a one-line message)."""
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ConfigError as err:
+        print(f"error: {flag(err.param)}: {err.reason}", file=sys.stderr)
+    except ModelError as err:
+        print(f"error: {err}", file=sys.stderr)
+    except OSError as err:
+        print(f"error: {err.strerror or err}: {err.filename or ''}".rstrip(": "), file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return EXIT_USAGE
+
+
+def flag(param: str) -> str:
+    """The command-line flag of a configuration parameter."""
+    return FLAGS.get(param, "--" + param.replace("_", "-"))
+
+
+def _translate(args: argparse.Namespace) -> int:
+    # Everything the user typed is checked before the (slow) imports and model load.
+    config = translation_config(args, prompt=args.prompt, **_source_settings(args))
+    seed = check_seed(args.seed)
+    options = OutputOptions(args.format, args.quality)
+    images = _source_images(args, config.resolution)
+    loras = _model_checks(args)
+    out = check_output_folder(args.out, args.overwrite)
+
+    pipe, config, images = _loaded(args, config, images, loras)
+    if args.compile:
+        slower = "; on a CPU the compiled steps were measured slower than eager" if pipe.device.type == "cpu" else ""
+        print(f"compiling the UNet: the first steps of each kind take minutes{slower}", file=sys.stderr)
+        pipe.compile_unet()
+    result = pipe(image=images or None, generator=_generator(seed), **config.as_kwargs())
+    labels = [Path(path).stem for path in args.image or []]
+    for path in write_outputs(result, config.prompt, out, options, labels):
+        print(path)
+    return 0
+
+
+def _features(args: argparse.Namespace) -> int:
+    prompts = args.prompt or []
+    config = run_config(prompts, **_source_settings(args), **_translation_settings(args))
+    request = feature_request(args.layers, args.timesteps, config.num_inference_steps)
+    seed = check_seed(args.seed)
+    if len(args.image or []) > 1:
+        raise ImageError("image", f"{len(args.image)} images given; the maps show one source: give one --image")
+    images = _source_images(args, config.resolution)
+    loras = _model_checks(args)
+    out = check_feature_folder(args.out, args.overwrite)
+
+    pipe, config, images = _loaded(args, config, images, loras)
+    settings = {k: v for k, v in config.as_kwargs().items() if k != "prompt"}
+    maps = pipe.feature_maps(prompts, images[0] if images else None, list(request.timesteps), list(request.maps),
+                             generator=_generator(seed), **settings)
+    for path in write_feature_maps(maps, out):
+        print(path)
+    return 0
+
+
+def translation_config(args: argparse.Namespace, **source) -> PnPConfig:
+    """The validated settings of ``add_translate_options``'s flags; ``source`` gives the prompts and the rest."""
+    return PnPConfig(**_translation_settings(args), **source)
+
+
+def _translation_settings(args: argparse.Namespace) -> dict:
+    """``add_translate_options``'s flags as PnPConfig fields."""
+    return dict(
+        num_inference_steps=args.steps,
+        num_inversion_steps=args.inversion_steps,
+        guidance_scale=args.scale,
+        feature_injection_threshold=args.feature_injection_threshold,
+        attention_injection_threshold=args.attention_injection_threshold,
+        negative_prompt=args.negative_prompt,
+        negative_prompt_alpha=args.negative_prompt_alpha,
+        negative_prompt_schedule=args.negative_prompt_schedule,
+        resolution=args.resolution,
+        max_batch_size=args.max_batch_size,
+    )
+
+
+def _source_settings(args: argparse.Namespace) -> dict:
+    """``_add_source_options``'s flags as PnPConfig fields."""
+    return dict(generation_prompt=args.generation_prompt, generation_guidance_scale=args.generation_scale)
+
+
+def _source_images(args: argparse.Namespace, resolution: int | None) -> list | None:
+    """Every ``--image``, read at its working size (a large image is shrunk while it is read, one
+    too long is refused); none in generation mode. Without a resolution (the model's own, known
+    once it has loaded) they are only checked, from their headers: None."""
+    if resolution is None and args.image:
+        for path in args.image:
+            check_image(path)
+        return None
+    return [load_image(path, resolution) for path in args.image or []]
+
+
+def _loaded(args: argparse.Namespace, config, images: list | None, loras: list):
+    """The loaded pipeline, ``config`` at its resolution (the model's own where none was given), and
+    the source images at that size (read now if their size had to wait for the model)."""
+    pipe = load_pipeline(args, loras)
+    config = config.resolved(pipe.default_resolution)
+    return pipe, config, images if images is not None else _source_images(args, config.resolution)
+
+
+def _model_checks(args: argparse.Namespace) -> list:
+    """Check the model options before anything loads; returns the ``--lora`` adapters as (path, scale)."""
+    from pnp.pipelines.single_file import check_single_file, is_single_file
+
+    single = is_single_file(args.model) and args.model not in RANDOM_MODELS
+    if single:
+        check_single_file(args.model, args.allow_pickle)
+    elif args.config is not None:
+        raise ConfigError("config", "a base configuration is only for a single-file --model (.safetensors)")
+    return [parse_lora(spec, args.allow_pickle) for spec in args.lora or []]
+
+
+def _generator(seed: int):
+    import torch
+
+    return torch.Generator("cpu").manual_seed(seed)
+
+
+def load_pipeline(args: argparse.Namespace, loras: list | None = None):
+    """The pipeline of ``--model`` on ``--device`` in ``--dtype`` with the ``loras`` (``_model_checks``) and
+    ``--injection-layers``; says which, and whether its outputs are noise."""
+    from pnp.environment import configure_libraries, log_to
+
+    configure_libraries()  # before anything imports diffusers or transformers
+    log_to("stderr")
+    from pnp.devices import dtype_name
+    from pnp.pipelines.lora import load_loras
+    from pnp.pipelines.loading import open_model
+    from pnp.pipelines.base import PnPPipeline
+    from pnp.pipelines.single_file import is_single_file
+
+    loras = _model_checks(args) if loras is None else loras
+    if args.model in RANDOM_MODELS:
+        print(f"note: --model {args.model} has random weights; its outputs are noise", file=sys.stderr)
+    with open_model(args.model) as model:
+        if args.model not in RANDOM_MODELS and is_single_file(args.model):
+            pipe = PnPPipeline.from_single_file(model, device=args.device, dtype=args.dtype, config=args.config,
+                                                allow_pickle=args.allow_pickle)
+        else:
+            pipe = PnPPipeline.from_pretrained(model, device=args.device, dtype=args.dtype)
+    load_loras(pipe, loras)
+    if args.injection_layers is not None:
+        try:
+            pipe.set_injection_layers(args.injection_layers)
+        except ValueError as err:
+            raise ConfigError("injection_layers", str(err).removeprefix("injection layers: ")) from None
+    pipe.set_progress_bar_config(disable=args.quiet)
+    adapters = "".join(f", LoRA {path.name} at {scale:g}" for path, scale in loras)
+    print(f"model {args.model} ({type(pipe).__name__}) on {pipe.device} ({dtype_name(pipe.unet.dtype)}{adapters}, "
+          f"{pipe.default_resolution} px by default)", file=sys.stderr)
+    return pipe
+
+
+def _ui(args: argparse.Namespace) -> int:
+    # Gradio is an optional dependency; the port is checked before the slow model load.
+    if importlib.util.find_spec("gradio") is None:
+        print("error: the web UI needs Gradio: pip install -r requirements-ui.txt", file=sys.stderr)
+        return EXIT_USAGE
+    _check_port(args.host, args.port)
+    pipe = load_pipeline(args)
+    from pnp.app.ui import serve
+
+    serve(pipe, args.model, host=args.host, port=args.port, share=args.share)
+    return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    if not 0 < port < 2**16:
+        raise ConfigError("port", f"{port} is not a port number; use one from 1 to 65535")
+    with socket.socket() as probe:
+        # As the web server binds: a port whose last connections are closing is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise ConfigError("port", f"cannot serve on {host}:{port} ({err.strerror}); choose another --port or --host") from None
+
+
+def _download_weights(args: argparse.Namespace) -> int:
+    from pnp.pipelines.weights import download_weights
+
+    print(download_weights(args.model, Path(args.out), with_safety_checker=args.with_safety_checker))
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line: ``error: ...``."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m pnp", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    t = commands.add_parser("translate", help="translate an image (or a generated one) into each prompt")
+    t.set_defaults(run=_translate)
+    t.add_argument("--prompt", action="append", required=True, help="target prompt; repeat for several")
+    t.add_argument("--out", required=True,
+                   help="folder for the output images (created if missing; it must not hold an earlier run's outputs)")
+    t.add_argument("--overwrite", action="store_true", help="delete an earlier run's outputs in --out first")
+    _add_source_options(t, "image to translate (PNG, JPEG, WebP, GIF, ...); repeat for several, each into every prompt")
+    t.add_argument("--format", default=OutputOptions.output_format, help=f"output format: {', '.join(OUTPUT_FORMATS)}")
+    t.add_argument("--quality", type=int, default=OutputOptions.output_quality, help="webp/jpg quality (1-100)")
+    t.add_argument("--compile", action="store_true",
+                   help="run the UNet through torch.compile after minutes of compiling; meant for GPUs (on a CPU the "
+                   "compiled steps were measured slower: README, Performance)")
+    add_translate_options(t)
+
+    f = commands.add_parser(
+        "features", help="PCA maps of decoder features and self-attention of a source and its translations"
+    )
+    f.set_defaults(run=_features)
+    f.add_argument("--prompt", action="append", default=None,
+                   help="target prompt, translated and shown with the source; repeat for several (none: source only)")
+    f.add_argument("--out", required=True,
+                   help="folder for <module>/NN-<label>-t<T>.png and <module>.png grids (not holding earlier maps)")
+    f.add_argument("--overwrite", action="store_true", help="delete an earlier run's maps in --out first")
+    f.add_argument("--timesteps", type=int, nargs="+", default=None,
+                   help="sampling timesteps to show (default: five spread over the --steps schedule)")
+    f.add_argument("--layers", nargs="+", default=None, metavar="MODULE",
+                   help=f"what to show, each {LAYER_HELP} (default: {' '.join(DEFAULT_LAYERS)})")
+    _add_source_options(f, "image to translate and show (PNG, JPEG, WebP, GIF, ...)")
+    add_translate_options(f)
+
+    e = commands.add_parser("evaluate", help="translate a benchmark's sources and score them with its published metrics")
+    e.set_defaults(run=run_evaluate)
+    add_evaluate_arguments(e)
+    add_translate_options(e)
+
+    u = commands.add_parser("ui", help="serve a web page for translating images (needs requirements-ui.txt)")
+    u.set_defaults(run=_ui, quiet=True)
+    u.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every network interface)")
+    u.add_argument("--port", type=int, default=7860, help="port to serve on")
+    u.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
+    _add_model_options(u)
+
+    d = commands.add_parser("download-weights", help="download a model's diffusers files into a folder")
+    d.set_defaults(run=_download_weights)
+    d.add_argument("--model", default=DEFAULT_MODEL, help="model-hub id")
+    d.add_argument("--out", default="weights", help="folder to fill")
+    d.add_argument("--with-safety-checker", action="store_true",
+                   help="also fetch CompVis/stable-diffusion-safety-checker (safetensors only; into a folder that "
+                   "already holds a model, only the checker is added)")
+    return parser
+
+
+def _add_source_options(parser: argparse.ArgumentParser, image_help: str) -> None:
+    """The source (an image, or a generation prompt with its guidance and seed), for translate and features."""
+    defaults = PnPConfig()
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", action="append", help=image_help)
+    source.add_argument("--generation-prompt", help="generate the source image from this prompt instead")
+    parser.add_argument("--generation-scale", type=float, default=defaults.generation_guidance_scale,
+                        help="guidance scale of the source generation")
+    parser.add_argument("--seed", type=int, default=0, help="seed of a generated source's noise")
+
+
+def add_translate_options(parser: argparse.ArgumentParser) -> None:
+    """The flags of the model and of the translation settings, shared by every command that translates."""
+    defaults = PnPConfig()
+    parser.add_argument("--steps", type=int, default=defaults.num_inference_steps, help="sampling steps")
+    parser.add_argument("--inversion-steps", type=int, default=None, help="DDIM inversion steps (default: as --steps)")
+    parser.add_argument("--scale", type=float, default=defaults.guidance_scale, help="guidance scale of the translation")
+    parser.add_argument("--feature-injection-threshold", type=float, default=defaults.feature_injection_threshold,
+                        help="fraction of steps with residual feature injection (0-1)")
+    parser.add_argument("--attention-injection-threshold", type=float, default=defaults.attention_injection_threshold,
+                        help="fraction of steps with self-attention Q/K injection (0-1)")
+    parser.add_argument("--negative-prompt", default=None, help="what to steer away from")
+    parser.add_argument("--negative-prompt-alpha", type=float, default=defaults.negative_prompt_alpha,
+                        help="weight of the unconditional term against the negative prompt (0-1; lower is stronger)")
+    parser.add_argument("--negative-prompt-schedule", default=defaults.negative_prompt_schedule,
+                        help=f"how alpha changes over the steps: {', '.join(NEGATIVE_SCHEDULES)}")
+    parser.add_argument("--resolution", type=int, default=defaults.resolution,
+                        help="short side in pixels (multiple of 64; default: the model's own, 512 for SD 1.x, 768 for "
+                             "SD 2.1, 1024 for SDXL)")
+    parser.add_argument("--max-batch-size", type=int, default=None,
+                        help="most (image, prompt) targets per UNet call, to bound memory (default: all)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_model_options(parser)
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Which model (its adapters and injected layers), on which device, in which dtype."""
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="diffusers model folder or model-hub id (SD 1.x, 2.x, SDXL), a single-file .safetensors "
+                             f"checkpoint, or one of {', '.join(RANDOM_MODELS)} (random weights, for testing)")
+    parser.add_argument("--config", default=None,
+                        help="base configuration of a single-file --model: a diffusers folder or model-hub id of the "
+                             "same architecture (needed offline)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="also load pickled checkpoints and LoRA files (.ckpt, .bin): only from sources you trust")
+    parser.add_argument("--lora", action="append", default=None, metavar="PATH[:SCALE]",
+                        help=f"a LoRA adapter (.safetensors file, or a folder holding one) and its scale "
+                             f"({MIN_LORA_SCALE:g}-{MAX_LORA_SCALE:g}, default 1); repeat for several")
+    parser.add_argument("--injection-layers", default=None, choices=LAYER_SET_NAMES,
+                        help="where the source's features are injected (default: the model's own set, sd or sdxl; "
+                             "sdxl-first-block: only the first transformer block of each SDXL attention)")
+    parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
+    parser.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
+                        help="default: float16 on CUDA, bfloat16 on CPUs with bfloat16 instructions, else float32")

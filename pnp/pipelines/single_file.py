@@ -1,0 +1,104 @@
+"""Single-file checkpoints: one file holding every component in the original (LDM) layout, as community fine-tunes ship.
+
+They load through diffusers' ``from_single_file``, which converts each component and takes
+everything the file lacks (component configs, tokenizers, scheduler, including the prediction
+type) from a base configuration: a local diffusers folder or a model-hub id of the same
+architecture. Without one, diffusers guesses the architecture from the file and fetches the
+configuration from the model hub, which needs internet access: offline, the error says what to pass.
+
+Only safetensors files are read unless pickled checkpoints (.ckpt, .pt, .pth, .bin) are allowed
+explicitly: a pickle is a program, and although torch loads these with ``weights_only``, that
+is a larger attack surface than a format that holds only tensors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pnp.pipelines.loading import ModelError, first_line, is_sdxl
+
+SAFE_SUFFIX = ".safetensors"
+PICKLED_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+# A key only SDXL checkpoints have: the second text encoder (OpenCLIP bigG), in the original layout.
+SDXL_KEY_PREFIX = "conditioner.embedders.1."
+
+
+def is_single_file(model: str | Path) -> bool:
+    """Whether ``model`` names a checkpoint file rather than a diffusers folder or a hub id."""
+    return str(model).lower().endswith((SAFE_SUFFIX, *PICKLED_SUFFIXES)) or Path(model).expanduser().is_file()
+
+
+def check_single_file(model: str | Path, allow_pickle: bool = False) -> Path:
+    """The checkpoint file ``model`` names, if it exists and its format may be read; ModelError saying what to do otherwise."""
+    path = Path(model).expanduser()
+    if not path.is_file():
+        raise ModelError(f"model file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix in PICKLED_SUFFIXES and not allow_pickle:
+        raise ModelError(
+            f"model file {path} is a pickled checkpoint, which is not loaded by default: convert it to "
+            f"{SAFE_SUFFIX}, or pass --allow-pickle (allow_pickle=True) if you trust its source"
+        )
+    if suffix != SAFE_SUFFIX and suffix not in PICKLED_SUFFIXES:
+        raise ModelError(f"model file {path}: a checkpoint file must end in {SAFE_SUFFIX} (or, allowed explicitly, .ckpt)")
+    return path
+
+
+def load_single_file(cls, model: str | Path, config: str | Path | None, dtype, allow_pickle: bool, **kwargs):
+    """``cls.from_single_file`` for ``model`` with the base configuration ``config``; the SDXL class where the file is SDXL.
+
+    ``cls`` is PnPPipeline or a subclass; called on PnPPipeline, an SDXL file (by its
+    configuration, or without one by its keys) loads as PnPXLPipeline. Errors become ModelError.
+    """
+    from diffusers.loaders import FromSingleFileMixin
+
+    from pnp.pipelines.base import PnPPipeline
+
+    path = check_single_file(model, allow_pickle)
+    if config is not None:
+        config = str(Path(config).expanduser()) if Path(config).expanduser().is_dir() else str(config)
+    try:
+        xl = is_sdxl(config) if config is not None else _has_sdxl_keys(path)
+    except (OSError, ValueError) as err:
+        raise ModelError(
+            f"--config {config}: not a diffusers model folder or a model-hub id in the local cache ({first_line(err)}); "
+            "pass a folder written by `python -m pnp download-weights`"
+        ) from None
+    if cls is PnPPipeline and xl:
+        from pnp.pipelines.pipeline_pnp_xl import PnPXLPipeline
+
+        cls = PnPXLPipeline
+    options = {} if cls._safety_checker_options is False else {"safety_checker": None, "feature_extractor": None,
+                                                                "requires_safety_checker": False}
+    local = config is not None and Path(config).is_dir()
+    try:
+        # The mixin's own loader, for the class chosen here (PnPPipeline.from_single_file calls this function).
+        return FromSingleFileMixin.from_single_file.__func__(
+            cls, str(path), config=config, dtype=dtype, local_files_only=local, **options, **kwargs
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        if config is None:
+            raise ModelError(
+                f"model file {path}: its base configuration could not be fetched ({first_line(err)}). Offline, pass "
+                "--config (config=) with a diffusers folder of the same architecture, for example one written by "
+                "`python -m pnp download-weights --model stabilityai/stable-diffusion-xl-base-1.0 --out base` for an "
+                "SDXL checkpoint (stable-diffusion-v1-5/stable-diffusion-v1-5 for SD 1.x, "
+                "stabilityai/stable-diffusion-2-1 for SD 2.x)"
+            ) from None
+        raise ModelError(f"model file {path} does not load with the configuration {config} ({first_line(err)})") from None
+
+
+def _has_sdxl_keys(path: Path) -> bool:
+    if path.suffix.lower() == SAFE_SUFFIX:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as checkpoint:
+            keys = list(checkpoint.keys())
+    else:
+        import torch
+
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        while "state_dict" in state:
+            state = state["state_dict"]
+        keys = list(state)
+    return any(key.startswith(SDXL_KEY_PREFIX) for key in keys)
