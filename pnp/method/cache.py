@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from torch.utils.weak import WeakIdKeyDictionary
 
-from pnp.method.injection import Features, InjectionLayers
-from pnp.method.inversion import Trajectory
+from pnp.method.injection import InjectedFeatures, InjectionLayers
+from pnp.method.trajectory import Trajectory
 
 # Default budgets: a share of the device's memory.
 CUDA_SHARE, CPU_SHARE = 0.25, 0.10
@@ -43,22 +43,22 @@ class SourceKey:
 
 @dataclass
 class SourceEntry:
-    """A source's trajectory, its generated image's clean latent (generation mode), and its features per timestep."""
+    """A source's trajectory, its generated image's clean latent (generation mode), and its injected features per timestep."""
 
     trajectory: Trajectory
     clean: torch.Tensor | None = None
-    features: dict[int, Features] = field(default_factory=dict)
+    injected: dict[int, InjectedFeatures] = field(default_factory=dict)  # timestep -> the source row's features
 
     @property
     def nbytes(self) -> int:
         tensors = [*self.trajectory.latents.values(), *self.trajectory.embedding.tensors]
-        tensors += [t for features in self.features.values() for t in features.values()]
+        tensors += [t for features in self.injected.values() for t in features.values()]
         tensors += [] if self.clean is None else [self.clean]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def known(self, needed: dict[int, tuple[str, ...]]) -> frozenset[int]:
         """The timesteps at which every feature ``needed[t]`` lists is kept."""
-        return frozenset(t for t, names in needed.items() if t in self.features and set(names) <= set(self.features[t]))
+        return frozenset(t for t, names in needed.items() if t in self.injected and set(names) <= set(self.injected[t]))
 
 
 class SourceCache:

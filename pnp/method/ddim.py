@@ -8,6 +8,7 @@ converted once, by ``noise_from_output`` (called by ``pnp.method.noise_predictor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,9 @@ from diffusers import DDIMScheduler
 
 from pnp.method.timesteps import inversion_timesteps, sampling_timesteps
 
+# What the DDIM loops (inversion, generation, translation) call after every step, with the step's
+# index, timestep and latents; it returns the latents to go on with, or None to stop the loop.
+StepEnd = Callable[[int, int, torch.Tensor], "torch.Tensor | None"]
 # What a UNet may predict (the scheduler config's ``prediction_type``), as diffusers names them.
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 

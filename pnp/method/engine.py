@@ -10,8 +10,9 @@ import torch
 
 from pnp.method.ddim import DDIMSchedule, ddim_step
 from pnp.method.guidance import guided_noise
-from pnp.method.injection import FeatureInjector, Features, InjectionLayers
-from pnp.method.inversion import StepEnd, Trajectory
+from pnp.method.injection import FeatureInjector, InjectedFeatures, InjectionLayers
+from pnp.method.ddim import StepEnd
+from pnp.method.trajectory import Trajectory
 from pnp.method.plan import TranslationStep, UNetCall
 from pnp.method.text import TextEmbeddings
 from pnp.method.noise_predictor import NoisePredictor
@@ -21,15 +22,6 @@ class CallObserver(Protocol):
     """Something that wants to know which step and call (``UNetCall.layout``) the next UNet call computes."""
 
     def before_call(self, step: TranslationStep, call: UNetCall) -> None: ...
-
-
-@dataclass
-class Prompts:
-    """Text embeddings of a translation."""
-
-    targets: TextEmbeddings  # one row per target prompt
-    uncond: TextEmbeddings  # the empty prompt (zeros for SDXL, where its config says so)
-    negative: TextEmbeddings | None  # None when there is no negative prompt
 
 
 @dataclass
@@ -47,7 +39,7 @@ class Translated:
     """The targets' final latents, in (image, prompt) order, and the source features the loop computed."""
 
     latents: torch.Tensor
-    features: dict[int, dict[int, Features]] = field(default_factory=dict)  # image -> timestep -> features
+    injected: dict[int, dict[int, InjectedFeatures]] = field(default_factory=dict)  # image -> timestep -> features
 
 
 def translate(
@@ -60,7 +52,7 @@ def translate(
     layers: InjectionLayers,
     step_end: StepEnd | None = None,
     observer: CallObserver | None = None,
-    known: dict[int, dict[int, Features]] | None = None,
+    known: dict[int, dict[int, InjectedFeatures]] | None = None,
     generation: Generation | None = None,
     injector: FeatureInjector | None = None,
 ) -> Translated:
@@ -98,7 +90,7 @@ def translate(
                 if call.generation:
                     _advance(generation, sources[0], parts, ddim, t, following)
             for j, features in injector.computed.items():
-                translated.features.setdefault(j, {})[t] = features
+                translated.injected.setdefault(j, {})[t] = features
             if step_end is not None and (x := step_end(step.index, t, x)) is None:
                 break
             translated.latents = x
@@ -160,5 +152,5 @@ def _advance(generation: Generation, source: Trajectory, parts, ddim: DDIMSchedu
         source.latents[following] = z
 
 
-def _known_at(known: dict[int, dict[int, Features]] | None, t: int) -> dict[int, Features]:
+def _known_at(known: dict[int, dict[int, InjectedFeatures]] | None, t: int) -> dict[int, InjectedFeatures]:
     return {j: by_timestep[t] for j, by_timestep in (known or {}).items() if t in by_timestep}

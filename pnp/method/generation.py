@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from pnp.method.ddim import DDIMSchedule, ddim_step
+from pnp.method.ddim import DDIMSchedule, StepEnd, ddim_step
 from pnp.method.guidance import guided_noise
-from pnp.method.inversion import StepEnd
 from pnp.method.text import TextEmbeddings
 from pnp.method.noise_predictor import NoisePredictor
 

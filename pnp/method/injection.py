@@ -41,7 +41,7 @@ from functools import partial
 import torch
 
 
-Features = dict[str, torch.Tensor]  # feature name -> (1, ...) tensor: a source row's injected features
+InjectedFeatures = dict[str, torch.Tensor]  # feature name -> (1, ...) tensor: a source row's injected features
 
 
 @dataclass(frozen=True)
@@ -140,8 +140,8 @@ class FeatureInjector:
         # compiled UNet adds graph operations, not guards on Python numbers (recompiling each call).
         self._fired = torch.zeros(0, dtype=torch.int32)
         self._active = {"residual": False, "attention": False}
-        self._features: dict[int, Features] = {}  # image -> its source's features at this step
-        self.computed: dict[int, Features] = {}  # the features source rows produced this step
+        self._features: dict[int, InjectedFeatures] = {}  # image -> its source's features at this step
+        self.computed: dict[int, InjectedFeatures] = {}  # the features source rows produced this step
         self._source_rows: dict[int, int] = {}  # image -> its source row in the current call
         self._target_rows: dict[int, slice | torch.Tensor] = {}  # image -> its targets' rows in the current call
 
@@ -173,7 +173,7 @@ class FeatureInjector:
         self._source_rows.clear()
         self._target_rows.clear()
 
-    def start_step(self, residual: bool, attention: bool, known: dict[int, Features] | None = None) -> None:
+    def start_step(self, residual: bool, attention: bool, known: dict[int, InjectedFeatures] | None = None) -> None:
         """Begin a translation step: which injections are active, and the features known before it (cached sources)."""
         self._active.update(residual=residual, attention=attention)
         self._features.clear()

@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
 
-from pnp.method.ddim import DDIMSchedule, ddim_step
+from pnp.method.ddim import DDIMSchedule, StepEnd, ddim_step
 from pnp.method.text import TextEmbeddings
 from pnp.method.noise_predictor import NoisePredictor
-
-# Called after every step with (step index, timestep, latents); returns the latents to go on
-# with, or None to stop the loop (the pipeline's interrupt).
-StepEnd = Callable[[int, int, torch.Tensor], "torch.Tensor | None"]
-
-
-@dataclass
-class Trajectory:
-    """The source's noisy latents at every sampling timestep, and the prompt embedding it was made with."""
-
-    latents: dict[int, torch.Tensor]  # timestep -> (1, 4, h, w) float32
-    embedding: TextEmbeddings  # one row: the empty prompt for real images, the generation prompt otherwise
 
 
 def invert(

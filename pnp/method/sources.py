@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from pnp.method.cache import SourceCache, SourceEntry, SourceKey
-from pnp.method.injection import Features
-from pnp.method.inversion import Trajectory
+from pnp.method.injection import InjectedFeatures
+from pnp.method.trajectory import Trajectory
 
 
 @dataclass
@@ -52,14 +52,14 @@ class SourceGroup:
         """Per source, the timesteps at which the cache holds every feature the step needs."""
         return [frozenset() if entry is None else entry.known(needed) for entry in self.entries]
 
-    def known_features(self) -> dict[int, dict[int, Features]]:
-        """Per source position, the cached features by timestep."""
-        return {k: entry.features for k, entry in enumerate(self.entries) if entry is not None}
+    def known_injected(self) -> dict[int, dict[int, InjectedFeatures]]:
+        """Per source position, the cached injected features by timestep."""
+        return {k: entry.injected for k, entry in enumerate(self.entries) if entry is not None}
 
-    def remember(self, cache: SourceCache, features: dict[int, dict[int, Features]], device: torch.device) -> None:
+    def remember(self, cache: SourceCache, features: dict[int, dict[int, InjectedFeatures]], device: torch.device) -> None:
         """Put every source, with the features its rows produced in this call, into ``cache``."""
         for k, key in enumerate(self.keys):
             entry = self.entries[k] or SourceEntry(self.trajectories[k], self.clean if self.noise is not None else None)
             for t, computed in features.get(k, {}).items():
-                entry.features.setdefault(t, {}).update(computed)
+                entry.injected.setdefault(t, {}).update(computed)
             cache.put(key, entry, device)

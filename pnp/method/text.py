@@ -48,3 +48,12 @@ class TextEmbeddings:
         return TextEmbeddings(
             torch.cat([part.hidden for part in parts]), None if pooled[0] is None else torch.cat(pooled)
         )
+
+
+@dataclass
+class Prompts:
+    """Text embeddings of a translation."""
+
+    targets: TextEmbeddings  # one row per target prompt
+    uncond: TextEmbeddings  # the empty prompt (zeros for SDXL, where its config says so)
+    negative: TextEmbeddings | None  # None when there is no negative prompt

@@ -37,12 +37,14 @@ from pnp.visual.maps import FeatureMaps
 from pnp.method.generation import generate
 from pnp.images import resize_for_model, to_rgb
 from pnp.method.injection import LAYER_SETS, FeatureInjector, InjectionLayers, default_layer_set, injection_layers
-from pnp.method.inversion import Trajectory, invert
+from pnp.method.inversion import invert
+from pnp.method.trajectory import Trajectory
 from pnp.pipelines.loading import check_supported, choose_device_and_dtype, is_sdxl, loading_errors, loading_options
 from pnp.method.plan import translation_plan
 from pnp.method.sources import SourceGroup
 from pnp.method.text import TextEmbeddings
-from pnp.method.engine import CallObserver, Generation, Prompts, translate
+from pnp.method.engine import CallObserver, Generation, translate
+from pnp.method.text import Prompts
 from pnp.method.noise_predictor import NoisePredictor
 from pnp.method.vae import decode, encode, image_to_tensor
 
@@ -496,7 +498,7 @@ class PnPPipeline(
         layers = self.injection_layers
         needed = {step.timestep: layers.feature_names(step.residual, step.attention)
                   for step in translation_plan(config, num_train_timesteps=ddim.num_train_timesteps, offset=ddim.steps_offset)}
-        known = group.known_features()
+        known = group.known_injected()
         plan = translation_plan(
             config, len(group.trajectories), tuple(group.known_timesteps(needed)), fused,
             ddim.num_train_timesteps, ddim.steps_offset,
@@ -508,7 +510,7 @@ class PnPPipeline(
         if generation is not None:
             group.clean = generation.clean
         if not self.interrupt:
-            group.remember(self.source_cache, translated.features, predict.unet.device)
+            group.remember(self.source_cache, translated.injected, predict.unet.device)
         return translated.latents
 
     def _encode_prompts(self, config: PnPConfig, device) -> tuple[Prompts, TextEmbeddings]:

@@ -23,7 +23,7 @@ from functools import partial
 import torch
 
 from pnp.config import ConfigError
-from pnp.method.inversion import Trajectory
+from pnp.method.trajectory import Trajectory
 from pnp.method.plan import Row, TranslationStep, UNetCall
 from pnp.method.noise_predictor import NoisePredictor
 

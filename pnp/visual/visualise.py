@@ -17,7 +17,7 @@ from pnp.config import PnPConfig
 from pnp.method.ddim import DDIMSchedule
 from pnp.visual.maps import FeatureMap, FeatureMaps, FeatureRequest, attention_layer, feature_request, run_config
 from pnp.images import resize_for_model
-from pnp.method.inversion import Trajectory
+from pnp.method.trajectory import Trajectory
 from pnp.visual.pca import matrix_free_pca_scores, pca_scores, scores_to_rgb
 from pnp.method.noise_predictor import NoisePredictor
 

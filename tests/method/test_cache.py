@@ -8,7 +8,7 @@ from PIL import Image
 
 from pnp.method.cache import SourceCache, SourceEntry
 from pnp.config import ConfigError, PnPConfig
-from pnp.method.inversion import Trajectory
+from pnp.method.trajectory import Trajectory
 from pnp.method.plan import inversion_rows, translation_plan, translation_rows
 from pnp.method.text import TextEmbeddings
 
@@ -147,7 +147,7 @@ def test_the_budget_evicts_the_least_recently_used_and_zero_turns_it_off(cached,
 
 def test_entries_count_their_bytes_and_an_oversized_one_is_not_kept():
     entry = SourceEntry(Trajectory({1: torch.zeros(1, 4, 8, 8)}, TextEmbeddings(torch.zeros(1, 77, 32))),
-                        features={1: {"layer": torch.zeros(1, 10, dtype=torch.float16)}})
+                        injected={1: {"layer": torch.zeros(1, 10, dtype=torch.float16)}})
     assert entry.nbytes == 4 * 256 + 4 * 77 * 32 + 2 * 10
     cache = SourceCache(max_bytes=entry.nbytes - 1)
     assert not cache.put("key", entry, torch.device("cpu")) and len(cache) == 0
