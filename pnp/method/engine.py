@@ -13,7 +13,7 @@ from pnp.method.guidance import guided_noise
 from pnp.method.injection import FeatureInjector, InjectedFeatures, InjectionLayers
 from pnp.method.ddim import StepEnd
 from pnp.method.trajectory import Trajectory
-from pnp.method.plan import TranslationStep, UNetCall
+from pnp.method.plan import Row, RowKind, TranslationStep, UNetCall
 from pnp.method.text import TextEmbeddings
 from pnp.method.noise_predictor import NoisePredictor
 
@@ -85,7 +85,8 @@ def translate(
                 injector.check_call()
                 rows = [j * count + p for j, p in call.targets]
                 parts = _by_row(call, eps)
-                guided = guided_noise(parts.get("uncond"), parts.get("negative"), parts["cond"], step.alpha, scale)
+                guided = guided_noise(parts.get(RowKind.TARGET_UNCOND), parts.get(RowKind.TARGET_NEGATIVE),
+                                      parts[RowKind.TARGET_COND], step.alpha, scale)
                 x[rows] = ddim_step(x[rows], guided, ddim.alpha_bar(t), ddim.alpha_bar(following))
                 if call.generation:
                     _advance(generation, sources[0], parts, ddim, t, following)
@@ -113,28 +114,34 @@ def _injecting(unet, layers: InjectionLayers, installed: FeatureInjector | None)
 def _batch(call: UNetCall, t: int, x, sources: list[Trajectory], prompts: Prompts, generation: Generation | None):
     """The latents and text embeddings of every row of ``call``, in its layout's order."""
     count = len(prompts.targets)
-    embeddings = {"uncond": prompts.uncond, "negative": prompts.negative}
     latents, texts = [], []
     for row in call.layout:
-        if row.kind == "generation":
+        if row.kind is RowKind.GENERATION_UNCOND:
             latents.append(sources[0].latents[t][0])
             texts.append(prompts.uncond)
-        elif row.kind == "source":
+        elif row.kind is RowKind.SOURCE:
             latents.append(sources[row.image].latents[t][0])
             texts.append(generation.embedding if generation is not None else sources[row.image].embedding)
         else:
             latents.append(x[row.image * count + row.prompt])
-            texts.append(prompts.targets[row.prompt] if row.kind == "cond" else embeddings[row.kind])
+            texts.append(_target_text(row, prompts))
     return torch.stack(latents), t, TextEmbeddings.cat(texts)
 
 
-def _by_row(call: UNetCall, eps: torch.Tensor) -> dict[str, torch.Tensor]:
+def _target_text(row: Row, prompts: Prompts) -> TextEmbeddings:
+    """The text of a target's row: its prompt, the unconditional text or the negative prompt."""
+    if row.kind is RowKind.TARGET_COND:
+        return prompts.targets[row.prompt]
+    return prompts.uncond if row.kind is RowKind.TARGET_UNCOND else prompts.negative
+
+
+def _by_row(call: UNetCall, eps: torch.Tensor) -> dict[RowKind, torch.Tensor]:
     """The UNet's output split by kind of row: the generation's two rows, and one (targets, ...) block per term."""
     layout = call.layout
     parts = {}
-    for kind in ("generation", "source"):
-        if call.generation:
-            parts[kind] = eps[[i for i, row in enumerate(layout) if row.kind == kind and row.image == 0]]
+    if call.generation:
+        for kind in (RowKind.GENERATION_UNCOND, RowKind.SOURCE):
+            parts[kind] = eps[[i for i, row in enumerate(layout) if row.kind is kind and row.image == 0]]
     first = len(layout) - len(call.terms) * len(call.targets)
     for n, term in enumerate(call.terms):
         start = first + n * len(call.targets)
@@ -144,7 +151,7 @@ def _by_row(call: UNetCall, eps: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def _advance(generation: Generation, source: Trajectory, parts, ddim: DDIMSchedule, t: int, following: int | None) -> None:
     """One step of the fused generation: guidance between its two rows, then DDIM; the new latent is recorded."""
-    eps = guided_noise(parts["generation"], None, parts["source"], 1.0, generation.scale)
+    eps = guided_noise(parts[RowKind.GENERATION_UNCOND], None, parts[RowKind.SOURCE], 1.0, generation.scale)
     z = ddim_step(source.latents[t], eps, ddim.alpha_bar(t), ddim.alpha_bar(following))
     if following is None:
         generation.clean = z

@@ -40,6 +40,7 @@ from functools import partial
 
 import torch
 
+from pnp.method.plan import RowKind
 
 InjectedFeatures = dict[str, torch.Tensor]  # feature name -> (1, ...) tensor: a source row's injected features
 
@@ -184,10 +185,10 @@ class FeatureInjector:
         """Map the next UNet call's rows (a ``UNetCall.layout``): each target takes its own source's features."""
         targets: dict[int, list[int]] = {}
         for i, row in enumerate(layout):
-            if row.kind not in ("source", "generation"):
+            if row.kind.is_target:
                 targets.setdefault(row.image, []).append(i)
         self._source_rows.clear()
-        self._source_rows.update({row.image: i for i, row in enumerate(layout) if row.kind == "source"})
+        self._source_rows.update({row.image: i for i, row in enumerate(layout) if row.kind is RowKind.SOURCE})
         self._target_rows.clear()
         self._target_rows.update({j: _rows_index(rows, device) for j, rows in targets.items()})
         self._fired.zero_()

@@ -19,26 +19,38 @@ Torch-free.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 from pnp.config import PnPConfig
 from pnp.method.guidance import negative_prompt_alphas
 from pnp.method.timesteps import inversion_timesteps, sampling_timesteps
 
-# Guidance terms in the order their rows appear in a call, one block of rows per term.
-TERMS = ("uncond", "negative", "cond")
+
+class RowKind(Enum):
+    """What a row of a UNet call computes."""
+
+    GENERATION_UNCOND = "generation-uncond"  # a fused generation's unconditional row
+    SOURCE = "source"  # a source's row, whose features are injected (a fused generation's conditional row)
+    TARGET_UNCOND = "uncond"  # a target's unconditional guidance row
+    TARGET_NEGATIVE = "negative"  # a target's negative-prompt guidance row
+    TARGET_COND = "cond"  # a target's conditional row: its own prompt
+
+    @property
+    def is_target(self) -> bool:
+        return self in TARGET_TERMS
+
+
+# A target's guidance terms, in the order their rows appear in a call: one block of rows per term.
+TARGET_TERMS = (RowKind.TARGET_UNCOND, RowKind.TARGET_NEGATIVE, RowKind.TARGET_COND)
 
 
 @dataclass(frozen=True)
 class Row:
-    """What one row of a UNet call computes.
+    """One row of a UNet call: its kind, the target's prompt (None for generation and source rows), its source image."""
 
-    kind: "generation" (the generation's unconditional row), "source" (a source image's row:
-    the generation's conditional row in generation mode), or a guidance term of a target.
-    """
-
-    kind: str
-    prompt: int | None = None  # the target's prompt index; None for generation and source rows
-    image: int = 0  # the source image the row belongs to
+    kind: RowKind
+    prompt: int | None = None
+    image: int = 0
 
 
 @dataclass(frozen=True)
@@ -47,7 +59,7 @@ class UNetCall:
 
     targets: tuple[tuple[int, int], ...]  # (image, prompt) pairs this call advances
     sources: tuple[int, ...]  # images whose source row runs in this call
-    terms: tuple[str, ...]  # guidance terms computed for every target, in batch order
+    terms: tuple[RowKind, ...]  # guidance terms computed for every target, in batch order
     generation: bool = False  # the generation's rows run in this call (fused generation)
 
     @property
@@ -57,10 +69,11 @@ class UNetCall:
     @property
     def layout(self) -> tuple[Row, ...]:
         """Every row of the call in batch order."""
-        generation = (Row("generation"),) if self.generation else ()
-        sources = tuple(Row("source", image=j) for j in self.sources)
+        generation = (Row(RowKind.GENERATION_UNCOND),) if self.generation else ()
+        sources = tuple(Row(RowKind.SOURCE, image=j) for j in self.sources)
         targets = tuple(Row(term, p, j) for term in self.terms for j, p in self.targets)
         return generation + sources + targets
+
 
 @dataclass(frozen=True)
 class TranslationStep:
@@ -108,10 +121,11 @@ def translation_plan(
     return plan
 
 
-def guidance_terms(negative: bool, alpha: float) -> tuple[str, ...]:
+def guidance_terms(negative: bool, alpha: float) -> tuple[RowKind, ...]:
     """The guidance terms whose rows must be computed at a step with weight ``alpha``."""
-    needed = {"uncond": not negative or alpha > 0, "negative": negative and alpha < 1, "cond": True}
-    return tuple(term for term in TERMS if needed[term])
+    needed = {RowKind.TARGET_UNCOND: not negative or alpha > 0, RowKind.TARGET_NEGATIVE: negative and alpha < 1,
+              RowKind.TARGET_COND: True}
+    return tuple(term for term in TARGET_TERMS if needed[term])
 
 
 def inversion_rows(config: PnPConfig, images: int = 1, num_train_timesteps: int = 1000, offset: int = 1) -> list[int]:

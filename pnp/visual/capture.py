@@ -24,7 +24,7 @@ import torch
 
 from pnp.config import ConfigError
 from pnp.method.trajectory import Trajectory
-from pnp.method.plan import Row, TranslationStep, UNetCall
+from pnp.method.plan import Row, RowKind, TranslationStep, UNetCall
 from pnp.method.noise_predictor import NoisePredictor
 
 SOURCE = 0  # image index of the source; target prompt p is image p + 1
@@ -118,6 +118,6 @@ class FeatureCapture:
 
 def _image_of(row: Row) -> int | None:
     """The image a batch row shows: the source row, a target's conditional row, or none (other guidance rows)."""
-    if row.kind == "source":
+    if row.kind is RowKind.SOURCE:
         return SOURCE
-    return row.prompt + 1 if row.kind == "cond" else None
+    return row.prompt + 1 if row.kind is RowKind.TARGET_COND else None

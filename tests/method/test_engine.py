@@ -200,12 +200,12 @@ def test_unet_is_clean_after_an_interrupted_translation(pipe, photo, error):
 
 def test_call_layout_lists_rows_in_batch_order():
     from pnp.config import PnPConfig
-    from pnp.method.plan import Row, translation_plan
+    from pnp.method.plan import Row, RowKind, translation_plan
 
     config = PnPConfig(prompt=["a", "b", "c"], num_inference_steps=4, negative_prompt="ugly", negative_prompt_alpha=0.5,
                        negative_prompt_schedule="constant", max_batch_size=2)
     first, second = translation_plan(config)[0].calls
-    assert first.layout == (Row("source"), Row("uncond", 0), Row("uncond", 1), Row("negative", 0), Row("negative", 1),
-                            Row("cond", 0), Row("cond", 1))
-    assert second.layout == (Row("uncond", 2), Row("negative", 2), Row("cond", 2))
+    assert first.layout == (Row(RowKind.SOURCE), Row(RowKind.TARGET_UNCOND, 0), Row(RowKind.TARGET_UNCOND, 1), Row(RowKind.TARGET_NEGATIVE, 0), Row(RowKind.TARGET_NEGATIVE, 1),
+                            Row(RowKind.TARGET_COND, 0), Row(RowKind.TARGET_COND, 1))
+    assert second.layout == (Row(RowKind.TARGET_UNCOND, 2), Row(RowKind.TARGET_NEGATIVE, 2), Row(RowKind.TARGET_COND, 2))
     assert len(first.layout) == first.rows

@@ -6,7 +6,7 @@ from support.hooks import Capture, all_hooks
 
 from pnp.method import engine as translate_module
 from pnp.method.injection import SD_LAYERS, FeatureInjector
-from pnp.method.plan import Row
+from pnp.method.plan import Row, RowKind
 
 ATTENTION_LAYERS = SD_LAYERS.attention
 [RESIDUAL_LAYER] = SD_LAYERS.residual
@@ -51,7 +51,7 @@ def _unet_inputs(pipe):
 
 
 # A call's rows: the source row, then a target's unconditional and conditional rows.
-WITH_SOURCE = (Row("source"), Row("uncond", 0), Row("cond", 0))
+WITH_SOURCE = (Row(RowKind.SOURCE), Row(RowKind.TARGET_UNCOND, 0), Row(RowKind.TARGET_COND, 0))
 
 
 def _run(pipe, residual, attention, injected=True):

@@ -49,7 +49,7 @@ def test_hooks_added_after_compiling_are_not_silently_dropped(fresh):
     (torch.compile does not guard on hooks): the injection's own check stops the call instead of
     letting it return uninjected."""
     from pnp.method.injection import FeatureInjector
-    from pnp.method.plan import Row
+    from pnp.method.plan import Row, RowKind
 
     unet = fresh.unet
     unet.compile(backend="eager")  # without compile_unet, which installs the hooks first
@@ -59,7 +59,7 @@ def test_hooks_added_after_compiling_are_not_silently_dropped(fresh):
         unet(latents, torch.tensor(401), encoder_hidden_states=text)  # compiled here, with no hooks
         with FeatureInjector(unet) as injector:
             injector.start_step(True, True)
-            injector.set_call((Row("source"), Row("uncond", 0), Row("cond", 0)), latents.device)
+            injector.set_call((Row(RowKind.SOURCE), Row(RowKind.TARGET_UNCOND, 0), Row(RowKind.TARGET_COND, 0)), latents.device)
             unet(latents, torch.tensor(401), encoder_hidden_states=text)
             with pytest.raises(InjectionError, match="0 times"):
                 injector.check_call()

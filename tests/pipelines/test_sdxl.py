@@ -19,7 +19,7 @@ from predict import Predictor
 from pnp.app.cli import LAYER_SET_NAMES
 from pnp.config import PnPConfig
 from pnp.method.injection import LAYER_SETS, SDXL_FIRST_BLOCK_LAYERS, SDXL_LAYERS, FeatureInjector
-from pnp.method.plan import Row, inversion_rows, translation_rows
+from pnp.method.plan import Row, RowKind, inversion_rows, translation_rows
 from pnp.method.vae import decode, encode, image_to_tensor, needs_float32
 
 # The mapping, written out here: SD 1.x's residual at 1/32 and Q/K at 1/32 and 1/16 move to
@@ -71,7 +71,7 @@ def test_targets_get_the_sources_qk_and_residual_on_the_mapped_modules_but_not_v
     projections = [f"{layer}.{p}" for layer in ATTENTION for p in ("to_q", "to_k", "to_v")]
     with torch.inference_mode(), FeatureInjector(xl.unet, SDXL_LAYERS) as injector:
         injector.start_step(True, True)
-        injector.set_call((Row("source"), Row("uncond", 0), Row("cond", 0)), latents.device)
+        injector.set_call((Row(RowKind.SOURCE), Row(RowKind.TARGET_UNCOND, 0), Row(RowKind.TARGET_COND, 0)), latents.device)
         capture = Capture(xl.unet, [RESIDUAL, *projections, *UNTOUCHED])
         xl.unet(latents, 401, **conditions)
         capture.remove()

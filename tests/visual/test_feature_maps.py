@@ -18,7 +18,7 @@ from pnp.visual.maps import (
 )
 from pnp.visual.grids import GAP, LABEL_WIDTH, MARGIN
 from pnp.method.injection import FeatureInjector
-from pnp.method.plan import TranslationStep, UNetCall
+from pnp.method.plan import RowKind, TranslationStep, UNetCall
 from pnp.method.timesteps import sampling_timesteps
 from pnp.method.noise_predictor import NoisePredictor
 
@@ -86,7 +86,7 @@ def test_recorded_features_are_the_unets_own_on_the_same_inputs(pipe, photo):
 
 def test_recording_comes_before_injection_whatever_the_hook_order(pipe):
     """Hooks installed after the injector's still see each row's own output, not the injected one."""
-    call = UNetCall(targets=((0, 0),), sources=(0,), terms=("cond",))  # rows: [source, cond of prompt 0]
+    call = UNetCall(targets=((0, 0),), sources=(0,), terms=(RowKind.TARGET_COND,))  # rows: [source, cond of prompt 0]
     step = TranslationStep(0, 401, residual=True, attention=True, alpha=1.0, calls=(call,))
     latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     embeddings, _ = pipe.encode_prompt(["", "a cat"], "cpu", 1, False)
