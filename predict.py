@@ -31,7 +31,7 @@ from pnp.visual.maps import write_feature_grids  # noqa: E402
 from pnp.app.form import PROMPT_SEPARATOR, config_resolution, form_name  # noqa: E402
 from pnp.pipelines.lora import load_loras  # noqa: E402
 from pnp.outputs import OutputOptions, write_outputs  # noqa: E402
-from pnp.pipelines.base import PnPPipeline  # noqa: E402
+from pnp.pipelines.pipeline_pnp import PnPPipeline  # noqa: E402
 from pnp.pipelines.weights import locate_weights  # noqa: E402
 
 WEIGHTS_DIR = LocalPath(__file__).resolve().parent / "weights"

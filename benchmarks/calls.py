@@ -19,7 +19,7 @@ import torch
 
 from pnp.devices import DTYPE_NAMES, default_dtype, dtype_name
 from pnp.method.injection import FeatureInjector
-from pnp.pipelines.base import PnPPipeline
+from pnp.pipelines.pipeline_pnp import PnPPipeline
 from pnp.method.text import TextEmbeddings
 from pnp.method.noise_predictor import NoisePredictor
 

@@ -28,7 +28,7 @@ from PIL import Image
 from pnp.config import ConfigError, PnPConfig
 from pnp.devices import DTYPE_NAMES, default_dtype, dtype_name
 from pnp.images import load_image, resize_for_model
-from pnp.pipelines.base import PnPPipeline
+from pnp.pipelines.pipeline_pnp import PnPPipeline
 from pnp.method.plan import inversion_rows, translation_rows
 
 from .machine import OtherLoad, add_machine_options, check_machine_options, environment, model_folder

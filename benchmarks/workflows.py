@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from pnp.devices import DTYPE_NAMES, default_dtype, dtype_name
-from pnp.pipelines.base import PnPPipeline
+from pnp.pipelines.pipeline_pnp import PnPPipeline
 
 from .machine import OtherLoad, add_machine_options, check_machine_options, environment, model_folder
 from .memory import MemoryTracker

@@ -12,7 +12,12 @@ from pnp.pipelines.loading import ModelError
 
 # These pull in torch, diffusers and transformers: imported on first use, so that the command
 # line answers --help at once and configures those libraries before they load.
-_LAZY = {"PnPPipeline": "pipelines.base", "PnPPipelineOutput": "pipelines.base", "InjectionError": "method.injection"}
+_LAZY = {
+    "PnPPipeline": "pipelines.pipeline_pnp",
+    "PnPXLPipeline": "pipelines.pipeline_pnp_xl",
+    "PnPPipelineOutput": "pipelines.base",
+    "InjectionError": "method.injection",
+}
 
 __all__ = ["ConfigError", "ModelError", "PnPConfig", *_LAZY]
 

@@ -454,7 +454,7 @@ def test_setup_offline_without_weights_says_how_to_supply_them(tmp_path, monkeyp
 @pytest.fixture(scope="module")
 def checked_predictor(tmp_path_factory, tiny_model_dir):
     """A predictor whose weights include a tiny safety checker that flags every image."""
-    from pnp.pipelines.base import PnPPipeline
+    from pnp.pipelines.pipeline_pnp import PnPPipeline
     from support.models import build_random_safety_checker
 
     checker, extractor = build_random_safety_checker()

@@ -174,7 +174,7 @@ def load_pipeline(args: argparse.Namespace, loras: list | None = None):
     from pnp.devices import dtype_name
     from pnp.pipelines.lora import load_loras
     from pnp.pipelines.loading import open_model
-    from pnp.pipelines.base import PnPPipeline
+    from pnp.pipelines.pipeline_pnp import PnPPipeline
     from pnp.pipelines.single_file import is_single_file
 
     loras = _model_checks(args) if loras is None else loras

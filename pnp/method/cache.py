@@ -56,9 +56,9 @@ class SourceEntry:
         tensors += [] if self.clean is None else [self.clean]
         return sum(t.numel() * t.element_size() for t in tensors)
 
-    def known(self, needed: dict[int, tuple[str, ...]]) -> frozenset[int]:
-        """The timesteps at which every feature ``needed[t]`` lists is kept."""
-        return frozenset(t for t, names in needed.items() if t in self.injected and set(names) <= set(self.injected[t]))
+    def holds(self, t: int, names: tuple[str, ...]) -> bool:
+        """Whether every feature in ``names`` is kept for timestep t."""
+        return t in self.injected and set(names) <= set(self.injected[t])
 
 
 class SourceCache:

@@ -18,6 +18,7 @@ Torch-free.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -42,6 +43,9 @@ class RowKind(Enum):
 
 # A target's guidance terms, in the order their rows appear in a call: one block of rows per term.
 TARGET_TERMS = (RowKind.TARGET_UNCOND, RowKind.TARGET_NEGATIVE, RowKind.TARGET_COND)
+# known(j, t, residual, attention): whether source j's features injected at timestep t (with these
+# injections active) are already known, from the source cache.
+Known = Callable[[int, int, bool, bool], bool]
 
 
 @dataclass(frozen=True)
@@ -90,17 +94,16 @@ class TranslationStep:
 def translation_plan(
     config: PnPConfig,
     images: int = 1,
-    known: tuple[frozenset[int], ...] | None = None,
+    known: Known | None = None,
     generation: bool = False,
     num_train_timesteps: int = 1000,
     offset: int = 1,
 ) -> list[TranslationStep]:
     """The UNet calls of every sampling step of a translation; see the module docstring.
 
-    ``known[j]`` holds the timesteps at which source image j's injected features are already
-    known (from the source cache); ``generation`` fuses a source generation into the same calls.
+    ``known`` says which sources' features are already known (their rows are left out);
+    ``generation`` fuses a source generation into the same calls.
     """
-    known = known or tuple(frozenset() for _ in range(images))
     targets = [(j, p) for j in range(images) for p in range(len(config.prompt))]
     size = config.max_batch_size or len(targets)
     chunks = [tuple(targets[start : start + size]) for start in range(0, len(targets), size)]
@@ -113,7 +116,8 @@ def translation_plan(
         if generation:
             sources = (0,)
         else:
-            sources = tuple(j for j in range(images) if (residual or attention) and t not in known[j])
+            injected = residual or attention
+            sources = tuple(j for j in range(images) if injected and not (known and known(j, t, residual, attention)))
         calls = tuple(
             UNetCall(chunk, sources if n == 0 else (), terms, generation and n == 0) for n, chunk in enumerate(chunks)
         )

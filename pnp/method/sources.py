@@ -13,6 +13,7 @@ from PIL import Image
 
 from pnp.method.cache import SourceCache, SourceEntry, SourceKey
 from pnp.method.injection import InjectedFeatures
+from pnp.method.text import TextEmbeddings
 from pnp.method.trajectory import Trajectory
 
 
@@ -29,7 +30,7 @@ class SourceGroup:
     clean: torch.Tensor | None = None  # a generated source's final latent, once known
     fused: bool = False  # a generated source made in the translation's own UNet calls
 
-    def add(self, index: int, key: SourceKey, entry: SourceEntry | None, picture, embedding: torch.Tensor) -> None:
+    def add(self, index: int, key: SourceKey, entry: SourceEntry | None, picture, embedding: TextEmbeddings) -> None:
         """Add a source: its cache entry's trajectory, or an empty one (with its prompt embedding) to fill."""
         self.indices.append(index)
         self.keys.append(key)
@@ -47,10 +48,6 @@ class SourceGroup:
     def misses(self) -> list[int]:
         """Positions in the group of the sources whose trajectories must be computed."""
         return [k for k, entry in enumerate(self.entries) if entry is None]
-
-    def known_timesteps(self, needed: dict[int, tuple[str, ...]]) -> list[frozenset[int]]:
-        """Per source, the timesteps at which the cache holds every feature the step needs."""
-        return [frozenset() if entry is None else entry.known(needed) for entry in self.entries]
 
     def known_injected(self) -> dict[int, dict[int, InjectedFeatures]]:
         """Per source position, the cached injected features by timestep."""

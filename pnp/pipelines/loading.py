@@ -19,6 +19,10 @@ RANDOM_MODELS = ("tiny", "tiny-v", "tiny-sdxl", "random-sd15")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
+# The options that load a Stable Diffusion pipeline without its safety checker.
+NO_SAFETY_CHECKER = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+
+
 class ModelError(RuntimeError):
     """The model cannot be loaded or used; the message says how to provide one that can."""
 
@@ -50,7 +54,7 @@ def loading_options(model: str | Path, safety_checker: bool = True) -> dict:
     pipeline has one at all (SDXL's has not).
     """
     local = _local_folder(model)
-    no_checker = _NO_CHECKER if safety_checker else {}
+    no_checker = NO_SAFETY_CHECKER if safety_checker else {}
     if local is not None:
         has_checker = (local / "safety_checker").is_dir() and (local / "feature_extractor").is_dir()
         options = {"local_files_only": True}
@@ -80,9 +84,6 @@ def is_sdxl(model: str | Path) -> bool:
     if not index.is_file():
         raise OSError(f"no model_index.json in {local}")
     return (json.loads(index.read_text()).get("text_encoder_2") or [None])[0] is not None
-
-
-_NO_CHECKER = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
 
 @contextmanager

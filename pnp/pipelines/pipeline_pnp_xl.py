@@ -1,13 +1,14 @@
 """PnPXLPipeline: plug-and-play features on Stable Diffusion XL (experimental).
 
-The engine is ``PnPPipeline``'s (rows, injection, cache, loops); SDXL adds, and this class handles:
+The call and the method are those of ``PnPPipeline`` (``pnp.pipelines.base``, ``pnp.method``); SDXL
+adds, and this class handles:
 - two text encoders, whose penultimate hidden states are joined, and the pooled, projected
   output of the second, which every UNet row gets with its text (``pnp.method.text.TextEmbeddings``);
 - the added time ids (original size, crop, target size) of the working size (``pnp.method.noise_predictor``);
 - ``force_zeros_for_empty_prompt``: the unconditional text (also a real image's source text) is
   zeros, as diffusers' SDXL pipeline makes it when no negative prompt is given;
 - a VAE that overflows in float16: it runs in float32 (``pnp.method.vae``);
-- its own injected layers, derived from SD 1.x's (``pnp.method.injection``, "sdxl").
+- its own injected layers, derived from SD 1.x's (``pnp.method.layers``, "sdxl").
 No public PnP for SDXL exists, so the layer choice is untested on real weights until the
 evaluation command has measured it.
 
@@ -16,22 +17,17 @@ evaluation command has measured it.
 
 from __future__ import annotations
 
-from diffusers import (
-    AutoencoderKL,
-    DiffusionPipeline,
-    StableDiffusionXLPipeline,
-    UNet2DConditionModel,
-)
+from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
 from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from pnp.pipelines.base import PnPPipeline
 from pnp.method.text import TextEmbeddings
 from pnp.method.vae import needs_float32
+from pnp.pipelines import base
 
 
-class PnPXLPipeline(StableDiffusionXLLoraLoaderMixin, PnPPipeline):
+class PnPXLPipeline(StableDiffusionXLLoraLoaderMixin, base.PnPBasePipeline):
     """``PnPPipeline`` for Stable Diffusion XL weights (experimental); the same call, arguments and outputs.
 
     Components are those of ``StableDiffusionXLPipeline`` without the image encoder: no safety
@@ -42,7 +38,7 @@ class PnPXLPipeline(StableDiffusionXLLoraLoaderMixin, PnPPipeline):
     model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->vae"
     _optional_components = []
     _exclude_from_cpu_offload = []
-    _safety_checker_options = False
+    _has_safety_checker = False
     safety_checker = None
 
     # diffusers' own SDXL prompt encoding: both encoders, pooled output, LoRA scaling, textual inversion.
@@ -59,8 +55,8 @@ class PnPXLPipeline(StableDiffusionXLLoraLoaderMixin, PnPPipeline):
         scheduler: KarrasDiffusionSchedulers,
         force_zeros_for_empty_prompt: bool = True,
     ):
-        DiffusionPipeline.__init__(self)
-        self.register_modules(
+        super().__init__(
+            dict(force_zeros_for_empty_prompt=force_zeros_for_empty_prompt),
             vae=vae,
             text_encoder=text_encoder,
             text_encoder_2=text_encoder_2,
@@ -69,8 +65,6 @@ class PnPXLPipeline(StableDiffusionXLLoraLoaderMixin, PnPPipeline):
             unet=unet,
             scheduler=scheduler,
         )
-        self.register_to_config(force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
-        self._init_state(vae, unet)
 
     def _embed(self, texts: list[str], device) -> TextEmbeddings:
         hidden, _, pooled, _ = self.encode_prompt(texts, device=device, num_images_per_prompt=1,

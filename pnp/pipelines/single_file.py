@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pnp.pipelines.loading import ModelError, first_line, is_sdxl
+from pnp.pipelines.loading import NO_SAFETY_CHECKER, ModelError, first_line, is_sdxl
 
 SAFE_SUFFIX = ".safetensors"
 PICKLED_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -44,35 +44,30 @@ def check_single_file(model: str | Path, allow_pickle: bool = False) -> Path:
     return path
 
 
-def load_single_file(cls, model: str | Path, config: str | Path | None, dtype, allow_pickle: bool, **kwargs):
-    """``cls.from_single_file`` for ``model`` with the base configuration ``config``; the SDXL class where the file is SDXL.
-
-    ``cls`` is PnPPipeline or a subclass; called on PnPPipeline, an SDXL file (by its
-    configuration, or without one by its keys) loads as PnPXLPipeline. Errors become ModelError.
-    """
-    from diffusers.loaders import FromSingleFileMixin
-
-    from pnp.pipelines.base import PnPPipeline
-
-    path = check_single_file(model, allow_pickle)
-    if config is not None:
-        config = str(Path(config).expanduser()) if Path(config).expanduser().is_dir() else str(config)
+def is_sdxl_checkpoint(path: Path, config: str | Path | None) -> bool:
+    """Whether the checkpoint is SDXL's: by its base configuration if given, else by its keys. ModelError if unreadable."""
+    config = _base_config(config)
     try:
-        xl = is_sdxl(config) if config is not None else _has_sdxl_keys(path)
+        return is_sdxl(config) if config is not None else _has_sdxl_keys(path)
     except (OSError, ValueError) as err:
         raise ModelError(
             f"--config {config}: not a diffusers model folder or a model-hub id in the local cache ({first_line(err)}); "
             "pass a folder written by `python -m pnp download-weights`"
         ) from None
-    if cls is PnPPipeline and xl:
-        from pnp.pipelines.pipeline_pnp_xl import PnPXLPipeline
 
-        cls = PnPXLPipeline
-    options = {} if cls._safety_checker_options is False else {"safety_checker": None, "feature_extractor": None,
-                                                                "requires_safety_checker": False}
+
+def load_single_file(cls, path: Path, config: str | Path | None, dtype, has_safety_checker: bool, **kwargs):
+    """``cls.from_single_file`` (the mixin's own loader) for the checked ``path`` with the base configuration ``config``.
+
+    ``cls`` is the pipeline class of the checkpoint's architecture; errors become ModelError.
+    """
+    from diffusers.loaders import FromSingleFileMixin
+
+    config = _base_config(config)
+    options = NO_SAFETY_CHECKER if has_safety_checker else {}
     local = config is not None and Path(config).is_dir()
     try:
-        # The mixin's own loader, for the class chosen here (PnPPipeline.from_single_file calls this function).
+        # The mixin's own loader, for the class given (PnPPipeline.from_single_file calls this function).
         return FromSingleFileMixin.from_single_file.__func__(
             cls, str(path), config=config, dtype=dtype, local_files_only=local, **options, **kwargs
         )
@@ -86,6 +81,13 @@ def load_single_file(cls, model: str | Path, config: str | Path | None, dtype, a
                 "stabilityai/stable-diffusion-2-1 for SD 2.x)"
             ) from None
         raise ModelError(f"model file {path} does not load with the configuration {config} ({first_line(err)})") from None
+
+
+def _base_config(config: str | Path | None) -> str | None:
+    """A base configuration as diffusers takes it: a local folder's full path, or a hub id."""
+    if config is None:
+        return None
+    return str(Path(config).expanduser()) if Path(config).expanduser().is_dir() else str(config)
 
 
 def _has_sdxl_keys(path: Path) -> bool:

@@ -60,7 +60,7 @@ def test_a_repeated_source_skips_encoding_inversion_and_source_rows(cached, phot
 
 def load_tiny_like(pipe):
     """A pipeline on the same weights without a cache, for uncached reference runs."""
-    from pnp.pipelines.base import PnPPipeline
+    from pnp.pipelines.pipeline_pnp import PnPPipeline
 
     plain = PnPPipeline.from_pipe(pipe, dtype=pipe.unet.dtype)
     plain.set_progress_bar_config(disable=True)
@@ -72,8 +72,10 @@ def test_at_50_steps_a_repeat_plans_100_rows_instead_of_190():
     """The plan the pipeline executes (test_a_repeated_source_... runs it at 5 steps)."""
     config = PnPConfig(prompt="a cat", num_inference_steps=50)
     first = inversion_rows(config) + translation_rows(config)
-    every_step = frozenset(step.timestep for step in translation_plan(config))
-    repeat = [call.rows for step in translation_plan(config, known=(every_step,)) for call in step.calls]
+    def every_feature_known(image, timestep, residual, attention):
+        return True
+
+    repeat = [call.rows for step in translation_plan(config, known=every_feature_known) for call in step.calls]
     assert (sum(first), sum(repeat)) == (190, 100)
 
 

@@ -12,10 +12,11 @@ from diffusers import DiffusionPipeline, StableDiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from support.hooks import all_hooks
 
-import pnp.pipelines.base
+import pnp.pipelines.pipeline_pnp
 from pnp.config import ConfigError
 from pnp.method.injection import InjectionError
-from pnp.pipelines.base import PnPPipeline, PnPPipelineOutput
+from pnp.pipelines.base import PnPPipelineOutput
+from pnp.pipelines.pipeline_pnp import PnPPipeline
 from support.paths import DATA
 
 FAST = dict(num_inference_steps=3, resolution=128)
@@ -92,7 +93,7 @@ def test_save_pretrained_round_trips(pipe, tmp_path, photo):
 
 
 def test_diffusers_loads_the_pipeline_file_as_a_community_pipeline(tiny_model_dir, pipe, photo):
-    loaded = DiffusionPipeline.from_pretrained(tiny_model_dir, custom_pipeline=pnp.pipelines.base.__file__,
+    loaded = DiffusionPipeline.from_pretrained(tiny_model_dir, custom_pipeline=pnp.pipelines.pipeline_pnp.__file__,
                                                trust_remote_code=True, safety_checker=None, feature_extractor=None)
     assert type(loaded).__name__ == "PnPPipeline" and type(loaded) is not PnPPipeline
     loaded.set_progress_bar_config(disable=True)

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from support.cli import run_cli
 
 from pnp.pipelines.loading import ModelError
-from pnp.pipelines.base import PnPPipeline
+from pnp.pipelines.pipeline_pnp import PnPPipeline
 
 SETTINGS = dict(prompt=["a cat", "a dog"], num_inference_steps=3, resolution=128, output_type="latent")
 

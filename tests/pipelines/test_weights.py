@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pnp.pipelines.loading import ModelError
-from pnp.pipelines.base import PnPPipeline
+from pnp.pipelines.pipeline_pnp import PnPPipeline
 from pnp.pipelines.random_models import build_random_pipeline
 from support.models import build_random_safety_checker
 from pnp.pipelines.weights import SAFETY_CHECKER, download_weights, locate_weights, select_files

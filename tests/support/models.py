@@ -10,7 +10,7 @@ import torch
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from transformers import CLIPConfig, CLIPImageProcessor
 
-from pnp.pipelines.base import PnPPipeline
+from pnp.pipelines.pipeline_pnp import PnPPipeline
 from pnp.pipelines.random_models import build_random_pipeline
 
 
