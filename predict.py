@@ -27,6 +27,7 @@ import torch  # noqa: E402
 
 from pnp.config import ConfigError, PnPConfig, check_float  # noqa: E402
 from pnp.devices import dtype_name  # noqa: E402
+from pnp.visual import visualise  # noqa: E402
 from pnp.visual.maps import write_feature_grids  # noqa: E402
 from pnp.app.form import PROMPT_SEPARATOR, config_resolution, form_name  # noqa: E402
 from pnp.pipelines.lora import load_loras  # noqa: E402
@@ -213,7 +214,7 @@ class Predictor(BasePredictor):
             generator = torch.Generator("cpu").manual_seed(seed)
             pipe = self.unchecked if disable_safety_checker else self.pipe
             with self._adapter(lora):
-                maps = pipe.feature_maps(image=image, generator=generator, **config.as_kwargs()) if feature_maps else None
+                maps = visualise.feature_maps(pipe, image=image, generator=generator, **config.as_kwargs()) if feature_maps else None
                 result = maps.translation if maps else pipe(image=image, generator=generator, **config.as_kwargs())
             paths = write_outputs(result, config.prompt, self.output_dir, options)
             if maps:

@@ -1,8 +1,9 @@
 """Plug-and-Play Diffusion Features (Tumanyan et al., CVPR 2023) for Stable Diffusion, in memory and batched.
 
-The public Python API is ``PnPPipeline``, a diffusers pipeline; ``PnPConfig`` is the validated
-set of its translation settings, and ``ConfigError`` / ``ModelError`` the errors it raises for
-bad arguments and unusable models.
+The public Python API is ``PnPPipeline``, a diffusers pipeline (``PnPXLPipeline`` for SDXL);
+``PnPConfig`` is the validated set of its translation settings, ``ConfigError`` / ``ModelError``
+the errors it raises for bad arguments and unusable models, and ``feature_maps`` draws the
+paper's feature visualisations of a translation.
 """
 
 from importlib import import_module
@@ -17,6 +18,7 @@ _LAZY = {
     "PnPXLPipeline": "pipelines.pipeline_pnp_xl",
     "PnPPipelineOutput": "pipelines.base",
     "InjectionError": "method.injection",
+    "feature_maps": "visual.visualise",
 }
 
 __all__ = ["ConfigError", "ModelError", "PnPConfig", *_LAZY]

@@ -93,8 +93,10 @@ def _features(args: argparse.Namespace) -> int:
     out = check_feature_folder(args.out, args.overwrite)
 
     pipe, config, images = _loaded(args, config, images, loras)
+    from pnp.visual.visualise import feature_maps
+
     settings = {k: v for k, v in config.as_kwargs().items() if k != "prompt"}
-    maps = pipe.feature_maps(prompts, images[0] if images else None, list(request.timesteps), list(request.maps),
+    maps = feature_maps(pipe, prompts, images[0] if images else None, list(request.timesteps), list(request.maps),
                              generator=_generator(seed), **settings)
     for path in write_feature_maps(maps, out):
         print(path)

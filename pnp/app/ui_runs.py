@@ -21,6 +21,7 @@ import torch
 
 from pnp.config import MAX_SEED, ConfigError, PnPConfig, check_seed
 from pnp.visual.maps import write_feature_grids
+from pnp.visual.visualise import feature_maps
 from pnp.app.form import config_resolution, form_input, form_name
 from pnp.images import load_image
 from pnp.outputs import OutputOptions, write_outputs
@@ -164,7 +165,7 @@ class Runner:
                       callback_on_step_end=step_end, **request.config.as_kwargs())
         if not request.feature_maps:
             return self.pipe(**kwargs), None
-        maps = self.pipe.feature_maps(**kwargs)
+        maps = feature_maps(self.pipe, **kwargs)
         return maps.translation, maps
 
     def _new_outputs_folder(self) -> Path:

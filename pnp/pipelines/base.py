@@ -36,8 +36,6 @@ from pnp.method.text import Prompts, TextEmbeddings
 from pnp.method.vae import decode
 from pnp.pipelines import single_file
 from pnp.pipelines.inputs import as_pil, listed
-from pnp.visual.maps import FeatureMaps
-from pnp.visual.visualise import feature_maps
 from pnp.pipelines.loading import check_supported, choose_device_and_dtype, loading_errors, loading_options
 
 logger = logging.getLogger("pnp.pipeline")
@@ -162,35 +160,6 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
         if self._injector is not None and chosen != self._injector.layers:
             raise ValueError("injection layers: the compiled UNet's hooks are installed; choose the layers before compile_unet")
         self.injection_layers = chosen
-
-    def feature_maps(
-        self,
-        prompt: str | list[str] | None = None,
-        image: PIL.Image.Image | np.ndarray | torch.Tensor | None = None,
-        timesteps: list[int] | None = None,
-        layers: list[str] | None = None,
-        **kwargs,
-    ) -> FeatureMaps:
-        """PCA maps of decoder features and self-attention (the paper's Fig. 3 and 6) of a source and its translations.
-
-        Translates ``image`` (or a source generated from ``generation_prompt``) into every prompt
-        of ``prompt`` as ``__call__`` does, with the same keyword arguments, and records the chosen
-        modules' outputs for the source and each target's conditional row (``pnp.visual.capture``); with
-        no prompt only the source is shown and nothing is translated. Per map and timestep, one
-        PCA over all images gives each image an RGB map (``pnp.visual.maps``, ``pnp.visual.pca``).
-
-        Args:
-            timesteps: sampling timesteps to show (of ``num_inference_steps``' schedule); None
-                for five spread over it.
-            layers: module names (see ``pnp.visual.maps``); None for ``up_blocks.1.resnets.1`` and
-                ``up_blocks.1.attentions.1.transformer_blocks.0.attn1``.
-
-        Returns a ``pnp.visual.maps.FeatureMaps``: the maps as arrays and PIL images, a labelled
-        grid per map, and the translation's own output. Recording changes no result. Raises
-        ``pnp.ConfigError`` (naming the argument) before any work if an argument is invalid.
-        """
-        source = None if image is None else as_pil(image)
-        return feature_maps(self, prompt, source, timesteps, layers, **kwargs)
 
     def set_source_cache(self, max_bytes: int | None) -> None:
         """Bound the source cache to ``max_bytes`` (0 turns it off; None: a quarter of a GPU's memory, a tenth of RAM on the CPU)."""

@@ -9,6 +9,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import fields
 
+import numpy as np
 import PIL.Image
 import torch
 
@@ -20,6 +21,7 @@ from pnp.images import resize_for_model
 from pnp.method.trajectory import Trajectory
 from pnp.visual.pca import matrix_free_pca_scores, pca_scores, scores_to_rgb
 from pnp.method.noise_predictor import NoisePredictor
+from pnp.pipelines.inputs import as_pil
 
 # Attention maps are computed in blocks of query rows (all heads) of at most this many elements:
 # 2**24 float32 values, 64 MiB, is 512 query rows of the 8 heads of a 4096-position layer.
@@ -29,16 +31,35 @@ _CONFIG_FIELDS = {f.name for f in fields(PnPConfig)} - {"prompt"}
 
 def feature_maps(
     pipe,
-    prompt: str | Sequence[str] | None,
-    image: PIL.Image.Image | None,
-    timesteps: Sequence[int] | None,
-    layers: Sequence[str] | None,
+    prompt: str | Sequence[str] | None = None,
+    image: PIL.Image.Image | np.ndarray | torch.Tensor | None = None,
+    timesteps: Sequence[int] | None = None,
+    layers: Sequence[str] | None = None,
     **kwargs,
 ) -> FeatureMaps:
-    """``PnPPipeline.feature_maps``: ``image`` is a PIL image or None (generation mode); see that method."""
+    """PCA maps of decoder features and self-attention (the paper's Fig. 3 and 6) of a source and its translations.
+
+    ``pipe`` (a ``PnPPipeline`` or ``PnPXLPipeline``) translates ``image`` (or a source generated
+    from ``generation_prompt``) into every prompt of ``prompt`` as its ``__call__`` does, with the
+    same keyword arguments, while the chosen modules' outputs are recorded for the source and each
+    target's conditional row (``pnp.visual.capture``); with no prompt only the source is shown and
+    nothing is translated. Per map and timestep, one PCA over all images gives each image an RGB
+    map (``pnp.visual.maps``, ``pnp.visual.pca``).
+
+    Args:
+        timesteps: sampling timesteps to show (of ``num_inference_steps``' schedule); None for
+            five spread over it.
+        layers: module names (see ``pnp.visual.maps``); None for ``up_blocks.1.resnets.1`` and
+            ``up_blocks.1.attentions.1.transformer_blocks.0.attn1``.
+
+    Returns a ``pnp.visual.maps.FeatureMaps``: the maps as arrays and PIL images, a labelled grid
+    per map, and the translation's own output. Recording changes no result. Raises
+    ``pnp.ConfigError`` (naming the argument) before any work if an argument is invalid.
+    """
     fixed = sorted({"output_type", "return_dict", "observer"} & set(kwargs))
     if fixed:
         raise TypeError(f"feature_maps() sets {', '.join(fixed)} itself; leave it out")
+    image = None if image is None else as_pil(image)
     prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt or ())
     config = run_config(prompts, **{k: v for k, v in kwargs.items() if k in _CONFIG_FIELDS}).resolved(pipe.default_resolution)
     request = _request(pipe, config, timesteps, layers)

@@ -21,6 +21,7 @@ from pnp.method.injection import FeatureInjector
 from pnp.method.plan import RowKind, TranslationStep, UNetCall
 from pnp.method.timesteps import sampling_timesteps
 from pnp.method.noise_predictor import NoisePredictor
+from pnp.visual.visualise import feature_maps
 
 BLOCK = "up_blocks.1.resnets.1"
 ATTN1 = "up_blocks.1.attentions.1.transformer_blocks.0.attn1"
@@ -128,7 +129,7 @@ def test_the_unet_is_clean_after_a_failed_visualisation(pipe, photo, call):
     handle = pipe.unet.register_forward_pre_hook(_FailAt(call))
     try:
         with pytest.raises(RuntimeError, match="stopped"):
-            pipe.feature_maps(prompt="a cat", image=photo, **FAST)  # 4 inversion, 4 translation, 1 extra call
+            feature_maps(pipe, prompt="a cat", image=photo, **FAST)  # 4 inversion, 4 translation, 1 extra call
     finally:
         handle.remove()
     assert all_hooks(pipe.unet) == []
@@ -142,7 +143,7 @@ def two_prompts(pipe):
     """A visualisation of a photo and two translations, with the default maps at two timesteps."""
     y, x = np.mgrid[0:128, 0:160]
     photo = Image.fromarray(np.stack([x, y, x + y], axis=-1).astype(np.uint8), "RGB")
-    return photo, pipe.feature_maps(prompt=["a cat", "A Red Car!"], image=photo, timesteps=[751, 1], **FAST)
+    return photo, feature_maps(pipe, prompt=["a cat", "A Red Car!"], image=photo, timesteps=[751, 1], **FAST)
 
 
 def test_maps_of_every_image_in_one_pca(two_prompts):
@@ -166,7 +167,7 @@ def test_without_prompts_only_the_source_is_computed_and_shown(pipe, photo, gene
     rows = []
     handle = pipe.unet.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
     try:
-        maps = pipe.feature_maps(timesteps=[751, 251], **source, **FAST)
+        maps = feature_maps(pipe, timesteps=[751, 251], **source, **FAST)
     finally:
         handle.remove()
     # The source trajectory (generation: 2 rows a step; inversion: 1), then one call per timestep.
@@ -242,7 +243,7 @@ def test_a_module_the_unet_lacks_is_refused_before_any_work(pipe, photo):
     handle = pipe.unet.register_forward_pre_hook(lambda module, args: rows.append(1))
     try:
         with pytest.raises(ConfigError, match="no module up_blocks.7.resnets.0.conv1") as caught:
-            pipe.feature_maps(prompt="a cat", image=photo, layers=["up_blocks.7.resnets.0"], **FAST)
+            feature_maps(pipe, prompt="a cat", image=photo, layers=["up_blocks.7.resnets.0"], **FAST)
     finally:
         handle.remove()
     assert caught.value.param == "layers" and rows == []
