@@ -100,36 +100,52 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, device: str | None = None, dtype=None, **kwargs):
-        """Load a diffusers folder or model-hub id of this architecture onto ``device`` in ``dtype``.
+        """Load a Stable Diffusion 1.x/2.x or SDXL diffusers folder or model-hub id onto ``device`` in ``dtype``.
 
-        device defaults to CUDA if present, else the CPU; dtype ("float16", torch.float16, ...) to
-        float16 on CUDA, bfloat16 on CPUs with bfloat16 instructions, float32 otherwise. A local
-        folder loads offline, with its safety checker if it has one; a hub id is downloaded once
-        into the Hugging Face cache, without the safety checker unless ``safety_checker`` is passed.
-        Other keyword arguments go to ``DiffusionPipeline.from_pretrained``. Raises ``pnp.ModelError``
-        saying what to do when the model cannot be loaded.
+        Called on PnPPipeline, an SDXL model (one whose components include ``text_encoder_2``) comes
+        back as ``PnPXLPipeline``. device defaults to CUDA if present, else the CPU; dtype ("float16",
+        torch.float16, ...) to float16 on CUDA, bfloat16 on CPUs with bfloat16 instructions, float32
+        otherwise. A local folder loads offline, with its safety checker if it has one; a hub id is
+        downloaded once into the Hugging Face cache, without the safety checker unless
+        ``safety_checker`` is passed. Other keyword arguments go to ``DiffusionPipeline.from_pretrained``.
+        Raises ``pnp.ModelError`` saying what to do when the model cannot be loaded. Single
+        ``.safetensors`` checkpoints load with ``from_single_file``.
         """
         device, dtype = choose_device_and_dtype(device, dtype)
         with loading_errors(pretrained_model_name_or_path):
-            options = {**loading_options(pretrained_model_name_or_path, cls._has_safety_checker), **kwargs}
-            pipe = super().from_pretrained(pretrained_model_name_or_path, dtype=dtype, **options)
+            architecture = cls._class_of_model(pretrained_model_name_or_path)
+            options = {**loading_options(pretrained_model_name_or_path, architecture._has_safety_checker), **kwargs}
+            pipe = super(PnPBasePipeline, architecture).from_pretrained(pretrained_model_name_or_path, dtype=dtype,
+                                                                        **options)
         check_supported(pipe, pretrained_model_name_or_path)
         return pipe.to(device)
 
     @classmethod
     def from_single_file(cls, pretrained_model_link_or_path: str | Path, device: str | None = None, dtype=None,
                          config: str | Path | None = None, allow_pickle: bool = False, **kwargs):
-        """Load a single-file checkpoint of this architecture (``.safetensors``) onto ``device`` in ``dtype``.
+        """Load a single-file checkpoint (``.safetensors``, the format of community fine-tunes) onto ``device`` in ``dtype``.
 
         ``config`` is the base configuration of its architecture, a diffusers folder or model-hub id
-        (needed offline). Pickled ``.ckpt`` files load only with ``allow_pickle``. Raises
-        ``pnp.ModelError`` saying what to do; see ``pnp.pipelines.single_file``.
+        (needed offline); called on PnPPipeline, an SDXL file comes back as ``PnPXLPipeline``.
+        Pickled ``.ckpt`` files load only with ``allow_pickle``. Raises ``pnp.ModelError`` saying
+        what to do; see ``pnp.pipelines.single_file``.
         """
         device, dtype = choose_device_and_dtype(device, dtype)
         path = single_file.check_single_file(pretrained_model_link_or_path, allow_pickle)
-        pipe = single_file.load_single_file(cls, path, config, dtype, cls._has_safety_checker, **kwargs)
+        architecture = cls._class_of_checkpoint(path, config)
+        pipe = single_file.load_single_file(architecture, path, config, dtype, architecture._has_safety_checker, **kwargs)
         check_supported(pipe, pretrained_model_link_or_path)
         return pipe.to(device)
+
+    @classmethod
+    def _class_of_model(cls, model: str | Path) -> type[PnPBasePipeline]:
+        """The pipeline class that loads ``model``: this one (PnPPipeline also answers for SDXL models)."""
+        return cls
+
+    @classmethod
+    def _class_of_checkpoint(cls, path: Path, config: str | Path | None) -> type[PnPBasePipeline]:
+        """The pipeline class that loads the checkpoint file ``path``: this one (PnPPipeline also answers for SDXL's)."""
+        return cls
 
     @classmethod
     def from_pipe(cls, pipeline, **kwargs):

@@ -21,7 +21,7 @@ from transformers import CLIPImageProcessor, CLIPTextModel, CLIPTokenizer
 
 from pnp.method.text import TextEmbeddings
 from pnp.pipelines import base, pipeline_pnp_xl, single_file
-from pnp.pipelines.loading import is_sdxl, loading_errors
+from pnp.pipelines.loading import is_sdxl
 
 
 class PnPPipeline(StableDiffusionLoraLoaderMixin, base.PnPBasePipeline):
@@ -71,38 +71,18 @@ class PnPPipeline(StableDiffusionLoraLoaderMixin, base.PnPBasePipeline):
         )
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, device: str | None = None, dtype=None, **kwargs):
-        """Load a Stable Diffusion 1.x/2.x or SDXL diffusers folder or model-hub id onto ``device`` in ``dtype``.
-
-        Called on PnPPipeline, an SDXL model (one whose components include ``text_encoder_2``) comes
-        back as ``pnp.PnPXLPipeline``. device defaults to CUDA if present, else the CPU; dtype
-        ("float16", torch.float16, ...) to float16 on CUDA, bfloat16 on CPUs with bfloat16
-        instructions, float32 otherwise. A local folder loads offline, with its safety checker if it
-        has one; a hub id is downloaded once into the Hugging Face cache, without the safety checker
-        unless ``safety_checker`` is passed. Other keyword arguments go to
-        ``DiffusionPipeline.from_pretrained``. Raises ``pnp.ModelError`` saying what to do when the
-        model cannot be loaded. Single ``.safetensors`` checkpoints load with ``from_single_file``.
-        """
-        with loading_errors(pretrained_model_name_or_path):
-            xl = cls is PnPPipeline and is_sdxl(pretrained_model_name_or_path)
-        if xl:
-            return pipeline_pnp_xl.PnPXLPipeline.from_pretrained(pretrained_model_name_or_path, device, dtype, **kwargs)
-        return super().from_pretrained(pretrained_model_name_or_path, device, dtype, **kwargs)
+    def _class_of_model(cls, model: str | Path) -> type[base.PnPBasePipeline]:
+        """PnPXLPipeline for an SDXL model (its components include ``text_encoder_2``), else this class."""
+        if cls is PnPPipeline and is_sdxl(model):
+            return pipeline_pnp_xl.PnPXLPipeline
+        return cls
 
     @classmethod
-    def from_single_file(cls, pretrained_model_link_or_path: str | Path, device: str | None = None, dtype=None,
-                         config: str | Path | None = None, allow_pickle: bool = False, **kwargs):
-        """Load a single-file checkpoint (``.safetensors``, the format of community fine-tunes) onto ``device`` in ``dtype``.
-
-        ``config`` is the base configuration of its architecture, a diffusers folder or model-hub id
-        (needed offline); called on PnPPipeline, an SDXL file comes back as ``PnPXLPipeline``.
-        Pickled ``.ckpt`` files load only with ``allow_pickle``. Raises ``pnp.ModelError`` saying
-        what to do; see ``pnp.pipelines.single_file``.
-        """
-        path = single_file.check_single_file(pretrained_model_link_or_path, allow_pickle)
+    def _class_of_checkpoint(cls, path: Path, config: str | Path | None) -> type[base.PnPBasePipeline]:
+        """PnPXLPipeline for an SDXL checkpoint (by its base configuration, or by its keys), else this class."""
         if cls is PnPPipeline and single_file.is_sdxl_checkpoint(path, config):
-            return pipeline_pnp_xl.PnPXLPipeline.from_single_file(path, device, dtype, config, allow_pickle, **kwargs)
-        return super().from_single_file(path, device, dtype, config, allow_pickle, **kwargs)
+            return pipeline_pnp_xl.PnPXLPipeline
+        return cls
 
     def _embed(self, texts: list[str], device) -> TextEmbeddings:
         hidden, _ = self.encode_prompt(texts, device, 1, False)
