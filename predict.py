@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from pnp.config import ConfigError, PnPConfig, check_float  # noqa: E402
 from pnp.devices import dtype_name  # noqa: E402
 from pnp.visual import visualise  # noqa: E402
-from pnp.visual.maps import write_feature_grids  # noqa: E402
+from pnp.app.feature_files import write_feature_grids  # noqa: E402
 from pnp.app.form import PROMPT_SEPARATOR, config_resolution, form_name  # noqa: E402
 from pnp.pipelines.lora import load_loras  # noqa: E402
 from pnp.outputs import OutputOptions, write_outputs  # noqa: E402

@@ -6,7 +6,7 @@ The largest self-attention layers of Stable Diffusion 1.x are those of ``up_bloc
 of 40 channels over (resolution / 8)^2 positions, so at 512 px each image's maps are
 4096 x 32768 values. Here their queries and keys are random (the memory needed does not depend
 on the values; the number of iterations, and so the time, does), for ``--images`` images at once,
-and ``pnp.visual.pca.matrix_free_pca_scores`` runs on ``pnp.visual.visualise.SelfAttentionMaps`` of them.
+and ``pnp.visual.pca.matrix_free_pca_scores`` runs on ``pnp.visual.attention_maps.SelfAttentionMaps`` of them.
 Printed: the working memory the PCA needed beyond its inputs (``benchmarks.memory``), next to
 what holding every map at once, or a Gram matrix of all rows, would take in float32.
 """
@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from pnp.visual.visualise import SelfAttentionMaps
+from pnp.visual.attention_maps import SelfAttentionMaps
 from pnp.visual.pca import matrix_free_pca_scores
 
 from .memory import MemoryTracker

@@ -16,7 +16,8 @@ from pathlib import Path
 from pnp.config import NEGATIVE_SCHEDULES, ConfigError, PnPConfig, check_seed
 from pnp.devices import DTYPE_NAMES
 from pnp.evaluation.command import add_evaluate_arguments, run_evaluate
-from pnp.visual.maps import DEFAULT_LAYERS, LAYER_HELP, check_feature_folder, feature_request, run_config, write_feature_maps
+from pnp.app.feature_files import check_feature_folder, write_feature_maps
+from pnp.visual.maps import DEFAULT_LAYERS, LAYER_HELP, map_request, run_config
 from pnp.images import ImageError, check_image, load_image
 from pnp.pipelines.lora import MAX_LORA_SCALE, MIN_LORA_SCALE, parse_lora
 from pnp.pipelines.loading import DEFAULT_MODEL, RANDOM_MODELS, ModelError
@@ -84,7 +85,7 @@ def _translate(args: argparse.Namespace) -> int:
 def _features(args: argparse.Namespace) -> int:
     prompts = args.prompt or []
     config = run_config(prompts, **_source_settings(args), **_translation_settings(args))
-    request = feature_request(args.layers, args.timesteps, config.num_inference_steps)
+    request = map_request(args.layers, args.timesteps, config.num_inference_steps)
     seed = check_seed(args.seed)
     if len(args.image or []) > 1:
         raise ImageError("image", f"{len(args.image)} images given; the maps show one source: give one --image")

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from pnp.config import MAX_SEED, ConfigError, PnPConfig, check_seed
-from pnp.visual.maps import write_feature_grids
+from pnp.app.feature_files import write_feature_grids
 from pnp.visual.visualise import feature_maps
 from pnp.app.form import config_resolution, form_input, form_name
 from pnp.images import load_image

@@ -1,4 +1,4 @@
-"""Recording decoder features of the source and the targets while a translation runs.
+"""Recording the outputs of chosen UNet modules (their features) for the source and the targets while a translation runs.
 
 Forward hooks on the chosen modules copy the rows shown (the source row and each target's
 conditional row, found from ``UNetCall.layout``) at the chosen timesteps, and nothing else.
@@ -34,12 +34,12 @@ class CaptureError(RuntimeError):
     """A hooked module did not run exactly once per recorded row; the message names it."""
 
 
-class FeatureCapture:
+class ModuleCapture:
     """Context manager: hooks on ``modules`` of ``unet`` recording ``images`` images at ``timesteps``.
 
     Use it as the pipeline's observer (``before_call`` arms the hooks for a translation call,
     ``source_ready`` keeps the source trajectory), then call ``record_source`` for the source's
-    features the translation did not compute, and read them with ``features``.
+    features the translation did not compute, and read them with ``outputs``.
     """
 
     def __init__(self, unet: torch.nn.Module, modules: Sequence[str], timesteps: Sequence[int], images: int) -> None:
@@ -53,7 +53,7 @@ class FeatureCapture:
         self._records: dict[tuple[str, int, int], torch.Tensor] = {}
         self._armed: tuple[int, dict[int, int]] | None = None  # (timestep, {batch row: image})
 
-    def __enter__(self) -> "FeatureCapture":
+    def __enter__(self) -> "ModuleCapture":
         found = dict(self.unet.named_modules())
         missing = [name for name in self.modules if name not in found]
         if missing:
@@ -85,7 +85,7 @@ class FeatureCapture:
         trajectory = self.trajectory
         for t in sorted(self.timesteps, reverse=True):
             done = all((name, t, SOURCE) in self._records for name in self.modules)
-            if done or t not in trajectory.latents:  # an interrupted run: ``features`` says what is missing
+            if done or t not in trajectory.latents:  # an interrupted run: ``outputs`` says what is missing
                 continue
             self._armed = (t, {0: SOURCE})
             try:
@@ -94,7 +94,7 @@ class FeatureCapture:
                 self._armed = None
             self.extra_calls += 1
 
-    def features(self, module: str, timestep: int) -> torch.Tensor:
+    def outputs(self, module: str, timestep: int) -> torch.Tensor:
         """The recorded outputs of ``module`` at ``timestep``, one per image, stacked: (images, ...)."""
         keys = [(module, timestep, image) for image in range(self.images)]
         missing = [key[2] for key in keys if key not in self._records]

@@ -1,4 +1,4 @@
-"""Feature visualisations (the paper's Fig. 3 and Fig. 6): which maps, at which timesteps, and their files.
+"""Feature visualisations (the paper's Fig. 3 and Fig. 6): which maps, at which timesteps, and what comes back.
 
 A map is named by a diffusers module of the UNet:
 - a residual block's ``conv1`` or ``conv2`` output, e.g. ``up_blocks.1.resnets.1.conv2`` (the
@@ -11,23 +11,22 @@ A residual block (``...resnets.N``) stands for its two convs, an ``attn1`` layer
 
 Each image shown (the source, then one translation per prompt) gets one RGB map per map name and
 timestep, from one PCA over all of them (``pnp.visual.pca``). Torch-free, so that the command line can
-check a request before any model library is imported; ``pnp.visual.visualise`` computes the maps.
+check a request before any model library is imported; ``pnp.visual.visualise`` computes the maps, and
+``pnp.app.feature_files`` writes them.
 """
 
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from pnp.config import ConfigError, PnPConfig
+from pnp.outputs import output_labels
 from pnp.visual.grids import labelled_grid
-from pnp.outputs import OutputOptions, output_labels, save_image, slug
 from pnp.method.timesteps import NUM_TRAIN_TIMESTEPS, STEPS_OFFSET, sampling_timesteps
 
 DEFAULT_LAYERS = ("up_blocks.1.resnets.1", "up_blocks.1.attentions.1.transformer_blocks.0.attn1")
@@ -37,9 +36,10 @@ DEFAULT_TIMESTEPS = 5
 # so that every map's cells stay whole pixels).
 GRID_TILE = 256
 
-_BLOCK = r"(?:down_blocks\.\d+|mid_block|up_blocks\.\d+)"
-_RESNET = re.compile(rf"{_BLOCK}\.resnets\.\d+")
-_ATTN1 = re.compile(rf"{_BLOCK}\.attentions\.\d+\.transformer_blocks\.\d+\.attn1")
+# A UNet block's name, which every map's name starts with.
+BLOCK = r"(?:down_blocks\.\d+|mid_block|up_blocks\.\d+)"
+_RESNET = re.compile(rf"{BLOCK}\.resnets\.\d+")
+_ATTN1 = re.compile(rf"{BLOCK}\.attentions\.\d+\.transformer_blocks\.\d+\.attn1")
 _PARTS = {_RESNET: ("conv1", "conv2"), _ATTN1: ("to_q", "to_k", ATTENTION)}
 LAYER_HELP = (
     "a residual block or one of its convs (e.g. up_blocks.1.resnets.1, up_blocks.1.resnets.1.conv2), or a "
@@ -64,7 +64,7 @@ def map_names(layers: Sequence[str]) -> tuple[str, ...]:
                 names.append(layer)
                 break
         else:
-            raise ConfigError("layers", f"{layer!r} is not a map this command draws; name {LAYER_HELP}")
+            raise ConfigError("layers", f"{layer!r} is not a map pnp draws; name {LAYER_HELP}")
     if not names:
         raise ConfigError("layers", f"name at least one layer: {LAYER_HELP}")
     return tuple(dict.fromkeys(names))
@@ -110,7 +110,7 @@ def check_timesteps(values: Sequence[int], schedule: Sequence[int]) -> tuple[int
 
 
 @dataclass(frozen=True)
-class FeatureRequest:
+class MapRequest:
     """The maps to draw and the timesteps to draw them at (noisiest first)."""
 
     maps: tuple[str, ...]
@@ -122,17 +122,17 @@ class FeatureRequest:
         return map_modules(self.maps)
 
 
-def feature_request(
+def map_request(
     layers: Sequence[str] | None,
     timesteps: Sequence[int] | None,
     steps: int,
     num_train_timesteps: int = NUM_TRAIN_TIMESTEPS,
     offset: int = STEPS_OFFSET,
-) -> FeatureRequest:
+) -> MapRequest:
     """A checked request; None means the defaults (``DEFAULT_LAYERS``, ``default_timesteps``)."""
     schedule = sampling_timesteps(steps, num_train_timesteps, offset)
     chosen = default_timesteps(schedule) if timesteps is None else check_timesteps(list(timesteps), schedule)
-    return FeatureRequest(map_names(DEFAULT_LAYERS if layers is None else list(layers)), chosen)
+    return MapRequest(map_names(DEFAULT_LAYERS if layers is None else list(layers)), chosen)
 
 
 def run_config(prompts: Sequence[str], **settings) -> PnPConfig:
@@ -158,7 +158,7 @@ class FeatureMap:
 
 @dataclass
 class FeatureMaps:
-    """What ``PnPPipeline.feature_maps`` returns.
+    """What ``pnp.feature_maps`` returns.
 
     images: the source at the working size, then one translation per prompt (PIL).
     labels: ``source``, then each prompt's slug (as the translate command names its outputs).
@@ -187,55 +187,6 @@ class FeatureMaps:
             rows.append([_fit(image, size), *maps])
         row_labels = ["source", *self.prompts]
         return labelled_grid(rows, row_labels, ["image", *(f"t={t}" for t in self.timesteps)], name)
-
-
-def map_file_names(maps: FeatureMaps) -> dict[tuple[str, int, int], str]:
-    """(map, timestep, image) -> ``<map>/<NN>-<label>-t<T>.png``, NN being the image's position (00: the source)."""
-    return {
-        (name, t, i): f"{name}/{i:02d}-{label}-t{t}.png"
-        for name in maps.maps
-        for t in maps.timesteps
-        for i, label in enumerate(maps.labels)
-    }
-
-
-def write_feature_maps(maps: FeatureMaps, folder: str | Path) -> list[Path]:
-    """Write every map as ``folder/<map>/<NN>-<label>-t<T>.png`` and one grid per map as ``folder/<map>.png``.
-
-    Returns the grids' paths, in map order.
-    """
-    folder = Path(folder)
-    png = OutputOptions("png")
-    for (name, t, i), file_name in map_file_names(maps).items():
-        (folder / name).mkdir(parents=True, exist_ok=True)
-        save_image(maps.maps[name][t].images[i], folder / file_name, png)
-    return [save_image(maps.grid(name), folder / f"{name}.png", png) for name in maps.maps]
-
-
-def write_feature_grids(maps: FeatureMaps, folder: str | Path, options: OutputOptions, first: int) -> list[Path]:
-    """Write one grid per map into ``folder`` as ``NN-features-<map slug>.<format>``, numbered from ``first``."""
-    return [
-        save_image(maps.grid(name), Path(folder) / f"{first + k:02d}-features-{slug(name, length=len(name))}."
-                   f"{options.output_format}", options)
-        for k, name in enumerate(maps.maps)
-    ]
-
-
-def check_feature_folder(folder: str | Path, overwrite: bool = False) -> Path:
-    """Refuse a folder holding an earlier run's maps (or, with ``overwrite``, delete them) before any work."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError("out", f"{folder} is a file, not a folder; name a folder for the maps")
-    earlier = sorted(p for p in folder.iterdir() if re.match(rf"{_BLOCK}\.", p.name)) if folder.is_dir() else []
-    if earlier and not overwrite:
-        raise ConfigError(
-            "out",
-            f"{folder} already holds maps of an earlier run ({earlier[0].name}, ...); "
-            "choose another folder, or pass --overwrite to replace them",
-        )
-    for path in earlier:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    return folder
 
 
 def _tile_size(size: tuple[int, int]) -> tuple[int, int]:

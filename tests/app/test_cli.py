@@ -112,7 +112,7 @@ def test_features_of_an_image_and_its_translation(tmp_path, photo):
         (["--timesteps", "667", "500"],
          "error: --timesteps: 500 is not a timestep of the 3-step sampling schedule; use some of 667, 334, 1"),
         (["--layers", "up_blocks.1.attentions.1"],
-         "error: --layers: 'up_blocks.1.attentions.1' is not a map this command draws; name a residual block"),
+         "error: --layers: 'up_blocks.1.attentions.1' is not a map pnp draws; name a residual block"),
         (["--steps", "0"], "error: --steps: 0 is out of range"),
     ],
 )

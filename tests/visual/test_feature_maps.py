@@ -1,4 +1,4 @@
-"""Feature visualisations: what is recorded, that recording changes nothing, the request, files and grids."""
+"""Feature visualisations: what is recorded, that recording changes nothing, the request and the maps."""
 
 import numpy as np
 import pytest
@@ -6,17 +6,14 @@ import torch
 from support.hooks import all_hooks
 from PIL import Image
 
-from pnp.visual.capture import FeatureCapture
+from pnp.visual.capture import ModuleCapture
 from pnp.config import ConfigError
 from pnp.visual.maps import (
     DEFAULT_LAYERS,
-    check_feature_folder,
     default_timesteps,
-    feature_request,
+    map_request,
     map_names,
-    write_feature_maps,
 )
-from pnp.visual.grids import GAP, LABEL_WIDTH, MARGIN
 from pnp.method.injection import FeatureInjector
 from pnp.method.plan import RowKind, TranslationStep, UNetCall
 from pnp.method.timesteps import sampling_timesteps
@@ -63,7 +60,7 @@ def test_recorded_features_are_the_unets_own_on_the_same_inputs(pipe, photo):
         latents[pipe.phase, t] = tensors["latents"].clone()
         return tensors
 
-    with FeatureCapture(pipe.unet, [*convs, query], shown.values(), images=3) as capture:
+    with ModuleCapture(pipe.unet, [*convs, query], shown.values(), images=3) as capture:
         pipe(prompt=prompts, image=photo, feature_injection_threshold=0.5, attention_injection_threshold=0.5,
              max_batch_size=1, output_type="latent", callback_on_step_end=keep, observer=capture, **FAST)
         with torch.inference_mode():
@@ -82,7 +79,7 @@ def test_recorded_features_are_the_unets_own_on_the_same_inputs(pipe, photo):
             # Same rows in other batches (2 to 4 rows here, 3 in the direct call), text encoded in
             # another batch: float32 sums in another order. Measured: at most 4e-6 on features of
             # size 1-2; recording the injected conv2 instead would be off by more than 1e-2.
-            torch.testing.assert_close(capture.features(name, t), direct.seen[name], rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(capture.outputs(name, t), direct.seen[name], rtol=1e-4, atol=1e-4)
 
 
 def test_recording_comes_before_injection_whatever_the_hook_order(pipe):
@@ -93,13 +90,13 @@ def test_recording_comes_before_injection_whatever_the_hook_order(pipe):
     embeddings, _ = pipe.encode_prompt(["", "a cat"], "cpu", 1, False)
     conv2 = f"{BLOCK}.conv2"
     with torch.inference_mode(), FeatureInjector(pipe.unet) as injector:
-        with FeatureCapture(pipe.unet, [conv2], [401], images=2) as capture, Outputs(pipe.unet, [conv2]) as after:
+        with ModuleCapture(pipe.unet, [conv2], [401], images=2) as capture, Outputs(pipe.unet, [conv2]) as after:
             injector.start_step(True, True)
             injector.set_call(call.layout, latents.device)
             capture.before_call(step, call)
             pipe.unet(latents, 401, encoder_hidden_states=embeddings)
     assert torch.equal(after.seen[conv2][1], after.seen[conv2][0])  # injected: the target carries the source's
-    recorded = capture.features(conv2, 401)
+    recorded = capture.outputs(conv2, 401)
     assert torch.equal(recorded[0], after.seen[conv2][0])
     assert (recorded[1] - recorded[0]).abs().max() > 1e-2  # the target's own
 
@@ -108,7 +105,7 @@ def test_capture_changes_no_result_and_leaves_the_unet_clean(pipe, photo):
     settings = dict(prompt=["a cat", "a dog"], image=photo, **FAST)
     plain = pipe(output_type="latent", **settings).images
     modules = [f"{BLOCK}.conv2", f"{ATTN1}.to_q", f"{ATTN1}.to_k"]
-    with FeatureCapture(pipe.unet, modules, sampling_timesteps(4), images=3) as capture:
+    with ModuleCapture(pipe.unet, modules, sampling_timesteps(4), images=3) as capture:
         captured = pipe(output_type="latent", observer=capture, **settings).images
     assert torch.equal(captured, plain)
     assert all_hooks(pipe.unet) == []
@@ -177,37 +174,6 @@ def test_without_prompts_only_the_source_is_computed_and_shown(pipe, photo, gene
     assert all(m.rgb.shape[0] == 1 for by_t in maps.maps.values() for m in by_t.values())
 
 
-def test_files_and_grids(tmp_path, two_prompts):
-    _, maps = two_prompts
-    grids = write_feature_maps(maps, tmp_path)
-    expected = {f"{name}/{i:02d}-{label}-t{t}.png" for name in DEFAULT_MAPS for t in (751, 1)
-                for i, label in enumerate(["source", "a-cat", "a-red-car"])}
-    written = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.png")}
-    assert written == expected | {f"{name}.png" for name in DEFAULT_MAPS}
-    assert grids == [tmp_path / f"{name}.png" for name in DEFAULT_MAPS]
-    with Image.open(tmp_path / f"{ATTN1}.attention" / "02-a-red-car-t1.png") as image:
-        assert image.size == (192, 128)
-    with Image.open(grids[0]) as grid:
-        grid = grid.convert("RGB")
-        # Columns: the image, then one per timestep; rows: the three images; tiles at the working size.
-        top = grid.height - MARGIN - 3 * (128 + GAP)
-        assert grid.size == (LABEL_WIDTH + 3 * (192 + GAP) + MARGIN, top + 3 * (128 + GAP) + MARGIN)
-        for row, image in enumerate(maps.images):
-            for column, tile in enumerate([image, *(maps.maps[DEFAULT_MAPS[0]][t].images[row] for t in (751, 1))]):
-                x, y = LABEL_WIDTH + column * (192 + GAP), top + row * (128 + GAP)
-                assert np.array_equal(np.asarray(grid.crop((x, y, x + 192, y + 128))), np.asarray(tile))
-
-
-def test_an_earlier_runs_maps_are_kept_unless_overwritten(tmp_path):
-    (tmp_path / f"{BLOCK}.conv1").mkdir()
-    (tmp_path / f"{BLOCK}.conv1.png").write_bytes(b"")
-    (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="--overwrite"):
-        check_feature_folder(tmp_path)
-    check_feature_folder(tmp_path, overwrite=True)
-    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
-
-
 # --- The request ---
 
 
@@ -232,10 +198,10 @@ def test_layers_name_maps_or_what_is_allowed():
 
 def test_a_timestep_off_the_schedule_lists_the_valid_ones():
     with pytest.raises(ConfigError) as caught:
-        feature_request(None, [751, 750], steps=4)
+        map_request(None, [751, 750], steps=4)
     assert caught.value.param == "timesteps"
     assert "750 is not a timestep" in caught.value.reason and caught.value.reason.endswith("751, 501, 251, 1")
-    assert feature_request(None, [1, 751, 1], steps=4).timesteps == (751, 1)
+    assert map_request(None, [1, 751, 1], steps=4).timesteps == (751, 1)
 
 
 def test_a_module_the_unet_lacks_is_refused_before_any_work(pipe, photo):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pnp.visual.visualise import SelfAttentionMaps
+from pnp.visual.attention_maps import SelfAttentionMaps
 from pnp.visual.pca import matrix_free_pca_scores, pca_scores, scores_to_rgb
 from support.reference import dense_attention_maps
 
