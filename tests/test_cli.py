@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import unreachable_hub_env
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,6 +144,19 @@ def test_offline_model_error_says_what_to_do(tmp_path, photo):
         assert advice in line
     for hub_advice in ("local_files_only", "stacktrace"):
         assert hub_advice not in line
+
+
+@pytest.mark.parametrize("command", [["translate", "--image", "in.png", "--prompt", "a cat", "--out", "out"],
+                                     ["download-weights", "--out", "weights"]])
+def test_without_the_model_hub_the_first_command_fails_at_once_in_one_line(tmp_path, photo, command):
+    """A host name that does not resolve is no passing fault: the hub client's five retries are not waited for
+    (test_models times it)."""
+    photo.save(tmp_path / "in.png")
+    done = run_cli(*command, cwd=tmp_path, env=unreachable_hub_env(tmp_path / "hf"))
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "CompVis/stable-diffusion-v1-4" in line
+    assert not (tmp_path / "out").exists() and not (tmp_path / "weights").exists()
 
 
 def test_help_and_argument_errors_do_not_load_torch():
