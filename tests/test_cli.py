@@ -86,6 +86,10 @@ def test_a_prompt_longer_than_the_text_encoder_reads_is_reported(tmp_path):
         (["--image", "in.png", "--model", "./no-such-folder"], "error: model folder"),
         (["--image", "in.png", "--model", "someone/some-model"], "download-weights"),
         (["--image", "in.png", "--device", "cuda:0"], "error: device: cuda:0 was asked for"),
+        (["--image", "in.png", "--prompt", b"a \xff cat"],  # bytes that are not UTF-8
+         "error: --prompt: prompt 1 of 2 is not valid text: character 3 is '\\udcff'"),
+        (["--image", "in.png", "--negative-prompt", b"\xff"], "error: --negative-prompt: it is not valid text"),
+        (["--image", "in.png", "--prompt", "cat " * 1000], "error: --prompt: prompt 1 of 2 is 3999 characters long"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_status_2(tmp_path, photo, args, message):
