@@ -421,7 +421,10 @@ class PnPPipeline(
         return feature_maps(self, prompt, source, timesteps, layers, **kwargs)
 
     def set_source_cache(self, max_bytes: int | None) -> None:
-        """Bound the source cache to ``max_bytes`` (0 turns it off; None: a quarter of a GPU's memory, a tenth of RAM on the CPU)."""
+        """Bound the source cache to ``max_bytes`` (0 turns it off; None: a quarter of a GPU's memory, a tenth of RAM on the CPU).
+
+        Raises ConfigError("max_bytes", ...) for anything but None or a whole number from 0 up.
+        """
         self.source_cache.max_bytes = max_bytes
         if max_bytes == 0:
             self.source_cache.clear()

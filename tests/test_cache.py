@@ -6,7 +6,7 @@ import torch
 from conftest import load_tiny
 from PIL import Image
 
-from pnp.cache import SourceCache, SourceEntry
+from pnp.cache import SourceCache, SourceEntry, default_budget
 from pnp.config import ConfigError, PnPConfig
 from pnp.inversion import Trajectory
 from pnp.rows import inversion_rows, translation_plan, translation_rows
@@ -143,6 +143,22 @@ def test_the_budget_evicts_the_least_recently_used_and_zero_turns_it_off(cached,
     assert len(cached.source_cache) == 0
     assert latents(cached, prompt="a cat", image=images[2], **FAST).metrics["cache_hits"] == 0
     assert len(cached.source_cache) == 0
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, 2.0, "x", True, [100]])
+def test_a_budget_is_none_or_a_whole_number_of_bytes(cached, photo, bad):
+    """After "x" was accepted, every call did all its work and then failed in cache.put."""
+    cached.set_source_cache(10**9)
+    with pytest.raises(ConfigError) as caught:
+        cached.set_source_cache(bad)
+    assert caught.value.param == "max_bytes" and cached.source_cache.max_bytes == 10**9  # unchanged
+    with pytest.raises(ConfigError):
+        SourceCache(bad)
+    cached.set_source_cache(np.int64(10**8))
+    assert cached.source_cache.max_bytes == 10**8 and type(cached.source_cache.max_bytes) is int
+    cached.set_source_cache(None)  # None: the device's default budget, as documented
+    assert cached.source_cache.budget(torch.device("cpu")) == default_budget(torch.device("cpu")) > 0
+    assert latents(cached, prompt="a cat", image=photo, **FAST).metrics["cache_hits"] == 0 and len(cached.source_cache) == 1
 
 
 def test_entries_count_their_bytes_and_an_oversized_one_is_not_kept():
