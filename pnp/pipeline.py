@@ -49,6 +49,8 @@ from pnp.vae import decode, encode, image_to_tensor
 logger = logging.getLogger("pnp.pipeline")
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# The phases that make a source's trajectory (the translation's latents are its targets').
+SOURCE_PHASES = ("inversion", "generation")
 _DEFAULTS = PnPConfig()
 
 
@@ -481,6 +483,7 @@ class PnPPipeline(
                     latents, group.clean = generate(predict, ddim, group.noise, prompts.uncond, embedding,
                                                     config.num_inference_steps, config.generation_guidance_scale, on_step)
                 group.trajectories[0].latents.update(latents)
+                group.changed_by_callback = step_end.changed
             return
         with self._timed(metrics, "encode_s"):
             latent = torch.cat([encode(self.vae, image_to_tensor(group.pictures[k]).to(predict.unet.device), self._vae_float32)
@@ -491,6 +494,7 @@ class PnPPipeline(
                              config.num_inference_steps, config.num_inversion_steps, on_step)
         for n, k in enumerate(misses):
             group.trajectories[k].latents.update({t: z[n : n + 1] for t, z in latents.items()})
+        group.changed_by_callback = step_end.changed
 
     def _translate(self, group: SourceGroup, config, ddim, predict, prompts: Prompts, step_end, metrics,
                    observer) -> torch.Tensor:
@@ -603,9 +607,14 @@ class _StepEnd:
         self.pipe, self.callback, self.tensor_inputs = pipe, callback, tuple(tensor_inputs)
         self.step = 0
         self.latents = None  # the latents after the last step taken, for a stopped translation
+        self.changed = False  # whether the callback changed the latents of the last phase (returned or in place)
 
     @contextmanager
     def phase(self, name: str, total: int):
+        self.changed = False
+        # Only the source phases' latents become trajectories (which the source cache keeps), so only there is a
+        # change watched for; a translation's latents are its targets'.
+        watched = self.callback is not None and name in SOURCE_PHASES
         with self.pipe.progress_bar(total=total) as bar:
             bar.set_description(name)
 
@@ -613,14 +622,38 @@ class _StepEnd:
                 bar.update()
                 self.pipe._phase = name
                 if self.callback is not None:
+                    before = latents.clone() if watched else None
                     given = {"latents": latents}
                     returned = self.callback(self.pipe, self.step, timestep, {k: given[k] for k in self.tensor_inputs})
-                    latents = (returned or {}).get("latents", latents)
+                    latents = _callback_latents(returned, latents, self.step, name)
+                    self.changed |= before is not None and not torch.equal(before, latents)
                 self.step += 1
                 self.latents = latents
                 return None if self.pipe.interrupt else latents
 
             yield on_step
+
+
+def _callback_latents(returned, latents: torch.Tensor, step: int, phase: str) -> torch.Tensor:
+    """The latents to go on with after a step callback returned ``returned``: its "latents" if it gave any, checked
+    here because a tensor of another shape, dtype or device would fail deep inside the UNet without naming the callback."""
+    if returned is None:
+        return latents
+    if not isinstance(returned, dict):
+        raise ConfigError("callback_on_step_end", f"returned a {type(returned).__name__} at step {step} ({phase}); "
+                                                  "return a dict (or None), whose \"latents\" replace the current ones")
+    new = returned.get("latents", latents)
+    if new is latents:
+        return latents
+    expected = f"a tensor of shape {tuple(latents.shape)}, {dtype_name(latents.dtype)}, on {latents.device}"
+    if not isinstance(new, torch.Tensor):
+        raise ConfigError("callback_on_step_end", f"returned \"latents\" that are a {type(new).__name__} at step {step} "
+                                                  f"({phase}); return {expected}, as it was given")
+    if (new.shape, new.dtype, new.device) != (latents.shape, latents.dtype, latents.device):
+        raise ConfigError("callback_on_step_end", f"returned latents of shape {tuple(new.shape)}, {dtype_name(new.dtype)}, "
+                                                  f"on {new.device} at step {step} ({phase}); return {expected}, as it "
+                                                  "was given")
+    return new
 
 
 def _listed(image) -> list:

@@ -178,6 +178,81 @@ def test_an_interrupted_run_leaves_nothing_in_the_cache(cached, photo):
     assert len(cached.source_cache) == 0
 
 
+def at_inversion_step(index, change):
+    """A step callback that applies ``change`` to the latents at the ``index``-th inversion step."""
+    def callback(pipe, step, timestep, tensors):
+        return change(tensors["latents"]) if pipe.phase == "inversion" and step == index else {}
+    return callback
+
+
+def add_one_in_place(latents):
+    latents.add_(1.0)
+    return {}
+
+
+@pytest.mark.parametrize("change", [
+    lambda latents: {"latents": latents + 1.0},
+    add_one_in_place,
+    lambda latents: {"latents": torch.full_like(latents, float("nan"))},
+], ids=["returned", "in place", "nan"])
+def test_a_source_that_a_step_callback_changed_is_not_kept(cached, photo, change):
+    """Its trajectory is not the image's: reused, a plain call reported cache_hits=1 and differed from a fresh
+    pipeline by 1.0 (after NaN latents, every later call on the image returned NaN)."""
+    latents(cached, prompt="a cat", image=photo, callback_on_step_end=at_inversion_step(1, change), **FAST)
+    assert len(cached.source_cache) == 0
+    plain = latents(cached, prompt="a cat", image=photo, **FAST)
+    assert plain.metrics["cache_hits"] == 0 and len(cached.source_cache) == 1
+    fresh = latents(load_tiny_like(cached), prompt="a cat", image=photo, **FAST)
+    torch.testing.assert_close(plain.images, fresh.images, rtol=0, atol=0)  # the same module, the same inputs
+
+
+def test_a_callback_that_leaves_the_latents_alone_or_changes_only_the_targets_keeps_the_source(cached, photo):
+    def same(pipe, step, timestep, tensors):
+        return {"latents": tensors["latents"]} if pipe.phase == "inversion" else {"latents": tensors["latents"] * 0.5}
+
+    latents(cached, prompt="a cat", image=photo, callback_on_step_end=same, **FAST)
+    again = latents(cached, prompt="a dog", image=photo, **FAST)
+    fresh = latents(load_tiny_like(cached), prompt="a dog", image=photo, **FAST)
+    assert again.metrics["cache_hits"] == 1
+    torch.testing.assert_close(again.images, fresh.images, **BATCH_TOLERANCE)
+
+
+def test_a_generated_source_that_a_callback_changed_is_not_kept(cached):
+    settings = dict(prompt="a cat", generation_prompt="a house", output_type="latent", **FAST)
+    cached.fuse_generation = False  # generated before the translation, in steps the callback sees
+
+    def shift(pipe, step, timestep, tensors):
+        return {"latents": tensors["latents"] + 1.0} if pipe.phase == "generation" and step == 2 else {}
+
+    cached(generator=torch.Generator().manual_seed(3), callback_on_step_end=shift, **settings)
+    plain = cached(generator=torch.Generator().manual_seed(3), **settings)
+    fresh = load_tiny_like(cached)
+    fresh.fuse_generation = False
+    reference = fresh(generator=torch.Generator().manual_seed(3), **settings)
+    assert plain.metrics["cache_hits"] == 0
+    torch.testing.assert_close(plain.source_image, reference.source_image, rtol=0, atol=0)
+
+
+def test_a_source_with_non_finite_latents_is_not_kept(cached, photo):
+    """However it came about (a float16 overflow, say): reused, it would turn every later call on the image to NaN."""
+    calls = []
+
+    def overflow_while_inverting(module, args, output):
+        calls.append(1)
+        if len(calls) <= FAST["num_inference_steps"]:  # the inversion's calls
+            output.sample.fill_(float("inf"))
+        return output
+
+    handle = cached.unet.register_forward_hook(overflow_while_inverting)
+    try:
+        latents(cached, prompt="a cat", image=photo, **FAST)
+    finally:
+        handle.remove()
+    assert len(calls) > FAST["num_inference_steps"] and len(cached.source_cache) == 0
+    plain = latents(cached, prompt="a cat", image=photo, **FAST)
+    assert plain.metrics["cache_hits"] == 0 and torch.isfinite(plain.images).all()
+
+
 # --- Fused generation ---
 
 
