@@ -8,6 +8,7 @@ with the ``pnp`` package installed.
 from __future__ import annotations
 
 import logging
+import reprlib
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -234,9 +235,15 @@ class PnPPipeline(
         """Steps of the current run, inversion (or generation) and translation together: what a progress bar counts."""
         return self._num_timesteps
 
-    def check_inputs(self, image, output_type: str, callback_on_step_end_tensor_inputs, **settings) -> PnPConfig:
+    def check_inputs(self, image, output_type: str, callback_on_step_end_tensor_inputs, generator=None,
+                     callback_on_step_end=None, **settings) -> PnPConfig:
         """Validate every argument before any work; returns the configuration. Raises ConfigError naming the argument."""
         config = PnPConfig(**settings).resolved(self.default_resolution)
+        generators = generator if isinstance(generator, list) else [generator]
+        if generator is not None and (len(generators) != 1 or not isinstance(generators[0], torch.Generator)):
+            raise ConfigError("generator", f"expected a torch.Generator (or a list of one), got {reprlib.repr(generator)}")
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise ConfigError("callback_on_step_end", f"expected a function, got {reprlib.repr(callback_on_step_end)}")
         if not config.generating and (image is None or (isinstance(image, list) and not image)):
             raise ConfigError("image", "give an input image or a generation prompt")
         if not config.generating:
@@ -321,7 +328,7 @@ class PnPPipeline(
         """
         # 1. Check inputs: every argument, before any model work.
         config = self.check_inputs(
-            image, output_type, callback_on_step_end_tensor_inputs,
+            image, output_type, callback_on_step_end_tensor_inputs, generator, callback_on_step_end,
             prompt=prompt, generation_prompt=generation_prompt, num_inference_steps=num_inference_steps,
             num_inversion_steps=num_inversion_steps, guidance_scale=guidance_scale,
             generation_guidance_scale=generation_guidance_scale,
@@ -703,6 +710,8 @@ def _as_pil(image) -> PIL.Image.Image:
     if image.ndim != 3 or image.shape[2] != 3:
         raise ConfigError("image", f"an array image must be (H, W, 3), got {image.shape}")
     if image.dtype != np.uint8:
+        if not np.isfinite(image).all():
+            raise ConfigError("image", "float image values must be finite numbers in [0, 1]; this one holds NaN or infinity")
         if image.min() < 0 or image.max() > 1:
             raise ConfigError("image", f"float image values must lie in [0, 1], got {image.min():g} to {image.max():g}")
         image = (image * 255).round().astype(np.uint8)
