@@ -12,10 +12,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args, cwd=ROOT, env=None):
+def run_cli(*args, cwd=ROOT, env=None, timeout=300):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([sys.executable, "-m", "pnp", *args], capture_output=True, text=True, env=env, cwd=cwd,
-                          timeout=300)
+                          timeout=timeout)
 
 
 FAST = ["--model", "tiny", "--steps", "3", "--resolution", "128", "--dtype", "float32"]
@@ -102,6 +102,18 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, photo, args, message)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["translate", "features"])
+def test_an_image_that_is_a_fifo_or_a_folder_is_refused_at_once(tmp_path, photo, command):
+    """Reading a FIFO waits for a writer: the command hung."""
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "folder.png").mkdir()
+    for name, kind in (("pipe.png", "a FIFO (named pipe)"), ("folder.png", "a folder")):
+        done = run_cli(command, "--image", name, "--prompt", "a cat", "--out", "out", *FAST, cwd=tmp_path, timeout=60)
+        assert done.returncode == 2
+        assert done.stderr.strip() == f"error: --image: {name} is {kind}, not an image file; name an image file"
     assert not (tmp_path / "out").exists()
 
 
