@@ -11,6 +11,7 @@ import argparse
 import importlib.util
 import socket
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from .config import NEGATIVE_SCHEDULES, ConfigError, PnPConfig, check_seed
@@ -76,7 +77,9 @@ def _translate(args: argparse.Namespace) -> int:
         pipe.compile_unet()
     result = pipe(image=images or None, generator=_generator(seed), **config.as_kwargs())
     labels = [Path(path).stem for path in args.image or []]
-    for path in write_outputs(result, config.prompt, out, options, labels):
+    with _writing_into_out():
+        paths = write_outputs(result, config.prompt, out, options, labels)
+    for path in paths:
         print(path)
     return 0
 
@@ -96,9 +99,20 @@ def _features(args: argparse.Namespace) -> int:
     settings = {k: v for k, v in config.as_kwargs().items() if k != "prompt"}
     maps = pipe.feature_maps(prompts, images[0] if images else None, list(request.timesteps), list(request.maps),
                              generator=_generator(seed), **settings)
-    for path in write_feature_maps(maps, out):
+    with _writing_into_out():
+        paths = write_feature_maps(maps, out)
+    for path in paths:
         print(path)
     return 0
+
+
+@contextmanager
+def _writing_into_out():
+    """A failed write (a full disk, say) as an error of --out that names the file; nothing of the run was left."""
+    try:
+        yield
+    except OSError as err:
+        raise ConfigError("out", f"could not write {err.filename} ({err.strerror or err}); nothing was written") from None
 
 
 def translation_config(args: argparse.Namespace, **source) -> PnPConfig:

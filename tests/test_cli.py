@@ -1,6 +1,7 @@
 """The command line end to end on the tiny random model, in a subprocess as a user runs it."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,9 @@ def test_a_second_run_into_the_same_folder_is_refused_before_work_or_replaces_wi
     assert refused.returncode == 2 and "--overwrite" in refused.stderr
     assert "model tiny on" not in refused.stderr  # refused before the model loaded
     assert sorted(f.name for f in out.iterdir()) == ["00-source.png", "01-alpha.png"]
+    failed = run_cli(*args, "--prompt", "gamma", "--overwrite", "--model", "./no-such-model")
+    assert failed.returncode == 2 and "error: model folder" in failed.stderr
+    assert sorted(f.name for f in out.iterdir()) == ["00-source.png", "01-alpha.png"]  # kept: nothing replaced them
     replaced = run_cli(*args, "--prompt", "gamma", "--overwrite")
     assert replaced.returncode == 0, replaced.stderr
     assert sorted(f.name for f in out.iterdir()) == ["00-source.png", "01-gamma.png"]
@@ -83,6 +87,9 @@ def test_a_prompt_longer_than_the_text_encoder_reads_is_reported(tmp_path):
         (["--image", "in.png", "--format", "gif"], "error: --format:"),
         (["--image", "strip.png"], "error: --image: 1100x100 is more than 8 times longer than wide"),
         (["--image", "in.png", "--out", "taken"], "error: --out: taken is a file"),
+        (["--image", "in.png", "--out", "taken/sub"], "error: --out: taken/sub cannot be made: taken is a file"),
+        (["--image", "in.png", "--out", "/proc/pnp"],
+         "error: --out: /proc/pnp cannot be made: nothing can be written into /proc"),
         (["--image", "in.png", "--model", "./no-such-folder"], "error: model folder"),
         (["--image", "in.png", "--model", "someone/some-model"], "download-weights"),
         (["--image", "in.png", "--device", "cuda:0"], "error: device: cuda:0 was asked for"),
@@ -115,6 +122,43 @@ def test_an_image_that_is_a_fifo_or_a_folder_is_refused_at_once(tmp_path, photo,
         assert done.returncode == 2
         assert done.stderr.strip() == f"error: --image: {name} is {kind}, not an image file; name an image file"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A folder on a 64 KiB file system (a tmpfs), where the second of two noise images no longer fits; the
+    function it comes with grows it to 1 MiB. Mounting needs root (CAP_SYS_ADMIN)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root; test_outputs injects the same failure without it")
+
+    def grow():
+        subprocess.run(["mount", "-o", "remount,size=1m", str(disk)], check=True)
+
+    try:
+        yield disk, grow
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_leaves_no_outputs_names_the_file_and_the_rerun_succeeds(tmp_path, small_disk):
+    """A full disk left .partial files and half the outputs, named no path, and the rerun was refused."""
+    disk, grow = small_disk
+    args = ["translate", "--generation-prompt", "a horse", "--prompt", "a cat", "--out", str(disk / "out"),
+            "--quiet", *FAST]
+    full = run_cli(*args)
+    assert full.returncode == 2
+    *loading, line = full.stderr.strip().splitlines()  # after what was loaded, one line
+    # 00-source.png (about 50 KB of noise) fits, 01-a-cat.png does not.
+    assert re.fullmatch(rf"error: --out: could not write {disk / 'out'}/0[01]-(source|a-cat)\.png "
+                        r"\(No space left on device\); nothing was written", line), line
+    assert [text.split()[0] for text in loading] == ["note:", "model"]
+    assert list(disk.iterdir()) == []  # no outputs, no half-written file, not even the folder the run made
+    grow()
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in (disk / "out").iterdir()) == ["00-source.png", "01-a-cat.png"]
 
 
 def test_features_of_an_image_and_its_translation(tmp_path, photo):
