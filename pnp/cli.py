@@ -261,7 +261,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--prompt", action="append", required=True, help="target prompt; repeat for several")
     t.add_argument("--out", required=True,
                    help="folder for the output images (created if missing; it must not hold an earlier run's outputs)")
-    t.add_argument("--overwrite", action="store_true", help="delete an earlier run's outputs in --out first")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run's outputs in --out (deleted once this run's are all written)")
     _add_source_options(t, "image to translate (PNG, JPEG, WebP, GIF, ...); repeat for several, each into every prompt")
     t.add_argument("--format", default=OutputOptions.output_format, help=f"output format: {', '.join(OUTPUT_FORMATS)}")
     t.add_argument("--quality", type=int, default=OutputOptions.output_quality, help="webp/jpg quality (1-100)")
@@ -278,7 +279,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="target prompt, translated and shown with the source; repeat for several (none: source only)")
     f.add_argument("--out", required=True,
                    help="folder for <module>/NN-<label>-t<T>.png and <module>.png grids (not holding earlier maps)")
-    f.add_argument("--overwrite", action="store_true", help="delete an earlier run's maps in --out first")
+    f.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run's maps in --out (deleted once this run's are all written)")
     f.add_argument("--timesteps", type=int, nargs="+", default=None,
                    help="sampling timesteps to show (default: five spread over the --steps schedule)")
     f.add_argument("--layers", nargs="+", default=None, metavar="MODULE",
