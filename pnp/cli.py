@@ -112,7 +112,8 @@ def _writing_into_out():
     try:
         yield
     except OSError as err:
-        raise ConfigError("out", f"could not write {err.filename} ({err.strerror or err}); nothing was written") from None
+        reason = err.strerror or str(err)
+        raise ConfigError("out", f"could not write {err.filename} ({reason}); nothing was written") from None
 
 
 def translation_config(args: argparse.Namespace, **source) -> PnPConfig:

@@ -192,13 +192,14 @@ def check_text(name: str, text: str, label: str) -> str:
     """
     text = text.strip()
     if len(text) > MAX_PROMPT_LENGTH:
-        raise ConfigError(name, f"{label} is {len(text)} characters long, more than the {MAX_PROMPT_LENGTH} allowed; "
-                                "the text encoder reads only its first 77 tokens (a few hundred characters): shorten it")
+        raise ConfigError(name, f"{label} is {len(text)} characters long, more than the {MAX_PROMPT_LENGTH} "
+                                "allowed; the text encoder reads only its first 77 tokens (a few hundred "
+                                "characters): shorten it")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as err:
-        raise ConfigError(name, f"{label} is not valid text: character {err.start + 1} is {text[err.start]!r}, "
-                                "a lone surrogate, as bytes that are not UTF-8 become; give the text in UTF-8") from None
+        raise ConfigError(name, f"{label} is not valid text: character {err.start + 1} is {text[err.start]!r}, a "
+                                "lone surrogate, as bytes that are not UTF-8 become; give the text in UTF-8") from None
     return text
 
 

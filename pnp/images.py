@@ -121,7 +121,8 @@ def _check_regular_file(path: str | os.PathLike, name: object) -> None:
     """Refuse what is not a file of bytes on disk: opening a FIFO waits for a writer for ever, a device never ends."""
     mode = os.stat(path).st_mode
     if not stat.S_ISREG(mode):
-        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device or socket"
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+                else "a device or socket")
         raise ImageError("image", f"{name} is {kind}, not an image file; name an image file")
 
 

@@ -99,7 +99,8 @@ def check_writable_folder(folder: str | Path, what: str) -> Path:
     if not existing.is_dir():
         if existing == folder:
             raise ConfigError("out", f"{folder} is a file, not a folder; name a folder for the {what}")
-        raise ConfigError("out", f"{folder} cannot be made: {existing} is a file, not a folder; name a folder for the {what}")
+        raise ConfigError("out", f"{folder} cannot be made: {existing} is a file, not a folder; "
+                                 f"name a folder for the {what}")
     try:
         Path(tempfile.mkdtemp(prefix=".pnp-probe-", dir=existing)).rmdir()
     except OSError as err:
@@ -129,7 +130,7 @@ def write_outputs(result, prompts, folder: str | Path | OutputFolder, options: O
 
 @contextmanager
 def all_or_nothing(folder: str | Path | OutputFolder) -> Iterator[Path]:
-    """A hidden folder inside ``folder`` to write a run's files into: they appear in ``folder`` all together, or not at all.
+    """A hidden folder inside ``folder`` to write a run's files into: they appear in ``folder`` together, or not at all.
 
     When the block ends without an error, the earlier outputs an ``OutputFolder`` replaces are
     deleted and everything written is moved into ``folder`` (renames, on the same file system). On

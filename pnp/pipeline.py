@@ -241,7 +241,8 @@ class PnPPipeline(
         config = PnPConfig(**settings).resolved(self.default_resolution)
         generators = generator if isinstance(generator, list) else [generator]
         if generator is not None and (len(generators) != 1 or not isinstance(generators[0], torch.Generator)):
-            raise ConfigError("generator", f"expected a torch.Generator (or a list of one), got {reprlib.repr(generator)}")
+            raise ConfigError("generator",
+                              f"expected a torch.Generator (or a list of one), got {reprlib.repr(generator)}")
         if callback_on_step_end is not None and not callable(callback_on_step_end):
             raise ConfigError("callback_on_step_end", f"expected a function, got {reprlib.repr(callback_on_step_end)}")
         if not config.generating and (image is None or (isinstance(image, list) and not image)):
@@ -430,9 +431,9 @@ class PnPPipeline(
         return feature_maps(self, prompt, source, timesteps, layers, **kwargs)
 
     def set_source_cache(self, max_bytes: int | None) -> None:
-        """Bound the source cache to ``max_bytes`` (0 turns it off; None: a quarter of a GPU's memory, a tenth of RAM on the CPU).
-
-        Raises ConfigError("max_bytes", ...) for anything but None or a whole number from 0 up.
+        """Bound the source cache to ``max_bytes`` (0 turns it off; None, the default: a quarter of a GPU's memory,
+        a tenth of RAM on the CPU). Raises ConfigError("max_bytes", ...) for anything else than None or a whole
+        number from 0 up.
         """
         self.source_cache.max_bytes = max_bytes
         if max_bytes == 0:
@@ -642,8 +643,10 @@ class _StepEnd:
 
 
 def _callback_latents(returned, latents: torch.Tensor, step: int, phase: str) -> torch.Tensor:
-    """The latents to go on with after a step callback returned ``returned``: its "latents" if it gave any, checked
-    here because a tensor of another shape, dtype or device would fail deep inside the UNet without naming the callback."""
+    """The latents to go on with after a step callback returned ``returned``: its "latents" if it gave any.
+
+    Checked here: a tensor of another shape, dtype or device would fail deep inside the UNet, not naming the callback.
+    """
     if returned is None:
         return latents
     if not isinstance(returned, dict):
@@ -654,12 +657,12 @@ def _callback_latents(returned, latents: torch.Tensor, step: int, phase: str) ->
         return latents
     expected = f"a tensor of shape {tuple(latents.shape)}, {dtype_name(latents.dtype)}, on {latents.device}"
     if not isinstance(new, torch.Tensor):
-        raise ConfigError("callback_on_step_end", f"returned \"latents\" that are a {type(new).__name__} at step {step} "
-                                                  f"({phase}); return {expected}, as it was given")
+        raise ConfigError("callback_on_step_end", f"returned \"latents\" that are a {type(new).__name__} at step "
+                                                  f"{step} ({phase}); return {expected}, as it was given")
     if (new.shape, new.dtype, new.device) != (latents.shape, latents.dtype, latents.device):
-        raise ConfigError("callback_on_step_end", f"returned latents of shape {tuple(new.shape)}, {dtype_name(new.dtype)}, "
-                                                  f"on {new.device} at step {step} ({phase}); return {expected}, as it "
-                                                  "was given")
+        got = f"{tuple(new.shape)}, {dtype_name(new.dtype)}, on {new.device}"
+        raise ConfigError("callback_on_step_end", f"returned latents of shape {got} at step {step} ({phase}); "
+                                                  f"return {expected}, as it was given")
     return new
 
 
@@ -711,7 +714,8 @@ def _as_pil(image) -> PIL.Image.Image:
         raise ConfigError("image", f"an array image must be (H, W, 3), got {image.shape}")
     if image.dtype != np.uint8:
         if not np.isfinite(image).all():
-            raise ConfigError("image", "float image values must be finite numbers in [0, 1]; this one holds NaN or infinity")
+            raise ConfigError("image", "float image values must be finite numbers in [0, 1]; this one holds NaN "
+                                       "or infinity")
         if image.min() < 0 or image.max() > 1:
             raise ConfigError("image", f"float image values must lie in [0, 1], got {image.min():g} to {image.max():g}")
         image = (image * 255).round().astype(np.uint8)

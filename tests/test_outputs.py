@@ -52,7 +52,8 @@ def test_an_earlier_runs_outputs_are_refused_or_replaced_once_the_new_ones_are_w
     checked = check_output_folder(tmp_path, overwrite=True)
     assert all(p.exists() for p in first)  # nothing is deleted before the new outputs exist (the run may fail)
     second = write_outputs(SimpleNamespace(images=[image], source_image=None), ["gamma"], checked, OutputOptions())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["00-gamma.png", "notes.txt"] and second == [tmp_path / "00-gamma.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00-gamma.png", "notes.txt"]
+    assert second == [tmp_path / "00-gamma.png"]
     check_output_folder(tmp_path, overwrite=True)  # only this run's outputs are there to replace
 
 
