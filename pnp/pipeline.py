@@ -319,7 +319,9 @@ class PnPPipeline(
                 many there are). It may return a dict whose "latents" replace the current ones;
                 setting ``pipe._interrupt = True`` stops the run after that step (a stopped
                 inversion returns no images; a stopped translation returns its partly denoised
-                latents, decoded).
+                latents, decoded). Returned latents must keep the shape, dtype and device they
+                came with; a source whose inversion or generation latents the callback changed
+                (returned or in place) is not kept in the source cache.
             callback_on_step_end_tensor_inputs: the tensors passed in ``callback_kwargs``.
             observer: a ``RunObserver``, such as the feature capture of ``feature_maps``; it may set
                 ``_interrupt`` in ``source_ready`` to skip the translation. With an observer, a
