@@ -20,7 +20,7 @@ MAX_PROMPTS = 16
 # The text encoder reads 77 CLIP tokens (75 of text): a few hundred characters of English, at 4 to 5
 # characters a token; the pipeline warns when a prompt is longer and says what was kept. Prompts
 # are tokenized whole before that cut, so text far longer than anyone writes is refused here,
-# before any work: 4 MB of prompt took 160 s and 2.4 GB of memory on the tiny model.
+# before any work: 4 MB of prompt held a server for 92 s and took its worker to 3.5 GB (issue 17).
 MAX_PROMPT_LENGTH = 2000
 MAX_SAMPLING_STEPS = 999
 MIN_RESOLUTION, MAX_RESOLUTION = 128, 1024
