@@ -7,11 +7,18 @@ folder; the predictor and the web UI put the grids after a translation's outputs
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 from pnp.config import ConfigError
-from pnp.outputs import OutputOptions, save_image, slug
+from pnp.outputs import (
+    OutputFolder,
+    OutputOptions,
+    all_or_nothing,
+    as_output_folder,
+    check_writable_folder,
+    save_image,
+    slug,
+)
 from pnp.visual.maps import BLOCK, FeatureMaps
 
 
@@ -26,17 +33,21 @@ def map_file_names(maps: FeatureMaps) -> dict[tuple[str, int, int], str]:
     }
 
 
-def write_feature_maps(maps: FeatureMaps, folder: str | Path) -> list[Path]:
+def write_feature_maps(maps: FeatureMaps, folder: str | Path | OutputFolder) -> list[Path]:
     """Write every map as ``folder/<map>/<NN>-<label>-t<T>.png`` and one grid per map as ``folder/<map>.png``.
 
+    All or nothing, replacing an ``OutputFolder``'s earlier maps (see ``pnp.outputs.all_or_nothing``).
     Returns the grids' paths, in map order.
     """
-    folder = Path(folder)
     png = OutputOptions("png")
-    for (name, t, i), file_name in map_file_names(maps).items():
-        (folder / name).mkdir(parents=True, exist_ok=True)
-        save_image(maps.maps[name][t].images[i], folder / file_name, png)
-    return [save_image(maps.grid(name), folder / f"{name}.png", png) for name in maps.maps]
+    target = as_output_folder(folder)
+    with all_or_nothing(target) as staging:
+        for (name, t, i), file_name in map_file_names(maps).items():
+            (staging / name).mkdir(exist_ok=True)
+            save_image(maps.maps[name][t].images[i], staging / file_name, png)
+        for name in maps.maps:
+            save_image(maps.grid(name), staging / f"{name}.png", png)
+    return [target.path / f"{name}.png" for name in maps.maps]
 
 
 def write_feature_grids(maps: FeatureMaps, folder: str | Path, options: OutputOptions, first: int) -> list[Path]:
@@ -48,11 +59,10 @@ def write_feature_grids(maps: FeatureMaps, folder: str | Path, options: OutputOp
     ]
 
 
-def check_feature_folder(folder: str | Path, overwrite: bool = False) -> Path:
-    """Refuse a folder holding an earlier run's maps (or, with ``overwrite``, delete them) before any work."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError("out", f"{folder} is a file, not a folder; name a folder for the maps")
+def check_feature_folder(folder: str | Path, overwrite: bool = False) -> OutputFolder:
+    """Before any work: a folder the maps can be written into, holding no earlier run's maps unless ``overwrite``
+    (they are then replaced once the new ones are all written)."""
+    folder = check_writable_folder(folder, "maps")
     earlier = sorted(p for p in folder.iterdir() if re.match(rf"{BLOCK}\.", p.name)) if folder.is_dir() else []
     if earlier and not overwrite:
         raise ConfigError(
@@ -60,6 +70,4 @@ def check_feature_folder(folder: str | Path, overwrite: bool = False) -> Path:
             f"{folder} already holds maps of an earlier run ({earlier[0].name}, ...); "
             "choose another folder, or pass --overwrite to replace them",
         )
-    for path in earlier:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    return folder
+    return OutputFolder(folder, tuple(earlier))

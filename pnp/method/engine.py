@@ -56,12 +56,15 @@ class Observer(Protocol):
 
 
 class StepCallbacks(Protocol):
-    """What runs after every step: ``phase`` gives the ``StepEnd`` of one loop; ``stopped``: whether to stop."""
+    """What runs after every step: ``phase`` gives the ``StepEnd`` of one loop; ``stopped``: whether to stop;
+    ``changed``: whether the last phase's callbacks changed its latents (a changed trajectory is not cached)."""
 
     def phase(self, name: str, steps: int) -> AbstractContextManager[StepEnd]: ...
 
     @property
     def stopped(self) -> bool: ...
+
+    changed: bool
 
 
 class Metrics:
@@ -150,6 +153,7 @@ class EngineRun:
                              self.config.num_inference_steps, self.config.num_inversion_steps, step_end)
         for n, k in enumerate(misses):
             group.trajectories[k].latents.update({t: z[n : n + 1] for t, z in latents.items()})
+        group.changed_by_callback = self.callbacks.changed
 
     def _generate(self, group: SourceGroup) -> None:
         source = group.trajectories[0]
@@ -158,6 +162,7 @@ class EngineRun:
             latents, group.clean = generate(self.predict, self.schedule, group.noise, self.prompts.uncond,
                                             source.embedding, steps, self.config.generation_guidance_scale, step_end)
         source.latents.update(latents)
+        group.changed_by_callback = self.callbacks.changed
 
     # --- The translation ---
 

@@ -8,6 +8,7 @@ encoding. The method itself, a call's trajectories and translation, is ``pnp.met
 from __future__ import annotations
 
 import logging
+import reprlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ from pnp.pipelines.loading import check_supported, choose_device_and_dtype, load
 logger = logging.getLogger("pnp.pipeline")
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# The phases that make a source's trajectory (the translation's latents are its targets').
+SOURCE_PHASES = ("inversion", "generation")
 _DEFAULTS = PnPConfig()
 
 
@@ -178,7 +181,10 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
         self.injection_layers = chosen
 
     def set_source_cache(self, max_bytes: int | None) -> None:
-        """Bound the source cache to ``max_bytes`` (0 turns it off; None: a quarter of a GPU's memory, a tenth of RAM on the CPU)."""
+        """Bound the source cache to ``max_bytes`` (0 turns it off; None, the default: a quarter of a GPU's memory,
+        a tenth of RAM on the CPU). Raises ConfigError("max_bytes", ...) for anything else than None or a whole
+        number from 0 up.
+        """
         self.source_cache.max_bytes = max_bytes
         if max_bytes == 0:
             self.source_cache.clear()
@@ -212,9 +218,16 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
         """Steps of the current run, inversion (or generation) and translation together: what a progress bar counts."""
         return self._num_timesteps
 
-    def check_inputs(self, image, output_type: str, callback_on_step_end_tensor_inputs, **settings) -> PnPConfig:
+    def check_inputs(self, image, output_type: str, callback_on_step_end_tensor_inputs, generator=None,
+                     callback_on_step_end=None, **settings) -> PnPConfig:
         """Validate every argument before any work; returns the configuration. Raises ConfigError naming the argument."""
         config = PnPConfig(**settings).resolved(self.default_resolution)
+        generators = generator if isinstance(generator, list) else [generator]
+        if generator is not None and (len(generators) != 1 or not isinstance(generators[0], torch.Generator)):
+            raise ConfigError("generator",
+                              f"expected a torch.Generator (or a list of one), got {reprlib.repr(generator)}")
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise ConfigError("callback_on_step_end", f"expected a function, got {reprlib.repr(callback_on_step_end)}")
         if not config.generating and (image is None or (isinstance(image, list) and not image)):
             raise ConfigError("image", "give an input image or a generation prompt")
         if not config.generating:
@@ -289,7 +302,9 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
                 many there are). It may return a dict whose "latents" replace the current ones;
                 setting ``pipe._interrupt = True`` stops the run after that step (a stopped
                 inversion returns no images; a stopped translation returns its partly denoised
-                latents, decoded).
+                latents, decoded). Returned latents must keep the shape, dtype and device they
+                came with; a source whose inversion or generation latents the callback changed
+                (returned or in place) is not kept in the source cache.
             callback_on_step_end_tensor_inputs: the tensors passed in ``callback_kwargs``.
             observer: a ``pnp.method.engine.Observer``, such as the feature capture of ``pnp.feature_maps``;
                 it may set ``_interrupt`` in ``source_ready`` to skip the translation. With an observer, a
@@ -299,7 +314,7 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
         """
         # 1. Check inputs: every argument, before any model work.
         config = self.check_inputs(
-            image, output_type, callback_on_step_end_tensor_inputs,
+            image, output_type, callback_on_step_end_tensor_inputs, generator, callback_on_step_end,
             prompt=prompt, generation_prompt=generation_prompt, num_inference_steps=num_inference_steps,
             num_inversion_steps=num_inversion_steps, guidance_scale=guidance_scale,
             generation_guidance_scale=generation_guidance_scale,
@@ -479,6 +494,7 @@ class StepCallbacks:
     def __init__(self, pipe: PnPBasePipeline, callback: Callable | None, tensor_inputs) -> None:
         self.pipe, self.callback, self.tensor_inputs = pipe, callback, tuple(tensor_inputs)
         self.step = 0  # counts every step of the call, whatever its phase
+        self.changed = False  # whether the callback changed the latents of the last phase (returned or in place)
 
     @property
     def stopped(self) -> bool:
@@ -486,6 +502,10 @@ class StepCallbacks:
 
     @contextmanager
     def phase(self, name: str, total: int) -> Iterator[StepEnd]:
+        self.changed = False
+        # Only the source phases' latents become trajectories (which the source cache keeps), so only there is a
+        # change watched for; a translation's latents are its targets'.
+        watched = self.callback is not None and name in SOURCE_PHASES
         with self.pipe.progress_bar(total=total) as bar:
             bar.set_description(name)
 
@@ -493,13 +513,39 @@ class StepCallbacks:
                 bar.update()
                 self.pipe._phase = name
                 if self.callback is not None:
+                    before = latents.clone() if watched else None
                     given = {"latents": latents}
                     returned = self.callback(self.pipe, self.step, timestep, {k: given[k] for k in self.tensor_inputs})
-                    latents = (returned or {}).get("latents", latents)
+                    latents = _callback_latents(returned, latents, self.step, name)
+                    self.changed |= before is not None and not torch.equal(before, latents)
                 self.step += 1
                 return None if self.pipe.interrupt else latents
 
             yield step_end
+
+
+def _callback_latents(returned, latents: torch.Tensor, step: int, phase: str) -> torch.Tensor:
+    """The latents to go on with after a step callback returned ``returned``: its "latents" if it gave any.
+
+    Checked here: a tensor of another shape, dtype or device would fail deep inside the UNet, not naming the callback.
+    """
+    if returned is None:
+        return latents
+    if not isinstance(returned, dict):
+        raise ConfigError("callback_on_step_end", f"returned a {type(returned).__name__} at step {step} ({phase}); "
+                                                  "return a dict (or None), whose \"latents\" replace the current ones")
+    new = returned.get("latents", latents)
+    if new is latents:
+        return latents
+    expected = f"a tensor of shape {tuple(latents.shape)}, {dtype_name(latents.dtype)}, on {latents.device}"
+    if not isinstance(new, torch.Tensor):
+        raise ConfigError("callback_on_step_end", f"returned \"latents\" that are a {type(new).__name__} at step "
+                                                  f"{step} ({phase}); return {expected}, as it was given")
+    if (new.shape, new.dtype, new.device) != (latents.shape, latents.dtype, latents.device):
+        got = f"{tuple(new.shape)}, {dtype_name(new.dtype)}, on {new.device}"
+        raise ConfigError("callback_on_step_end", f"returned latents of shape {got} at step {step} ({phase}); "
+                                                  f"return {expected}, as it was given")
+    return new
 
 
 def _in_input_order(groups: list[SourceGroup], outputs: list[torch.Tensor], count: int) -> list[torch.Tensor]:

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pnp.devices import default_device, default_dtype, parse_dtype
+from pnp.pipelines.hub import hub_unreachable
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 # Names of the random-weight test models (``pnp.pipelines.random_models`` builds them); torch-free here for argument checks.
@@ -51,7 +52,8 @@ def loading_options(model: str | Path, safety_checker: bool = True) -> dict:
 
     A hub id loads without a safety checker unless the caller asks for one: it would otherwise
     add a 1.2 GB download that the translation does not need. ``safety_checker``: whether the
-    pipeline has one at all (SDXL's has not).
+    pipeline has one at all (SDXL's has not). Where the hub cannot be reached, a hub id loads
+    from the local cache only (see ``pnp.hub``).
     """
     local = _local_folder(model)
     no_checker = NO_SAFETY_CHECKER if safety_checker else {}
@@ -59,7 +61,7 @@ def loading_options(model: str | Path, safety_checker: bool = True) -> dict:
         has_checker = (local / "safety_checker").is_dir() and (local / "feature_extractor").is_dir()
         options = {"local_files_only": True}
         return options if has_checker else {**options, **no_checker}
-    return dict(no_checker)
+    return {**no_checker, "local_files_only": True} if hub_unreachable() else dict(no_checker)
 
 
 def _local_folder(model: str | Path) -> Path | None:
@@ -80,7 +82,10 @@ def is_sdxl(model: str | Path) -> bool:
     from huggingface_hub import hf_hub_download
 
     local = _local_folder(model)
-    index = local / "model_index.json" if local is not None else Path(hf_hub_download(str(model), "model_index.json"))
+    if local is None:
+        index = Path(hf_hub_download(str(model), "model_index.json", local_files_only=hub_unreachable()))
+    else:
+        index = local / "model_index.json"
     if not index.is_file():
         raise OSError(f"no model_index.json in {local}")
     return (json.loads(index.read_text()).get("text_encoder_2") or [None])[0] is not None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pnp.pipelines.hub import hub_unreachable
 from pnp.pipelines.loading import NO_SAFETY_CHECKER, ModelError, first_line, is_sdxl
 
 SAFE_SUFFIX = ".safetensors"
@@ -65,7 +66,8 @@ def load_single_file(cls, path: Path, config: str | Path | None, dtype, has_safe
 
     config = _base_config(config)
     options = NO_SAFETY_CHECKER if has_safety_checker else {}
-    local = config is not None and Path(config).is_dir()
+    # A local configuration, or none reachable: the hub is not asked (its retries take half a minute offline).
+    local = (config is not None and Path(config).is_dir()) or hub_unreachable()
     try:
         # The mixin's own loader, for the class given (PnPPipeline.from_single_file calls this function).
         return FromSingleFileMixin.from_single_file.__func__(

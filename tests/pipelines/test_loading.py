@@ -1,8 +1,14 @@
 """Loading: local folders, hub ids offline, device and dtype choice, random models through the real loader."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
+from support.hub import unreachable_hub_env
+from support.paths import ROOT
 
 from pnp import devices
 from pnp.devices import default_dtype
@@ -51,6 +57,31 @@ def test_missing_folder_and_offline_hub_give_clear_errors(tmp_path):
     message = str(error.value)
     assert "CompVis/stable-diffusion-v1-4" in message and "download-weights" in message
     assert "\n" not in message
+
+
+# Loads a hub id where the hub's name does not resolve, timing only the load (imports take long on a busy machine).
+UNREACHABLE_PROBE = """
+import time
+from pnp.environment import configure_libraries
+configure_libraries()
+from pnp.pipelines.loading import ModelError
+from pnp import PnPPipeline
+start = time.perf_counter()
+try:
+    PnPPipeline.from_pretrained("pnp-tests/no-such-model", device="cpu")
+except ModelError as err:
+    print(f"{time.perf_counter() - start:.2f}", err, sep="\\n")
+"""
+
+
+def test_a_hub_whose_name_does_not_resolve_fails_at_once_without_retries(tmp_path):
+    """Offline, the hub client retried five times with backoff (23 s of waiting) before the clear error."""
+    env = {**os.environ, **unreachable_hub_env(tmp_path / "hf"), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", UNREACHABLE_PROBE], capture_output=True, text=True, env=env,
+                          timeout=300)
+    seconds, message = done.stdout.strip().split("\n")
+    assert float(seconds) < 5 and "pnp-tests/no-such-model" in message and "download-weights" in message
+    assert "Retry" not in done.stderr and "thrown while requesting" not in done.stderr, done.stderr
 
 
 def test_cuda_asked_for_without_a_gpu(tiny_model_dir):

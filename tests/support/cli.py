@@ -10,7 +10,7 @@ from support.paths import ROOT
 FAST = ["--model", "tiny", "--steps", "3", "--resolution", "128", "--dtype", "float32"]
 
 
-def run_cli(*args, cwd=ROOT, env=None):
+def run_cli(*args, cwd=ROOT, env=None, timeout=300):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([sys.executable, "-m", "pnp", *args], capture_output=True, text=True, env=env, cwd=cwd,
-                          timeout=300)
+                          timeout=timeout)
