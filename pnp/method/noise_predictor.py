@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from pnp.method.ddim import DDIMSchedule, noise_from_output
+from pnp.method.ddim import DDIMSchedule
+from pnp.method.prediction import noise_from_output
 from pnp.method.text import TextEmbeddings
 
 
@@ -13,7 +14,7 @@ class NoisePredictor:
 
     Keeping the DDIM arithmetic in float32 matters for inversion under float16/bfloat16 weights.
     Whatever the UNet predicts (``schedule.prediction_type``; None: an epsilon model), the caller
-    gets the noise (``pnp.method.ddim.noise_from_output``). An SDXL UNet (``addition_embed_type``
+    gets the noise (``pnp.method.prediction.noise_from_output``). An SDXL UNet (``addition_embed_type``
     "text_time") also gets each row's pooled text embedding and the time ids of the working
     size: original size = target size = the latents' size in pixels, no crop, as diffusers'
     SDXL pipelines use for an image of that size. ``batch_sizes`` lists the rows of every call,

@@ -11,13 +11,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pnp.devices import default_device, default_dtype, parse_dtype
+from pnp.method.prediction import PREDICTION_TYPES
 from pnp.pipelines.hub import hub_unreachable
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 # Names of the random-weight test models (``pnp.pipelines.random_models`` builds them); torch-free here for argument checks.
 RANDOM_MODELS = ("tiny", "tiny-v", "tiny-sdxl", "random-sd15")
-# What a UNet may predict; pnp.method.ddim converts each to noise (torch-free copy of pnp.method.ddim.PREDICTION_TYPES).
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 # The options that load a Stable Diffusion pipeline without its safety checker.

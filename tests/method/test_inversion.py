@@ -8,7 +8,8 @@ import torch
 from support.models import load_tiny
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 
-from pnp.method.ddim import DDIMSchedule, ddim_step, noise_from_output
+from pnp.method.ddim import DDIMSchedule, ddim_step
+from pnp.method.prediction import noise_from_output
 from pnp.method.generation import generate
 from pnp.method.inversion import invert
 from pnp.method.text import TextEmbeddings
