@@ -10,14 +10,14 @@ import random
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path as LocalPath
 from typing import Optional
 
 from cog import BasePredictor, Input, Path, current_scope
 from PIL import Image
 
-from cog_inputs import read_request_image, request_lora_file, whole_number
+from cog_inputs import fetch_url, read_request_image, request_lora_file, whole_number
 from pnp.environment import configure_libraries, log_to
 
 # Before diffusers and transformers load: their import-time advice would fill the setup logs.
@@ -28,6 +28,7 @@ import torch  # noqa: E402
 from pnp.config import ConfigError, PnPConfig, check_float  # noqa: E402
 from pnp.devices import dtype_name  # noqa: E402
 from pnp.features import write_feature_grids  # noqa: E402
+from pnp.images import ImageError  # noqa: E402
 from pnp.form import PROMPT_SEPARATOR, config_resolution, form_name  # noqa: E402
 from pnp.lora import load_loras  # noqa: E402
 from pnp.outputs import OutputOptions, write_outputs  # noqa: E402
@@ -185,6 +186,7 @@ class Predictor(BasePredictor):
         chosen = "random seed" if seed is None else "seed"
         if seed is None:
             seed = random.randint(0, 2**32 - 1)
+        fetched = ExitStack()  # files this prediction made of URLs (cog_inputs.fetch_url), deleted when it ends
         try:
             config = PnPConfig(
                 prompt=[p for p in translation_prompts.split(PROMPT_SEPARATOR) if p.strip()],
@@ -201,14 +203,14 @@ class Predictor(BasePredictor):
                 resolution=config_resolution(resolution),
             ).resolved(self.pipe.default_resolution)
             options = OutputOptions(output_format, output_quality)
-            lora = self._lora(lora_weights, lora_scale)
+            lora = self._lora(fetch_url(lora_weights, fetched, ConfigError, "lora_weights"), lora_scale)
             image = None
             if config.generating:
                 print(f"Generating the source image with {chosen} {seed}")
                 if input_image is not None:
                     print("Both input_image and generation_prompt were given: the generation prompt is used, the image is ignored")
             elif input_image is not None:
-                image = read_request_image(input_image, config.resolution)
+                image = read_request_image(fetch_url(input_image, fetched, ImageError, "image"), config.resolution)
             self.output_dir = tempfile.mkdtemp(prefix="pnp-outputs-")
             generator = torch.Generator("cpu").manual_seed(seed)
             pipe = self.unchecked if disable_safety_checker else self.pipe
@@ -225,6 +227,8 @@ class Predictor(BasePredictor):
             # Failures and cancellations (cog.CancelationException is a BaseException) leave no files.
             self._remove_outputs()
             raise
+        finally:
+            fetched.close()
         scope = current_scope()
         for name, value in result.metrics.items():
             scope.record_metric(name, value)
