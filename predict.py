@@ -38,6 +38,8 @@ from pnp.weights import locate_weights  # noqa: E402
 WEIGHTS_DIR = LocalPath(__file__).resolve().parent / "weights"
 SOURCE_CACHE_ENV = "PNP_SOURCE_CACHE_BYTES"
 COMPILE_ENV = "PNP_COMPILE"
+# The environment variable that sets each loading parameter (ConfigError.param) in setup.
+SETUP_ENV = {"device": "PNP_DEVICE", "dtype": "PNP_DTYPE"}
 
 
 class Predictor(BasePredictor):
@@ -53,9 +55,11 @@ class Predictor(BasePredictor):
         log_to("stdout")
         start = time.perf_counter()
         folder = locate_weights(WEIGHTS_DIR)
-        self.pipe = PnPPipeline.from_pretrained(
-            folder, device=os.environ.get("PNP_DEVICE") or None, dtype=os.environ.get("PNP_DTYPE") or None
-        )
+        try:
+            settings = {param: os.environ.get(name) or None for param, name in SETUP_ENV.items()}
+            self.pipe = PnPPipeline.from_pretrained(folder, **settings)
+        except ConfigError as err:
+            raise ConfigError(SETUP_ENV.get(err.param, err.param), err.reason) from None
         dtype = dtype_name(self.pipe.unet.dtype)
         print(f"Loaded {folder} ({type(self.pipe).__name__}, {self.pipe.default_resolution} px by default) on "
               f"{self.pipe.device} as {dtype} in {time.perf_counter() - start:.1f} s")

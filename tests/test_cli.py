@@ -84,7 +84,8 @@ def test_a_prompt_longer_than_the_text_encoder_reads_is_reported(tmp_path):
         (["--image", "in.png", "--out", "taken"], "error: --out: taken is a file"),
         (["--image", "in.png", "--model", "./no-such-folder"], "error: model folder"),
         (["--image", "in.png", "--model", "someone/some-model"], "download-weights"),
-        (["--image", "in.png", "--device", "cuda:0"], "error: device: cuda:0 was asked for"),
+        (["--image", "in.png", "--device", "cuda:0"],
+         "error: --device: cuda:0 was asked for but no CUDA GPU is available; use cpu"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_status_2(tmp_path, photo, args, message):

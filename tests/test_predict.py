@@ -477,6 +477,20 @@ def test_setup_refuses_a_missing_weights_folder(tmp_path, monkeypatch):
         Predictor().setup()
 
 
+@pytest.mark.parametrize("name, value, reason", [
+    ("PNP_DEVICE", "cuda", "cuda was asked for but no CUDA GPU is available; use cpu"),
+    ("PNP_DTYPE", "float8", "'float8' is not one of float32, float16, bfloat16"),
+])
+def test_setup_names_the_environment_variable_to_change(tiny_model_dir, monkeypatch, name, value, reason):
+    """The engine's rule says "device"; the server's setup log speaks of the variable that set it (not --device)."""
+    monkeypatch.setenv("PNP_WEIGHTS", str(tiny_model_dir))
+    monkeypatch.setenv(name, value)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(ConfigError) as caught:
+        Predictor().setup()
+    assert str(caught.value) == f"{name}: {reason}"
+
+
 def test_setup_offline_without_weights_says_how_to_supply_them(tmp_path, monkeypatch):
     monkeypatch.delenv("PNP_WEIGHTS", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
