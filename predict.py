@@ -18,6 +18,7 @@ from cog import BasePredictor, Input, Path, current_scope
 from PIL import Image
 
 from cog_inputs import fetch_url, read_request_image, request_lora_file, whole_number
+from cog_outputs import new_output_folder, remove_stale_output_folders, remove_when_this_process_ends
 from pnp.environment import configure_libraries, log_to
 
 # Before diffusers and transformers load: their import-time advice would fill the setup logs.
@@ -53,6 +54,10 @@ class Predictor(BasePredictor):
         PNP_COMPILE=1 compiles the UNet and warms it up here, so that predictions start compiled.
         """
         log_to("stdout")
+        stale = remove_stale_output_folders()
+        if stale:
+            print(f"Removed {len(stale)} output folders of ended processes from {tempfile.gettempdir()}")
+        remove_when_this_process_ends()
         start = time.perf_counter()
         folder = locate_weights(WEIGHTS_DIR)
         try:
@@ -215,7 +220,7 @@ class Predictor(BasePredictor):
                     print("Both input_image and generation_prompt were given: the generation prompt is used, the image is ignored")
             elif input_image is not None:
                 image = read_request_image(fetch_url(input_image, fetched, ImageError, "image"), config.resolution)
-            self.output_dir = tempfile.mkdtemp(prefix="pnp-outputs-")
+            self.output_dir = new_output_folder()
             generator = torch.Generator("cpu").manual_seed(seed)
             pipe = self.unchecked if disable_safety_checker else self.pipe
             with self._adapter(lora):
