@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path, PurePath
@@ -84,19 +85,22 @@ def request_lora_file(value: object) -> tuple[Path, str]:
 def fetch_url(value: object, files: ExitStack, error: type[ConfigError], param: str) -> object:
     """``value``, or, for a URL the server left as text (see the module docstring), the file Cog would have made of it.
 
-    The file is fetched with Cog's own code into Cog's temporary folder under Cog's name for it,
-    and deleted when ``files`` closes. A failed fetch raises ``error(param, ...)``.
+    The file is fetched with Cog's own download (cog.types) into Cog's temporary folder under Cog's
+    name for it, and deleted when ``files`` closes. A failed fetch raises ``error(param, ...)``.
     """
     if not (isinstance(value, str) and _URL.match(value)):
         return value
+    # As cog.types.URLPath.convert does, but without leaving a partial file behind when the fetch fails.
     try:
-        path = CogPath.validate(value).convert()
+        source = CogPath.validate(value)
+        with tempfile.NamedTemporaryFile(suffix=source.filename, delete=False) as file:
+            files.callback(Path(file.name).unlink, missing_ok=True)
+            shutil.copyfileobj(source.fileobj, file)
     except Exception as err:  # requests' and urllib's errors, and a data URI's broken base64
         name = _sent_name("" if value[:5].lower() == "data:" else get_filename(value))
         reason = "".join(c for c in " ".join(str(err).split()) if c.isprintable()) or type(err).__name__
         raise error(param, f"{name} could not be fetched: {reason[:300]}") from None
-    files.callback(path.unlink, missing_ok=True)
-    return path
+    return CogPath(file.name)
 
 
 def display_name(name: str, limit: int = MAX_NAME_CHARS) -> str:

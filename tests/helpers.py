@@ -1,5 +1,7 @@
 """Small test utilities."""
 
+import json
+
 import torch
 
 
@@ -11,3 +13,9 @@ def all_hooks(module: torch.nn.Module) -> list:
         for hooks in (m._forward_hooks, m._forward_pre_hooks)
         for hook in hooks.values()
     ]
+
+
+def safetensors_bytes(header: dict, data: bytes = b"") -> bytes:
+    """A file in the safetensors format: the header's length (8 bytes, little-endian), the header, the data."""
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + data

@@ -2,12 +2,12 @@
 cache tells adapters and their scales apart, and the command line and predictor take them."""
 
 import base64
-import json
 import re
 
 import pytest
 import torch
 from conftest import load_tiny
+from helpers import safetensors_bytes
 from test_cli import FAST as CLI_FAST
 from test_cli import run_cli
 from test_predict import fetched_from, run, sent_as
@@ -95,12 +95,6 @@ def test_specs_and_files_are_checked(lora_file, tmp_path):
             parse_lora(spec)
         assert error.value.param == "lora"
     assert parse_lora(str(pickled), allow_pickle=True)[0] == pickled
-
-
-def safetensors_bytes(header: dict, data: bytes = b"") -> bytes:
-    """A file in the safetensors format: the header's length (8 bytes, little-endian), the header, the data."""
-    text = json.dumps(header).encode()
-    return len(text).to_bytes(8, "little") + text + data
 
 
 def test_safetensors_are_known_by_their_content_not_their_name(lora_file, tmp_path):
