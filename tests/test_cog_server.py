@@ -516,11 +516,18 @@ def wait_until(condition, timeout_s=30):
 def test_a_killed_worker_takes_its_outputs_along_and_is_never_replaced(tmp_path, schema_folder, tiny_model_dir):
     """kill -9 of the worker (as the kernel's out-of-memory killer does): its output folder goes at once
     (cog_outputs' watcher). Pins coglet 0.23.1: the server starts no new worker; health stays UNHEALTHY and every
-    later request is refused, 409 "At capacity", until the server is restarted (docs/operations.md)."""
+    later request is refused, 409 "At capacity", until the server is restarted (docs/operations.md). README's
+    retry-on-409 recipes and docs/operations.md's liveness probe are run against it."""
     killed = start_own_server(tmp_path, schema_folder, tiny_model_dir)
     try:
         done = killed.predict({"generation_prompt": "a house", **FAST}).json()
         assert done["status"] == "succeeded", done.get("error")
+        # The shell recipe's health test (run below on the dead server) holds for a healthy one.
+        [healthy] = [line for line in readme_block("Retry on 409", "bash").splitlines() if "health-check" in line]
+        healthy = healthy.replace("http://127.0.0.1:5000", killed.url).replace(" || break", "")
+        assert subprocess.run(["bash", "-c", healthy], timeout=30).returncode == 0
+        probe = doc_block("docs/operations.md", "a command can.", "bash").replace("http://127.0.0.1:5000", killed.url)
+        assert subprocess.run(["bash", "-c", probe], timeout=30).returncode == 0
         [folder] = output_folders(killed)
         worker = int(folder.removeprefix(PREFIX).partition("-")[0])
         assert Path(f"/proc/{worker}/stat").read_text().split(") ")[1].split()[1] == str(killed.process.pid)  # ppid
@@ -539,8 +546,31 @@ def test_a_killed_worker_takes_its_outputs_along_and_is_never_replaced(tmp_path,
             assert (refused.status_code, refused.json()) == (409, {"error": "At capacity - all prediction slots busy",
                                                                    "status": "failed"})
             assert health() == "UNHEALTHY"
+        assert subprocess.run(["bash", "-c", probe], timeout=30).returncode == 1  # docs/operations.md's liveness probe
+        # README's retry-on-409 recipes give up at once instead of retrying for ever.
+        recipe = {}
+        exec(readme_block("Retry on 409", "python"), recipe)
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="answers 409 and its health is UNHEALTHY: restart it"):
+            recipe["predict"]({"generation_prompt": "a house", **FAST}, url=killed.url)
+        (tmp_path / "request.json").write_text(json.dumps({"input": {"generation_prompt": "a house", **FAST}}))
+        shell = readme_block("Retry on 409", "bash").replace("http://127.0.0.1:5000", killed.url)
+        done = subprocess.run(["bash", "-c", shell], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert done.stdout.startswith("HTTP 409") and time.monotonic() - started < 20
     finally:
         killed.stop()
+
+
+def doc_block(document: str, after: str, language: str) -> str:
+    """The first ``language`` code block of ``document`` (a path in the repository) after the text ``after``."""
+    text = (Path(__file__).resolve().parents[1] / document).read_text()
+    rest = text[text.index(after):]
+    start = rest.index(f"```{language}\n") + len(f"```{language}\n")
+    return rest[start:rest.index("```", start)]
+
+
+def readme_block(after: str, language: str) -> str:
+    return doc_block("README.md", after, language)
 
 
 def test_a_prediction_id_of_256_characters_leaves_the_slot_busy_for_good(tmp_path, schema_folder, tiny_model_dir):
