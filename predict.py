@@ -52,6 +52,7 @@ class Predictor(BasePredictor):
         $PNP_DEVICE and $PNP_DTYPE override the device and dtype; $PNP_SOURCE_CACHE_BYTES bounds the
         cache of recent sources (0 turns it off; default: a quarter of the GPU's memory);
         PNP_COMPILE=1 compiles the UNet and warms it up here, so that predictions start compiled.
+        Output folders of ended workers are removed, and this worker's will go when it ends (cog_outputs).
         """
         log_to("stdout")
         stale = remove_stale_output_folders()
@@ -280,8 +281,8 @@ class Predictor(BasePredictor):
         print(f"Compiled and warmed up the UNet in {time.perf_counter() - start:.1f} s")
 
     def _remove_outputs(self) -> None:
-        # Outputs live until the next prediction starts (Cog has uploaded or encoded them by then)
-        # or until their own prediction fails.
+        # Outputs live until the next prediction starts (Cog has uploaded or encoded them by then),
+        # until their own prediction fails, or until the worker ends (cog_outputs).
         if self.output_dir is not None:
             shutil.rmtree(self.output_dir, ignore_errors=True)
             self.output_dir = None
