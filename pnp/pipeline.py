@@ -157,7 +157,7 @@ class PnPPipeline(
         its safety checker if it has one; a hub id is downloaded once into the Hugging Face cache,
         without the safety checker unless ``safety_checker`` is passed. Other keyword arguments go
         to ``DiffusionPipeline.from_pretrained``. Raises ``pnp.ModelError`` saying what to do when
-        the model cannot be loaded. Single ``.safetensors`` checkpoints load with ``from_single_file``
+        the model cannot be loaded, ``pnp.ConfigError`` for a device or dtype that cannot be used. Single ``.safetensors`` checkpoints load with ``from_single_file``
         (see ``pnp.single_file``).
         """
         device, dtype = choose_device_and_dtype(device, dtype)
