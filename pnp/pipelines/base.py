@@ -111,8 +111,9 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
         otherwise. A local folder loads offline, with its safety checker if it has one; a hub id is
         downloaded once into the Hugging Face cache, without the safety checker unless
         ``safety_checker`` is passed. Other keyword arguments go to ``DiffusionPipeline.from_pretrained``.
-        Raises ``pnp.ModelError`` saying what to do when the model cannot be loaded. Single
-        ``.safetensors`` checkpoints load with ``from_single_file``.
+        Raises ``pnp.ModelError`` saying what to do when the model cannot be loaded, ``pnp.ConfigError``
+        for a device or dtype that cannot be used. Single ``.safetensors`` checkpoints load with
+        ``from_single_file``.
         """
         device, dtype = choose_device_and_dtype(device, dtype)
         with loading_errors(pretrained_model_name_or_path):

@@ -10,6 +10,7 @@ import json
 from contextlib import contextmanager
 from pathlib import Path
 
+from pnp.config import ConfigError
 from pnp.devices import default_device, default_dtype, parse_dtype
 from pnp.method.prediction import PREDICTION_TYPES
 from pnp.pipelines.hub import hub_unreachable
@@ -28,21 +29,25 @@ class ModelError(RuntimeError):
 
 
 def choose_device_and_dtype(device: str | None, dtype) -> tuple[str, object]:
-    """The device (default: CUDA if present) and torch dtype (default: ``pnp.devices.default_dtype``) to load onto."""
+    """The device (default: CUDA if present) and torch dtype (default: ``pnp.devices.default_dtype``) to load onto.
+
+    A value that cannot be used raises ConfigError("device" or "dtype", ...): each entry point names
+    the setting its own way (the command line's --device, the predictor's PNP_DEVICE).
+    """
     import torch
 
     device = device or default_device()
     try:
         torch.device(device)
     except RuntimeError:
-        raise ModelError(f"device: {device!r} is not a device torch knows; use cpu or cuda") from None
+        raise ConfigError("device", f"{device!r} is not a device torch knows; use cpu or cuda") from None
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device: {device} was asked for but no CUDA GPU is available; use --device cpu")
+        raise ConfigError("device", f"{device} was asked for but no CUDA GPU is available; use cpu")
     if isinstance(dtype, str):
         try:
             dtype = parse_dtype(dtype)
         except ValueError as err:
-            raise ModelError(str(err)) from None
+            raise ConfigError("dtype", str(err).removeprefix("dtype: ")) from None
     return device, dtype or default_dtype(device)
 
 

@@ -83,7 +83,8 @@ def test_a_prompt_longer_than_the_text_encoder_reads_is_reported(tmp_path):
          "error: --out: /proc/pnp cannot be made: nothing can be written into /proc"),
         (["--image", "in.png", "--model", "./no-such-folder"], "error: model folder"),
         (["--image", "in.png", "--model", "someone/some-model"], "download-weights"),
-        (["--image", "in.png", "--device", "cuda:0"], "error: device: cuda:0 was asked for"),
+        (["--image", "in.png", "--device", "cuda:0"],
+         "error: --device: cuda:0 was asked for but no CUDA GPU is available; use cpu"),
         (["--image", "in.png", "--prompt", b"a \xff cat"],  # bytes that are not UTF-8
          "error: --prompt: prompt 1 of 2 is not valid text: character 3 is '\\udcff'"),
         (["--image", "in.png", "--negative-prompt", b"\xff"], "error: --negative-prompt: it is not valid text"),

@@ -4,6 +4,7 @@ The pipelines themselves are the package's (``pnp.pipelines.random_models``): th
 them by name. What only tests need lives here.
 """
 
+import json
 from pathlib import Path
 
 import torch
@@ -60,3 +61,9 @@ def save_random_lora(kind: str, folder: str | Path, seed: int = 1, rank: int = 4
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
     type(pipe).save_lora_weights(folder, unet_lora_layers=layers)
     return Path(folder) / "pytorch_lora_weights.safetensors"
+
+
+def safetensors_bytes(header: dict, data: bytes = b"") -> bytes:
+    """A file in the safetensors format: the header's length (8 bytes, little-endian), the header, the data."""
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + data
