@@ -17,6 +17,7 @@ import torch
 import transformers
 
 from pnp.pipelines import random_models
+from pnp.pipelines.loading import RANDOM_MODELS
 from pnp.devices import default_device
 
 from .memory import MemoryTracker
@@ -47,7 +48,7 @@ def check_machine_options(parser: argparse.ArgumentParser, args: argparse.Namesp
 
 def model_folder(model: str, cache_dir: Path) -> Path:
     """A diffusers folder for ``model``: random models are built and saved once, then reused."""
-    if model not in random_models.RANDOM_MODELS:
+    if model not in RANDOM_MODELS:
         return Path(model)
     folder = cache_dir / f"{model}-{_random_model_stamp()}"
     if not (folder / "model_index.json").is_file():

@@ -191,7 +191,7 @@ def load_pipeline(args: argparse.Namespace, loras: list | None = None):
     log_to("stderr")
     from pnp.devices import dtype_name
     from pnp.pipelines.lora import load_loras
-    from pnp.pipelines.loading import open_model
+    from pnp.pipelines.named_models import open_model
     from pnp.pipelines.pipeline_pnp import PnPPipeline
     from pnp.pipelines.single_file import is_single_file
 

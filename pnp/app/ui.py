@@ -92,7 +92,7 @@ def theme() -> gr.themes.Base:
 
 def build_page(runner: Runner, model: str, samples: dict) -> gr.Blocks:
     """The page; ``samples`` maps sample names to image files for the examples."""
-    from pnp.pipelines.random_models import RANDOM_MODELS
+    from pnp.pipelines.loading import RANDOM_MODELS
 
     with gr.Blocks(title="Plug-and-play image translation", analytics_enabled=False) as page:
         gr.Markdown(_header(runner.pipe, model, model in RANDOM_MODELS))

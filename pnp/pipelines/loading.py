@@ -1,7 +1,8 @@
-"""Where a pipeline's weights come from: local folders, the model hub, random test models, and clear errors.
+"""The loading rules: which models are known by name, where weights come from (local folders or the model
+hub), on which device and in which dtype, which models the method can run, and errors that say what to do.
 
-``PnPPipeline.from_pretrained`` uses these rules; the command line and the web UI open models by
-name with ``open_model``, which also knows the random-weight test models.
+``PnPPipeline.from_pretrained`` follows these rules; the command line and the web UI open a model
+by its name with ``pnp.pipelines.named_models.open_model``. Torch-free at import.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from pnp.devices import default_device, default_dtype, parse_dtype
 from pnp.method.prediction import PREDICTION_TYPES
 from pnp.pipelines.hub import hub_unreachable
 
+# The model-hub id loaded when none is named.
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
-# Names of the random-weight test models (``pnp.pipelines.random_models`` builds them); torch-free here for argument checks.
+# Models known by name. The random-weight test models, whose outputs are noise, are built on
+# demand (``pnp.pipelines.random_models``); a model shipped inside the package would be named here too.
 RANDOM_MODELS = ("tiny", "tiny-v", "tiny-sdxl", "random-sd15")
-
 
 # The options that load a Stable Diffusion pipeline without its safety checker.
 NO_SAFETY_CHECKER = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
@@ -129,18 +131,6 @@ def check_supported(pipe, model: str | Path) -> None:
             f"model {model}: its UNet has no module {missing[0]}, where PnP injects features; "
             "it is not a Stable Diffusion 1.x, 2.x or SDXL UNet"
         )
-
-
-@contextmanager
-def open_model(name: str):
-    """A path or hub id to load ``name`` from; the random-weight test models are built into a temporary folder."""
-    from pnp.pipelines.random_models import random_model_folder
-
-    if name in RANDOM_MODELS:
-        with random_model_folder(name) as folder:
-            yield folder
-    else:
-        yield name
 
 
 def first_line(err: BaseException) -> str:
