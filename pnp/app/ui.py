@@ -27,7 +27,7 @@ import gradio as gr
 
 from pnp.config import MAX_PROMPTS, ConfigError
 from pnp.app.form import FORM_INPUTS, FormInput, form_input
-from pnp.pipelines.loading import first_line
+from pnp.messages import first_line
 from pnp.app.samples import write_samples
 from pnp.app.ui_runs import Runner, RunResult, parse_form
 

@@ -18,7 +18,7 @@ import requests
 
 from pnp.config import ConfigError
 from pnp.app.form import form_inputs
-from pnp.pipelines.loading import first_line
+from pnp.messages import first_line
 from pnp.evaluation.backends import BackendError, Job, Translation, decode_image, file_data_uri, read_output, split_outputs
 
 HEALTH_TIMEOUT_S = 10

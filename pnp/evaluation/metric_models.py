@@ -11,7 +11,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from pnp.pipelines.loading import ModelError, first_line
+from pnp.messages import first_line
+from pnp.pipelines.loading import ModelError
 
 # CLIP ViT-L/14: the model of PIE-Bench's CLIP scores, used for the paper's cosine too (one model, one load).
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"

@@ -17,7 +17,7 @@ import requests
 
 from pnp.config import ConfigError
 from pnp.app.form import form_inputs
-from pnp.pipelines.loading import first_line
+from pnp.messages import first_line
 from pnp.evaluation.backends import BackendError, Job, Translation, decode_image, read_output, split_outputs
 
 TOKEN_ENV = "REPLICATE_API_TOKEN"

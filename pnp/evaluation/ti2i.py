@@ -14,6 +14,7 @@ from __future__ import annotations
 import numbers
 from pathlib import Path
 
+from pnp.messages import first_line
 from pnp.config import ConfigError, check_float, check_int, check_seed
 from pnp.outputs import slug
 from pnp.evaluation.benchmarks import TI2I, Benchmark, Generation, Source, check_image, check_prompts
@@ -31,7 +32,7 @@ def load(path: Path) -> Benchmark:
     except FileNotFoundError:
         raise ConfigError("benchmark", f"no file at {path}") from None
     except yaml.YAMLError as err:
-        raise ConfigError("benchmark", f"{path} is not valid yaml ({str(err).splitlines()[0]})") from None
+        raise ConfigError("benchmark", f"{path} is not valid yaml ({first_line(err)})") from None
     if isinstance(data, dict):
         entries = list(data.items())
     elif isinstance(data, list):

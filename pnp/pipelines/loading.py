@@ -131,9 +131,3 @@ def check_supported(pipe, model: str | Path) -> None:
             f"model {model}: its UNet has no module {missing[0]}, where PnP injects features; "
             "it is not a Stable Diffusion 1.x, 2.x or SDXL UNet"
         )
-
-
-def first_line(err: BaseException) -> str:
-    """The first line of an error's message, or its type's name if it has none."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

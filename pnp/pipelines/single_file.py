@@ -16,7 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pnp.pipelines.hub import hub_unreachable
-from pnp.pipelines.loading import NO_SAFETY_CHECKER, ModelError, first_line, is_sdxl
+from pnp.messages import first_line
+from pnp.pipelines.loading import NO_SAFETY_CHECKER, ModelError, is_sdxl
 
 SAFE_SUFFIX = ".safetensors"
 PICKLED_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")

@@ -13,7 +13,8 @@ import tempfile
 from pathlib import Path
 
 from pnp.pipelines.hub import hub_host, hub_unreachable
-from pnp.pipelines.loading import DEFAULT_MODEL, ModelError, first_line
+from pnp.messages import first_line
+from pnp.pipelines.loading import DEFAULT_MODEL, ModelError
 
 WEIGHTS_ENV = "PNP_WEIGHTS"
 MODEL_ENV = "PNP_MODEL"
