@@ -1,8 +1,6 @@
 """The Cog predictor in-process: its inputs, outputs, errors and setup, on a tiny random-weight model."""
 
 import ast
-import inspect
-import io
 import typing
 from pathlib import Path as LocalPath
 
@@ -10,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 from cog import CancelationException, Path
-from cog.types import URLPath, get_filename
 from PIL import Image
 
 import predict
-from support.cog_server import FAST, FORM_ORDER, data_uri, sample_photo
+from support.cog_server import FORM_ORDER, data_uri, sample_photo
 from support.predictor import PREDICT_PARAMETERS, fetched_from, run, sent_as
 from support.hooks import all_hooks
 from pnp.config import (

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pnp.config import ConfigError
 from pnp.devices import default_device, default_dtype, parse_dtype
+from pnp.messages import first_line
 from pnp.method.prediction import PREDICTION_TYPES
 from pnp.pipelines.hub import hub_unreachable
 

@@ -4,7 +4,6 @@ predict.py is read as cog build reads it, by parsing its source, not by importin
 """
 
 import ast
-from pathlib import Path
 
 import pytest
 

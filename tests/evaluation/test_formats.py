@@ -1,7 +1,6 @@
 """Benchmark formats: TI2I yaml files (real and generated sources) and PIE-Bench folders, with their masks."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

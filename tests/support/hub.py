@@ -7,8 +7,3 @@ def unreachable_hub_env(home) -> dict[str, str]:
     return {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "https://hub.invalid", "HF_HOME": str(home), "NO_PROXY": "*",
             "no_proxy": "*"}
 
-
-def safetensors_bytes(header: dict, data: bytes = b"") -> bytes:
-    """A file in the safetensors format: the header's length (8 bytes, little-endian), the header, the data."""
-    text = json.dumps(header).encode()
-    return len(text).to_bytes(8, "little") + text + data
