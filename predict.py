@@ -24,14 +24,13 @@ from pnp.environment import configure_libraries, log_to
 # Before diffusers and transformers load: their import-time advice would fill the setup logs.
 configure_libraries()
 
-import torch  # noqa: E402
-
 from pnp.config import ConfigError, PnPConfig, check_float  # noqa: E402
 from pnp.devices import dtype_name  # noqa: E402
 from pnp.visual import visualise  # noqa: E402
 from pnp.app.feature_files import write_feature_grids  # noqa: E402
 from pnp.app.form import PROMPT_SEPARATOR, config_resolution, form_name  # noqa: E402
 from pnp.images import ImageError  # noqa: E402
+from pnp.method.generation import noise_generator  # noqa: E402
 from pnp.pipelines.lora import load_loras  # noqa: E402
 from pnp.outputs import OutputOptions, write_outputs  # noqa: E402
 from pnp.pipelines.pipeline_pnp import PnPPipeline  # noqa: E402
@@ -223,7 +222,7 @@ class Predictor(BasePredictor):
             elif input_image is not None:
                 image = read_request_image(fetch_url(input_image, fetched, ImageError, "image"), config.resolution)
             self.output_dir = new_output_folder()
-            generator = torch.Generator("cpu").manual_seed(seed)
+            generator = noise_generator(seed)
             pipe = self.unchecked if disable_safety_checker else self.pipe
             with self._adapter(lora):
                 maps = visualise.feature_maps(pipe, image=image, generator=generator, **config.as_kwargs()) if feature_maps else None

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from pnp.devices import DTYPE_NAMES, default_dtype, dtype_name
+from pnp.method.generation import noise_generator
 from pnp.pipelines.pipeline_pnp import PnPPipeline
 
 from .machine import OtherLoad, add_machine_options, check_machine_options, environment, model_folder
@@ -113,7 +114,7 @@ def generation_case(pipe, image, args) -> list[dict]:
 
             def run():
                 return pipe(generation_prompt="a photo of a horse in a field",
-                            generator=torch.Generator().manual_seed(0), **settings(args, count)).metrics
+                            generator=noise_generator(0), **settings(args, count)).metrics
 
             times[fused] = fastest(run, args.repeats, args.device)
         pipe.fuse_generation = True

@@ -76,7 +76,9 @@ def _translate(args: argparse.Namespace) -> int:
         slower = "; on a CPU the compiled steps were measured slower than eager" if pipe.device.type == "cpu" else ""
         print(f"compiling the UNet: the first steps of each kind take minutes{slower}", file=sys.stderr)
         pipe.compile_unet()
-    result = pipe(image=images or None, generator=_generator(seed), **config.as_kwargs())
+    from pnp.method.generation import noise_generator
+
+    result = pipe(image=images or None, generator=noise_generator(seed), **config.as_kwargs())
     labels = [Path(path).stem for path in args.image or []]
     with _writing_into_out():
         paths = write_outputs(result, config.prompt, out, options, labels)
@@ -97,11 +99,12 @@ def _features(args: argparse.Namespace) -> int:
     out = check_feature_folder(args.out, args.overwrite)
 
     pipe, config, images = _loaded(args, config, images, loras)
+    from pnp.method.generation import noise_generator
     from pnp.visual.visualise import feature_maps
 
     settings = {k: v for k, v in config.as_kwargs().items() if k != "prompt"}
     maps = feature_maps(pipe, prompts, images[0] if images else None, list(request.timesteps), list(request.maps),
-                             generator=_generator(seed), **settings)
+                             generator=noise_generator(seed), **settings)
     with _writing_into_out():
         paths = write_feature_maps(maps, out)
     for path in paths:
@@ -174,12 +177,6 @@ def _model_checks(args: argparse.Namespace) -> list:
     elif args.config is not None:
         raise ConfigError("config", "a base configuration is only for a single-file --model (.safetensors)")
     return [parse_lora(spec, args.allow_pickle) for spec in args.lora or []]
-
-
-def _generator(seed: int):
-    import torch
-
-    return torch.Generator("cpu").manual_seed(seed)
 
 
 def load_pipeline(args: argparse.Namespace, loras: list | None = None):

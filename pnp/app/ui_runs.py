@@ -17,13 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from pnp.config import MAX_SEED, ConfigError, PnPConfig, check_seed
 from pnp.app.feature_files import write_feature_grids
 from pnp.visual.visualise import feature_maps
 from pnp.app.form import config_resolution, form_input, form_name
 from pnp.images import load_image
+from pnp.method.generation import noise_generator
 from pnp.outputs import OutputOptions, write_outputs
 
 logger = logging.getLogger("pnp.ui")
@@ -161,7 +160,7 @@ class Runner:
 
     def _translate(self, request: Request, step_end):
         """The pipeline's output, and the feature maps (None unless asked for), made in the same run."""
-        kwargs = dict(image=request.image, generator=torch.Generator("cpu").manual_seed(request.seed),
+        kwargs = dict(image=request.image, generator=noise_generator(request.seed),
                       callback_on_step_end=step_end, **request.config.as_kwargs())
         if not request.feature_maps:
             return self.pipe(**kwargs), None

@@ -10,6 +10,15 @@ from pnp.method.text import TextEmbeddings
 from pnp.method.noise_predictor import NoisePredictor
 
 
+def noise_generator(seed: int) -> torch.Generator:
+    """The random generator of a generated source's initial noise, seeded with ``seed``.
+
+    A CPU generator: the pipeline draws the noise on the CPU with it, so a seed gives the same source
+    on every device.
+    """
+    return torch.Generator("cpu").manual_seed(seed)
+
+
 def generate(
     predict: NoisePredictor,
     schedule: DDIMSchedule,
