@@ -33,7 +33,7 @@ from PIL import Image
 
 from pnp.config import ConfigError
 from pnp.images import ImageError, load_image
-from pnp.pipelines.lora import safetensors_problem
+from pnp.pipelines.weight_files import safetensors_problem
 
 # NamedTemporaryFile's name: "tmp", 8 characters of tempfile's alphabet, then the suffix.
 _REQUEST_FILE = re.compile(r"tmp[a-z0-9_]{8}(?P<name>.*)", re.DOTALL)

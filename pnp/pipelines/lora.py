@@ -3,30 +3,23 @@
 A pipeline loads adapters with diffusers' own ``load_lora_weights`` (into the UNet and the text
 encoders; peft does the work) and ``set_adapters`` weighs them; ``unload_lora_weights`` puts back
 the very modules that were there before, so the UNet computes exactly what it did. Only
-safetensors files are read unless pickles are allowed, as for checkpoints (``pnp.pipelines.single_file``).
-A file is known as safetensors by its header, not its name: the Cog server names an upload
-``file.bin``. Torch-free at import: the command line checks specs before anything loads.
+safetensors files are read unless pickles are allowed, as for checkpoints (``pnp.pipelines.weight_files``).
+Torch-free at import: the command line checks specs before anything loads.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 from pnp.config import ConfigError, check_float
+from pnp.pipelines.weight_files import SAFETENSORS_SUFFIX, is_pickled_name, safetensors_problem
 
 # An adapter's weight in the sum (1: as trained; 0: off). Replicate's own SDXL model offers 0 to 1.
 MIN_LORA_SCALE, MAX_LORA_SCALE = 0.0, 1.0
 DEFAULT_LORA_SCALE = 1.0
-PICKLED_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-SAFETENSORS_SUFFIX = ".safetensors"
-# The safetensors format: an 8-byte little-endian header length, then that many bytes of JSON
-# (tensor name -> dtype, shape, data_offsets; "__metadata__" -> strings), then the tensors' bytes.
-# The safetensors library refuses headers above 100 MB; so does this check, before reading one.
-_MAX_HEADER_BYTES = 100_000_000
 # How torch words one layer of a state dict that does not fit the model (load_state_dict's message).
 _SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from "
                             r"checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)")
@@ -54,7 +47,7 @@ def check_lora_file(path: str | Path, param: str, allow_pickle: bool = False, na
     if not path.is_file():
         return path
     problem = safetensors_problem(path)
-    if problem is not None and path.suffix.lower() in PICKLED_SUFFIXES:
+    if problem is not None and is_pickled_name(path):
         if allow_pickle:
             return path
         raise ConfigError(param, f"{name} is a pickled file, which is not loaded by default: convert it to .safetensors, "
@@ -62,32 +55,6 @@ def check_lora_file(path: str | Path, param: str, allow_pickle: bool = False, na
     if problem is not None:
         raise ConfigError(param, f"{name} {problem}; LoRA adapters are read from .safetensors files")
     return path
-
-
-def safetensors_problem(path: str | Path) -> str | None:
-    """Why the file at ``path`` is not a whole safetensors file, as words that follow its name; None if it is one.
-
-    Reads the header only: its length, that it is a JSON object, and that the file holds every
-    byte the header's tensors claim.
-    """
-    with open(path, "rb") as file:
-        size = file.seek(0, 2)
-        file.seek(0)
-        length = int.from_bytes(file.read(8), "little") if size >= 8 else 0
-        if not 2 <= length <= min(size - 8, _MAX_HEADER_BYTES):
-            return "is not a safetensors file (it does not start with a safetensors header)"
-        try:
-            header = json.loads(file.read(length))
-        except (UnicodeDecodeError, ValueError):
-            header = None
-    if not isinstance(header, dict):
-        return "is not a safetensors file (its header is not a JSON object)"
-    ends = [entry["data_offsets"][1] for name, entry in header.items()
-            if name != "__metadata__" and isinstance(entry, dict) and len(entry.get("data_offsets") or ()) == 2]
-    held = size - 8 - length
-    if max(ends, default=0) > held:
-        return f"is cut short: its header describes {max(ends)} bytes of tensors, the file holds {held}"
-    return None
 
 
 def load_loras(pipe, loras: list[tuple[Path, float]], param: str = "lora", labels: list[str] | None = None) -> list[str]:

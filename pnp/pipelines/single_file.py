@@ -7,8 +7,7 @@ architecture. Without one, diffusers guesses the architecture from the file and 
 configuration from the model hub, which needs internet access: offline, the error says what to pass.
 
 Only safetensors files are read unless pickled checkpoints (.ckpt, .pt, .pth, .bin) are allowed
-explicitly: a pickle is a program, and although torch loads these with ``weights_only``, that
-is a larger attack surface than a format that holds only tensors.
+explicitly (``pnp.pipelines.weight_files``).
 """
 
 from __future__ import annotations
@@ -18,16 +17,16 @@ from pathlib import Path
 from pnp.pipelines.hub import hub_unreachable
 from pnp.messages import first_line
 from pnp.pipelines.loading import NO_SAFETY_CHECKER, ModelError, is_sdxl
+from pnp.pipelines.weight_files import SAFETENSORS_SUFFIX, is_pickled_name
 
-SAFE_SUFFIX = ".safetensors"
-PICKLED_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 # A key only SDXL checkpoints have: the second text encoder (OpenCLIP bigG), in the original layout.
 SDXL_KEY_PREFIX = "conditioner.embedders.1."
 
 
 def is_single_file(model: str | Path) -> bool:
     """Whether ``model`` names a checkpoint file rather than a diffusers folder or a hub id."""
-    return str(model).lower().endswith((SAFE_SUFFIX, *PICKLED_SUFFIXES)) or Path(model).expanduser().is_file()
+    named = str(model).lower().endswith(SAFETENSORS_SUFFIX) or is_pickled_name(model)
+    return named or Path(model).expanduser().is_file()
 
 
 def check_single_file(model: str | Path, allow_pickle: bool = False) -> Path:
@@ -36,13 +35,13 @@ def check_single_file(model: str | Path, allow_pickle: bool = False) -> Path:
     if not path.is_file():
         raise ModelError(f"model file {path} does not exist")
     suffix = path.suffix.lower()
-    if suffix in PICKLED_SUFFIXES and not allow_pickle:
+    if is_pickled_name(path) and not allow_pickle:
         raise ModelError(
             f"model file {path} is a pickled checkpoint, which is not loaded by default: convert it to "
-            f"{SAFE_SUFFIX}, or pass --allow-pickle (allow_pickle=True) if you trust its source"
+            f"{SAFETENSORS_SUFFIX}, or pass --allow-pickle (allow_pickle=True) if you trust its source"
         )
-    if suffix != SAFE_SUFFIX and suffix not in PICKLED_SUFFIXES:
-        raise ModelError(f"model file {path}: a checkpoint file must end in {SAFE_SUFFIX} (or, allowed explicitly, .ckpt)")
+    if suffix != SAFETENSORS_SUFFIX and not is_pickled_name(path):
+        raise ModelError(f"model file {path}: a checkpoint file must end in {SAFETENSORS_SUFFIX} (or, allowed explicitly, .ckpt)")
     return path
 
 
@@ -94,7 +93,7 @@ def _base_config(config: str | Path | None) -> str | None:
 
 
 def _has_sdxl_keys(path: Path) -> bool:
-    if path.suffix.lower() == SAFE_SUFFIX:
+    if path.suffix.lower() == SAFETENSORS_SUFFIX:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as checkpoint:

@@ -12,7 +12,8 @@ from support.models import load_tiny, safetensors_bytes, save_random_lora
 from support.predictor import fetched_from, run, sent_as
 
 from pnp.config import ConfigError
-from pnp.pipelines.lora import load_loras, parse_lora, safetensors_problem
+from pnp.pipelines.lora import load_loras, parse_lora
+from pnp.pipelines.weight_files import safetensors_problem
 
 SETTINGS = dict(prompt="a cat", num_inference_steps=3, resolution=128, output_type="latent")
 
