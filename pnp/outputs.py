@@ -1,4 +1,5 @@
-"""Writing a translation's output images: file format, quality and names, shared by the CLI and the predictor.
+"""Writing what a run makes: output images (format, quality, names), files written whole, and the folder a run
+writes into, which must not hold an earlier run's files. Shared by the CLI, the predictor, the UI and the evaluation.
 
 Torch-free. Output names start with their zero-padded position, so they sort in output order:
 the generated source first (generation mode), then one image per prompt, in prompt order.
@@ -10,10 +11,11 @@ import io
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from PIL import Image
 
@@ -78,15 +80,25 @@ def check_output_folder(folder: str | Path, overwrite: bool = False) -> OutputFo
     ``overwrite``, earlier outputs (files named as this module names them) are replaced, once the
     new ones are all written (``write_outputs``). Anything else in the folder is left alone.
     """
-    folder = check_writable_folder(folder, "outputs")
-    earlier = sorted(p for p in folder.iterdir() if _OUTPUT_NAME.match(p.name)) if folder.is_dir() else []
-    if earlier and not overwrite:
-        raise ConfigError(
-            "out",
-            f"{folder} already holds {len(earlier)} outputs of an earlier run ({earlier[0].name}, ...); "
-            "choose another folder, or pass --overwrite to replace them",
-        )
-    return OutputFolder(folder, tuple(earlier))
+    return check_run_folder(folder, lambda path: bool(_OUTPUT_NAME.match(path.name)), overwrite, "outputs")
+
+
+def check_run_folder(folder: str | Path, earlier: Callable[[Path], bool], overwrite: bool, what: str) -> OutputFolder:
+    """Before any work: a folder that ``what`` can be written into, holding no earlier run's files unless ``overwrite``.
+
+    ``earlier`` tells an earlier run's files (and folders) among the folder's entries; with
+    ``overwrite`` they are what the returned OutputFolder replaces, once the new files are written.
+    """
+    folder = check_writable_folder(folder, what)
+    found = sorted(p for p in folder.iterdir() if earlier(p)) if folder.is_dir() else []
+    if found and not overwrite:
+        refuse_earlier_run(folder, f"already holds {what} of an earlier run ({found[0].name}, ...)")
+    return OutputFolder(folder, tuple(found))
+
+
+def refuse_earlier_run(folder: Path, holds: str) -> NoReturn:
+    """Raise ConfigError("out"): ``folder`` holds another run's files, as ``holds`` says; it says what to do."""
+    raise ConfigError("out", f"{folder} {holds}; choose another folder, or pass --overwrite to replace them")
 
 
 def check_writable_folder(folder: str | Path, what: str) -> Path:
@@ -168,16 +180,28 @@ def as_output_folder(folder: str | Path | OutputFolder) -> OutputFolder:
 
 def save_image(image: Image.Image, path: str | Path, options: OutputOptions) -> Path:
     """Write one image in the options' format, whole or not at all; an OSError names ``path``."""
+    buffer = io.BytesIO()
+    extra = {} if options.output_format == "png" else {"quality": options.output_quality}
+    try:
+        image.save(buffer, _PIL_FORMATS[options.output_format], **extra)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None  # an encoder names no file
+    return write_atomic(path, buffer.getvalue())
+
+
+def write_atomic(path: str | Path, data: bytes | str) -> Path:
+    """Write ``data`` (text as UTF-8) to ``path`` whole or not at all: into ``path.partial``, then renamed.
+
+    The folder is made if missing. On failure nothing is left behind, and the OSError names ``path``.
+    """
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
     try:
-        buffer = io.BytesIO()
-        extra = {} if options.output_format == "png" else {"quality": options.output_quality}
-        image.save(buffer, _PIL_FORMATS[options.output_format], **extra)
-        partial.write_bytes(buffer.getvalue())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_bytes(data.encode() if isinstance(data, str) else data)
         partial.replace(path)
     except OSError as err:
         partial.unlink(missing_ok=True)
-        # A write() that fails (a full disk) names no file, nor does an encoder: name the one being written.
+        # A write() that fails (a full disk) names no file: name the one being written.
         raise OSError(err.errno, err.strerror or str(err), str(path)) from None
     return path

@@ -23,6 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pnp.outputs import write_atomic
+
 GENERATOR_VERSION = "0.19.3"
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,11 +53,7 @@ def generate_schema(project: Path, sdk: Path) -> dict:
 
 def write_schema(schema: dict, out: Path) -> Path:
     """Write the schema whole or not at all."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    partial.write_text(json.dumps(schema, indent=2) + "\n")
-    partial.replace(out)
-    return out
+    return write_atomic(out, json.dumps(schema, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,16 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pnp.config import ConfigError
-from pnp.outputs import (
-    OutputFolder,
-    OutputOptions,
-    all_or_nothing,
-    as_output_folder,
-    check_writable_folder,
-    save_image,
-    slug,
-)
+from pnp.outputs import OutputFolder, OutputOptions, all_or_nothing, as_output_folder, check_run_folder, save_image, slug
 from pnp.visual.maps import BLOCK, FeatureMaps
 
 
@@ -61,13 +52,5 @@ def write_feature_grids(maps: FeatureMaps, folder: str | Path, options: OutputOp
 
 def check_feature_folder(folder: str | Path, overwrite: bool = False) -> OutputFolder:
     """Before any work: a folder the maps can be written into, holding no earlier run's maps unless ``overwrite``
-    (they are then replaced once the new ones are all written)."""
-    folder = check_writable_folder(folder, "maps")
-    earlier = sorted(p for p in folder.iterdir() if re.match(rf"{BLOCK}\.", p.name)) if folder.is_dir() else []
-    if earlier and not overwrite:
-        raise ConfigError(
-            "out",
-            f"{folder} already holds maps of an earlier run ({earlier[0].name}, ...); "
-            "choose another folder, or pass --overwrite to replace them",
-        )
-    return OutputFolder(folder, tuple(earlier))
+    (they are then replaced once the new ones are all written). A map's files are named after its module."""
+    return check_run_folder(folder, lambda path: bool(re.match(rf"{BLOCK}\.", path.name)), overwrite, "maps")

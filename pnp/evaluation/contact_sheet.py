@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 from pnp.evaluation.metrics import METRICS
-from pnp.evaluation.records import write_atomic
+from pnp.outputs import write_atomic
 
 THUMBNAIL_PX = 192
 # The scores shown under each output, in this order (those a pair has).

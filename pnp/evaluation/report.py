@@ -12,7 +12,8 @@ import math
 from pathlib import Path
 
 from pnp.evaluation.metrics import METRICS
-from pnp.evaluation.records import write_atomic, write_json
+from pnp.evaluation.records import write_json
+from pnp.outputs import write_atomic
 
 # PIE-Bench's editing_type_id values.
 EDITING_TYPES = {
