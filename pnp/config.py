@@ -27,6 +27,19 @@ MIN_RESOLUTION, MAX_RESOLUTION = 128, 1024
 RESOLUTION_MULTIPLE = 64
 MAX_GUIDANCE_SCALE = 50.0
 MAX_SEED = 2**32 - 1
+# Every bounded number's range, both ends allowed: checked here, and offered by the forms (``pnp.app.form``).
+RANGES = {
+    "num_inference_steps": (1, MAX_SAMPLING_STEPS),
+    "num_inversion_steps": (1, MAX_INVERSION_STEPS),
+    "guidance_scale": (0.0, MAX_GUIDANCE_SCALE),
+    "generation_guidance_scale": (0.0, MAX_GUIDANCE_SCALE),
+    "feature_injection_threshold": (0.0, 1.0),
+    "attention_injection_threshold": (0.0, 1.0),
+    "negative_prompt_alpha": (0.0, 1.0),
+    "resolution": (MIN_RESOLUTION, MAX_RESOLUTION),
+    "max_batch_size": (1, MAX_PROMPTS),
+    "seed": (0, MAX_SEED),  # not a PnPConfig field: the generator's (``check_seed``)
+}
 
 
 class ConfigError(ValueError):
@@ -89,10 +102,10 @@ class PnPConfig:
         set_("prompt", _prompts(self.prompt))
         set_("generation_prompt", _optional_text("generation_prompt", self.generation_prompt))
         set_("negative_prompt", _optional_text("negative_prompt", self.negative_prompt))
-        set_("num_inference_steps", check_int("num_inference_steps", self.num_inference_steps, 1, MAX_SAMPLING_STEPS))
+        set_("num_inference_steps", check_int("num_inference_steps", self.num_inference_steps, *RANGES["num_inference_steps"]))
         if self.num_inversion_steps is None:
             set_("num_inversion_steps", self.num_inference_steps)
-        set_("num_inversion_steps", check_int("num_inversion_steps", self.num_inversion_steps, 1, MAX_INVERSION_STEPS))
+        set_("num_inversion_steps", check_int("num_inversion_steps", self.num_inversion_steps, *RANGES["num_inversion_steps"]))
         if not self.generation_prompt and not inversion_reaches(self.num_inversion_steps, self.num_inference_steps):
             raise ConfigError(
                 "num_inversion_steps",
@@ -100,17 +113,16 @@ class PnPConfig:
                 f"{self.num_inference_steps} sampling timesteps; with {self.num_inference_steps} sampling steps "
                 f"use one of {describe_ranges(valid_inversion_steps(self.num_inference_steps))}",
             )
-        for name, high in (("guidance_scale", MAX_GUIDANCE_SCALE), ("generation_guidance_scale", MAX_GUIDANCE_SCALE),
-                           ("feature_injection_threshold", 1.0), ("attention_injection_threshold", 1.0),
-                           ("negative_prompt_alpha", 1.0)):
-            set_(name, check_float(name, getattr(self, name), 0.0, high))
+        for name in ("guidance_scale", "generation_guidance_scale", "feature_injection_threshold",
+                     "attention_injection_threshold", "negative_prompt_alpha"):
+            set_(name, check_float(name, getattr(self, name), *RANGES[name]))
         set_("negative_prompt_schedule", check_choice("negative_prompt_schedule", self.negative_prompt_schedule, NEGATIVE_SCHEDULES))
         if self.resolution is not None:
-            set_("resolution", check_int("resolution", self.resolution, MIN_RESOLUTION, MAX_RESOLUTION))
+            set_("resolution", check_int("resolution", self.resolution, *RANGES["resolution"]))
             if self.resolution % RESOLUTION_MULTIPLE:
                 raise ConfigError("resolution", f"{self.resolution} is not a multiple of {RESOLUTION_MULTIPLE}")
         if self.max_batch_size is not None:
-            set_("max_batch_size", check_int("max_batch_size", self.max_batch_size, 1, MAX_PROMPTS))
+            set_("max_batch_size", check_int("max_batch_size", self.max_batch_size, *RANGES["max_batch_size"]))
 
     @property
     def generating(self) -> bool:
@@ -145,7 +157,7 @@ class PnPConfig:
 
 def check_seed(seed: object) -> int:
     """A seed of a generated source's noise: a whole number from 0 to 2**32 - 1."""
-    return check_int("seed", seed, 0, MAX_SEED)
+    return check_int("seed", seed, *RANGES["seed"])
 
 
 def describe_ranges(values: list[int]) -> str:
