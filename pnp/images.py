@@ -19,9 +19,11 @@ times the working size; a LANCZOS resize finishes. Smaller images are loaded, th
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import stat
+import urllib.request
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,6 +52,11 @@ REDUCING_GAP = 3
 JPEG_DRAFT_SCALES = (8, 4, 2)  # libjpeg decodes at 1/8, 1/4 and 1/2 scale directly
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L")
 REDUCE_BAND_ROWS = 256  # converted a band at a time, so no second full-size copy exists
+# An image named by URL (a batch manifest's rows) is fetched whole before it is read: at most this
+# many bytes (far above any photo's file size, which MAX_PIXELS bounds anyway), within this time.
+URL_SCHEMES = ("http://", "https://")
+MAX_DOWNLOAD_BYTES = 256 * 2**20
+DOWNLOAD_TIMEOUT_S = 60
 
 
 class ImageError(ConfigError):
@@ -72,6 +79,25 @@ def load_image(source: str | Path | BinaryIO, resolution: int | None = None, nam
         if resolution is None:
             return _decode(image)
         return _decode_for_model(image, resolution)
+
+
+def is_url(location: object) -> bool:
+    """Whether ``location`` names an image by http(s) URL rather than by path."""
+    return isinstance(location, str) and location.lower().startswith(URL_SCHEMES)
+
+
+def load_image_at(location: str | Path, resolution: int | None = None) -> Image.Image:
+    """``load_image`` of a file, or of an http(s) URL's content (fetched first); an ImageError names ``location``."""
+    if not is_url(location):
+        return load_image(location, resolution)
+    try:
+        with urllib.request.urlopen(location, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            data = response.read(MAX_DOWNLOAD_BYTES + 1)
+    except (OSError, ValueError) as err:  # URLError and timeouts are OSErrors
+        raise ImageError("image", f"could not fetch {location} ({getattr(err, 'reason', None) or err})") from None
+    if len(data) > MAX_DOWNLOAD_BYTES:
+        raise ImageError("image", f"{location} is larger than {MAX_DOWNLOAD_BYTES // 2**20} MB; not an image to translate")
+    return load_image(io.BytesIO(data), resolution, name=location)
 
 
 def check_image(source: str | Path | BinaryIO, name: str | None = None) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m pnp translate|features|evaluate|ui|download-weights ...``.
+"""Command line: ``python -m pnp translate|features|evaluate|batch|ui|download-weights ...``.
 
 Every input is checked before the model loads, and torch and diffusers are imported only once
 a command needs them, so ``--help`` and argument errors answer at once. Bad input prints one
@@ -14,6 +14,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from pnp.batch.command import add_batch_arguments, run_batch
 from pnp.config import NEGATIVE_SCHEDULES, ConfigError, PnPConfig, check_seed
 from pnp.devices import DTYPE_NAMES
 from pnp.evaluation.command import add_evaluate_arguments, run_evaluate
@@ -34,6 +35,7 @@ FLAGS = {
     "output_format": "--format",
     "output_quality": "--quality",
     "benchmark": "BENCHMARK",
+    "manifest": "MANIFEST",
     "injection_layers": "--injection-layers",
 }
 # The injection layer sets by name (pnp.method.injection.LAYER_SETS, which needs torch; tests check they agree).
@@ -293,6 +295,12 @@ def _parser() -> argparse.ArgumentParser:
     e.set_defaults(run=run_evaluate)
     add_evaluate_arguments(e)
     add_translate_options(e)
+
+    b = commands.add_parser("batch", help="translate the rows of a CSV or JSONL manifest, here or on a Ray cluster; "
+                                          "rerunning resumes")
+    b.set_defaults(run=run_batch)
+    add_batch_arguments(b)
+    add_translate_options(b)
 
     u = commands.add_parser("ui", help="serve a web page for translating images (needs requirements-ui.txt)")
     u.set_defaults(run=_ui, quiet=True)

@@ -1,9 +1,10 @@
 """What every backend does the same way: the unit of work, its result, the ``--backend`` syntax, and image transport.
 
 A backend takes jobs (one source and all its prompts, with the exact settings and seed) and
-yields translations as they finish, in any order. The local backend runs ``PnPPipeline``; the
-others send the same settings to our Cog predictor (``pnp.app.form``) and get lossless PNGs back, so
-outputs are the same whichever backend ran them. Torch-free.
+yields translations as they finish, in any order. The local backend runs ``PnPPipeline``, and the
+Ray backend runs it in actors over a cluster (``pnp.evaluation.ray_backend``); the others send the
+same settings to our Cog predictor (``pnp.app.form``) and get lossless PNGs back, so outputs are the
+same whichever backend ran them. Torch-free.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ LOCAL = "local"
 IMAGES_PER_CALL = 4
 OUTPUT_TIMEOUT_S = 300
 REPLICATE_PREFIX = "replicate:"
+RAY = "ray"
+# ray starts a local cluster; ray:auto joins the one this machine belongs to; ray:HOST:PORT a head
+# node's GCS address; ray://HOST:PORT a cluster through Ray Client (ray.init's addresses).
+_RAY_ADDRESS = re.compile(r"^(auto|ray://[\w.-]+:\d+|[\w.-]+:\d+)$")
+BACKEND_SYNTAX = ("local, ray[:auto|:HOST:PORT], ray://HOST:PORT, http://HOST:PORT[,http://HOST2:PORT...] "
+                  "or replicate:OWNER/MODEL[:VERSION]")
 # OWNER/MODEL or OWNER/MODEL:VERSION, as Replicate names them.
 _REPLICATE_REF = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(:[0-9a-f]{16,64})?$")
 
@@ -42,21 +49,27 @@ class Job:
 
 @dataclass
 class Translation:
-    """A finished job: one output per prompt, the generated source (generation mode) and who translated it."""
+    """A finished job: one output per prompt, the generated source (generation mode) and who translated it.
+
+    A backend that keeps going past a failed job (``pnp batch``) yields it with no outputs and the
+    ``error`` that stopped it; the evaluation's backends raise instead.
+    """
 
     job: Job
     outputs: list[Image.Image]
     generated_source: Image.Image | None
     worker: str
+    error: str | None = None
 
 
 @dataclass(frozen=True)
 class BackendSpec:
-    """A parsed ``--backend``: ``local``, a list of Cog server URLs, or a Replicate model reference."""
+    """A parsed ``--backend``: ``local``, a Ray cluster's address, a list of Cog server URLs, or a Replicate model."""
 
-    kind: str  # "local", "http" or "replicate"
+    kind: str  # "local", "ray", "http" or "replicate"
     urls: tuple[str, ...] = ()
     model: str | None = None
+    address: str | None = None  # ray: None starts a local cluster
 
 
 def parse_backend(text: str) -> BackendSpec:
@@ -64,6 +77,8 @@ def parse_backend(text: str) -> BackendSpec:
     text = text.strip()
     if text == LOCAL:
         return BackendSpec(LOCAL)
+    if text == RAY or text.startswith(("ray:", "ray://")):
+        return parse_ray_backend(text)
     if text.startswith(REPLICATE_PREFIX):
         model = text[len(REPLICATE_PREFIX):]
         if not _REPLICATE_REF.match(model):
@@ -75,9 +90,20 @@ def parse_backend(text: str) -> BackendSpec:
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ConfigError(
                 "backend",
-                f"{url!r} is not a server URL; use local, http://HOST:PORT[,http://HOST2:PORT...] or replicate:OWNER/MODEL[:VERSION]",
+                f"{url!r} is not a server URL; use {BACKEND_SYNTAX}",
             )
     return BackendSpec("http", urls=urls)
+
+
+def parse_ray_backend(text: str) -> BackendSpec:
+    """``ray`` (a local cluster, started for the run), ``ray:auto``, ``ray:HOST:PORT`` or ``ray://HOST:PORT``."""
+    if text == RAY:
+        return BackendSpec(RAY)
+    address = text if text.startswith("ray://") else text.removeprefix("ray:")
+    if not _RAY_ADDRESS.match(address):
+        raise ConfigError("backend", f"{text!r} is not a Ray cluster's address; use ray (a local cluster), ray:auto, "
+                                     "ray:HOST:PORT (the head node's GCS) or ray://HOST:PORT (Ray Client)")
+    return BackendSpec(RAY, address=address)
 
 
 def make_job(source: Source, base: PnPConfig) -> Job:
@@ -95,6 +121,13 @@ def file_data_uri(path: Path) -> str:
     """A file as a data URI, as `cog predict -i input_image=@file` sends it."""
     media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return f"data:{media_type};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """An image as PNG bytes: lossless, so ``decode_image`` gives back the same pixels."""
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def decode_image(data: bytes) -> Image.Image:

@@ -21,7 +21,7 @@ class Source:
     """One source image (a file, or generated from a prompt) and the prompts to translate it into.
 
     key: unique within the benchmark and file-name safe; results and outputs are filed under it.
-    image: the source image file; None for a generated source.
+    image: the source image file (in a batch manifest also an http(s) URL); None for a generated source.
     generation: for a generated source, its prompt, seed, guidance scale and sampling steps.
     mask: PIE-Bench's edited region, run-length encoded over the flattened image.
     info: what the benchmark says about the source, written into the results as it is
@@ -30,7 +30,7 @@ class Source:
 
     key: str
     prompts: tuple[str, ...]
-    image: Path | None = None
+    image: Path | str | None = None
     generation: Generation | None = None
     mask: tuple[int, ...] | None = None
     editing_type: str | None = None

@@ -15,9 +15,10 @@ from pathlib import Path
 from pnp.config import check_int
 from pnp.app.form import form_inputs
 from pnp.pipelines.loading import RANDOM_MODELS
-from pnp.evaluation.backends import IMAGES_PER_CALL, LOCAL, BackendError, make_job, parse_backend
+from pnp.evaluation.backends import IMAGES_PER_CALL, LOCAL, RAY, BackendError, make_job, parse_backend
 from pnp.evaluation.metric_models import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL, RANDOM
 from pnp.evaluation.metrics import STRUCTURE_VARIANTS
+from pnp.evaluation.ray_backend import add_ray_arguments
 from pnp.evaluation.records import Plan, check_folder
 from pnp.evaluation.benchmarks import load_benchmark
 
@@ -35,10 +36,13 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="delete another run's files in --out first")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N sources")
     parser.add_argument("--backend", default=LOCAL,
-                        help="where to translate: local (default), http://HOST:PORT[,http://HOST2:PORT...] (Cog "
-                             "servers running predict.py) or replicate:OWNER/MODEL[:VERSION] (needs REPLICATE_API_TOKEN)")
+                        help="where to translate: local (default), ray[:ADDRESS] (actors on a Ray cluster: ray "
+                             "starts a local one, ray:auto or ray://HOST:PORT joins one), http://HOST:PORT[,http://"
+                             "HOST2:PORT...] (Cog servers running predict.py) or replicate:OWNER/MODEL[:VERSION] "
+                             "(needs REPLICATE_API_TOKEN)")
+    add_ray_arguments(parser)
     parser.add_argument("--images-per-call", type=int, default=IMAGES_PER_CALL,
-                        help="with the local backend, real images that share their prompts and settings are "
+                        help="with the local and ray backends, real images that share their prompts and settings are "
                              f"translated together, this many at most (default {IMAGES_PER_CALL}; 1: one at a time)")
     parser.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL,
                         help=f"predictions in flight at once with the replicate backend (default {DEFAULT_PARALLEL})")
@@ -71,6 +75,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     except BackendError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    finally:
+        getattr(backend, "close", lambda: None)()  # a local Ray cluster this run started
     print("\n".join(summary["table"]))
     print("\n".join(summary["files"]))
     return 0
@@ -90,9 +96,10 @@ def _plan(args: argparse.Namespace):
     args.clip_model = args.clip_model or (RANDOM if random_metrics else DEFAULT_CLIP_MODEL)
     args.dino_model = args.dino_model or (RANDOM if random_metrics else DEFAULT_DINO_MODEL)
     backend = None
-    if spec.kind != LOCAL:
+    if spec.kind not in (LOCAL, RAY):
         for job in jobs:
             form_inputs(job.config, job.seed)  # refuses prompts the form cannot carry
+    if spec.kind != LOCAL:
         backend = _remote_backend(spec, args)
         backend.check()
     settings = {k: v for k, v in base.as_kwargs().items() if k not in ("prompt", "generation_prompt")}
@@ -105,6 +112,10 @@ def _plan(args: argparse.Namespace):
 
 
 def _remote_backend(spec, args):
+    if spec.kind == RAY:
+        from pnp.evaluation.ray_backend import RayBackend
+
+        return RayBackend.from_args(spec.address, args, warn=_warner())
     if spec.kind == "http":
         from pnp.evaluation.cog_pool import CogPool
 

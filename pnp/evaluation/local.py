@@ -4,36 +4,72 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from pnp.images import load_image
-from pnp.method.generation import noise_generator
 from pnp.evaluation.backends import IMAGES_PER_CALL, LOCAL, Job, Translation
+from pnp.images import load_image_at
+from pnp.messages import first_line
+from pnp.method.generation import noise_generator
 
 
 class LocalBackend:
-    """Translates with a loaded ``PnPPipeline``, seeding a generated source's noise as the predictor does."""
+    """Translates with a loaded ``PnPPipeline``, seeding a generated source's noise as the predictor does.
 
-    def __init__(self, pipe, images_per_call: int = IMAGES_PER_CALL) -> None:
+    With ``keep_going`` a job that fails (an unreadable image, a call that raises) comes back as a
+    Translation with its error, and the other jobs go on; without, the error is raised.
+    """
+
+    def __init__(self, pipe, images_per_call: int = IMAGES_PER_CALL, keep_going: bool = False,
+                 worker: str = LOCAL) -> None:
         self.pipe = pipe
         self.images_per_call = images_per_call
+        self.keep_going = keep_going
+        self.worker = worker
 
     def translate(self, jobs: Iterable[Job]) -> Iterator[Translation]:
         for batch in batches(list(jobs), self.images_per_call):
-            first = batch[0]
-            images = None if first.config.generating else [load_image(job.source.image) for job in batch]
-            generator = noise_generator(first.seed)
-            result = self.pipe(image=images, generator=generator, **first.config.as_kwargs())
-            count = len(first.config.prompt)
-            for k, job in enumerate(batch):
-                yield Translation(job, list(result.images[k * count : (k + 1) * count]), result.source_image, LOCAL)
+            readable, images = [], []
+            for job in batch:
+                try:
+                    images.append(None if job.config.generating else load_image_at(job.source.image))
+                    readable.append(job)
+                except Exception as err:
+                    if not self.keep_going:
+                        raise
+                    yield self._failure(job, err)
+            if readable:
+                yield from self._call(readable, None if batch[0].config.generating else images)
+
+    def _call(self, batch: list[Job], images: list | None) -> Iterator[Translation]:
+        first = batch[0]
+        try:
+            result = self.pipe(image=images, generator=noise_generator(first.seed), **first.config.as_kwargs())
+        except Exception as err:
+            if not self.keep_going:
+                raise
+            yield from (self._failure(job, err) for job in batch)
+            return
+        count = len(first.config.prompt)
+        for k, job in enumerate(batch):
+            yield Translation(job, list(result.images[k * count : (k + 1) * count]), result.source_image, self.worker)
+
+    def _failure(self, job: Job, err: Exception) -> Translation:
+        return Translation(job, [], None, self.worker, error=first_line(err))
 
 
 def batches(jobs: list[Job], size: int) -> list[list[Job]]:
-    """Runs of consecutive jobs that one call can translate: real images with equal settings, at most ``size``."""
+    """The calls that translate ``jobs``: real images with equal settings together, at most ``size`` a call.
+
+    Images are grouped wherever they stand in the list (ImageNet-R-TI2I's images of one class, a
+    catalogue's rows under one style), in the order each group first appears; a generated source is
+    a call of its own.
+    """
     out: list[list[Job]] = []
+    open_calls: dict = {}  # settings -> the call still taking images with them
     for job in jobs:
-        last = out[-1] if out else None
-        if last and len(last) < size and not job.config.generating and last[0].config == job.config:
-            last.append(job)
-        else:
-            out.append([job])
+        call = None if job.config.generating else open_calls.get(job.config)
+        if call is not None and len(call) < size:
+            call.append(job)
+            continue
+        out.append([job])
+        if not job.config.generating:
+            open_calls[job.config] = out[-1]
     return out

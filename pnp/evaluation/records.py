@@ -42,16 +42,22 @@ def write_json(path: Path, data) -> Path:
     return write_atomic(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
 
 
-def check_folder(out: Path, manifest: dict, overwrite: bool) -> None:
+def check_folder(out: Path, manifest: dict, overwrite: bool, what: str = "evaluation") -> None:
     """Refuse, before any work and without writing, a folder that holds a different run (unless ``overwrite``).
 
-    The same run's files are kept: rerunning the command resumes it.
+    The same run's files are kept: rerunning the command resumes it. ``what`` names the run (an
+    evaluation, a batch job) in the message.
     """
-    check_writable_folder(out, "evaluation")
+    check_writable_folder(out, what)
     previous = _manifest(out)
     if previous is not None and previous != manifest and not overwrite:
         name = next((k for k in manifest if previous.get(k) != manifest[k]), None) or "the run"
-        refuse_earlier_run(out, f"holds an evaluation with other {name} ({previous.get(name)!r}, now {manifest.get(name)!r})")
+        refuse_earlier_run(out, f"holds {_article(what)} {what} with other {name} ({previous.get(name)!r}, "
+                                f"now {manifest.get(name)!r})")
+
+
+def _article(noun: str) -> str:
+    return "an" if noun[:1] in "aeiou" else "a"
 
 
 def start_folder(out: Path, manifest: dict) -> None:
@@ -80,7 +86,10 @@ def record_path(out: Path, key: str) -> Path:
 
 
 def finished(out: Path, key: str, prompts: tuple[str, ...]) -> dict | None:
-    """The record of source ``key`` if it is complete for these prompts and its images are all there."""
+    """The record of source ``key`` if it is complete for these prompts and its images are all there.
+
+    A record without a ``source_image`` (a batch job's input image, which stays where it is) has only outputs.
+    """
     path = record_path(out, key)
     if not path.is_file():
         return None
@@ -88,5 +97,5 @@ def finished(out: Path, key: str, prompts: tuple[str, ...]) -> dict | None:
     pairs = record.get("pairs", [])
     if [pair["prompt"] for pair in pairs] != list(prompts):
         return None
-    images = [record["source_image"], *(pair["output"] for pair in pairs)]
-    return record if all((out / image).is_file() for image in images) else None
+    images = [record.get("source_image"), *(pair["output"] for pair in pairs)]
+    return record if all((out / image).is_file() for image in images if image is not None) else None
