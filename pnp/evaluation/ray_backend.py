@@ -113,9 +113,6 @@ class RayBackend:
             raise ConfigError("backend", f"no Ray cluster answers at {self.address} ({first_line(err)}); start one "
                                          "(ray start --head), or use ray for a local one") from None
         self.started = local
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False  # the command's own bar counts the jobs
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
 
     def translate(self, jobs: Iterable[Job]) -> Iterator[Translation]:
         """Yield each job's translation as its call finishes on an actor."""
@@ -126,6 +123,8 @@ class RayBackend:
 
         if self.actors is None:
             self.check()
+        ray.data.DataContext.get_current().enable_progress_bars = False  # the command's own bar counts the jobs
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
         calls = batches(jobs, self.images_per_call)
         rows = [{"call": i, "jobs": pickle.dumps(call)} for i, call in enumerate(calls)]
         dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
