@@ -23,6 +23,7 @@ import io
 import os
 import re
 import stat
+import urllib.error
 import urllib.request
 import warnings
 from contextlib import contextmanager
@@ -93,6 +94,8 @@ def load_image_at(location: str | Path, resolution: int | None = None) -> Image.
     try:
         with urllib.request.urlopen(location, timeout=DOWNLOAD_TIMEOUT_S) as response:
             data = response.read(MAX_DOWNLOAD_BYTES + 1)
+    except urllib.error.HTTPError as err:
+        raise ImageError("image", f"could not fetch {location} (HTTP {err.code} {err.reason})") from None
     except (OSError, ValueError) as err:  # URLError and timeouts are OSErrors
         raise ImageError("image", f"could not fetch {location} ({getattr(err, 'reason', None) or err})") from None
     if len(data) > MAX_DOWNLOAD_BYTES:

@@ -1,5 +1,5 @@
-"""Which requirements file holds what: the Cog image installs requirements.txt only, so the web UI's Gradio stays out of it;
-and what `cog build` makes of them with cog.yaml."""
+"""Which requirements file holds what: the Cog image installs requirements.txt only, so the web UI's Gradio and the
+scale-out's Ray stay out of it; and what `cog build` makes of them with cog.yaml."""
 
 import re
 from pathlib import Path
@@ -9,6 +9,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 UI_ONLY = ("gradio", "playwright")
+SCALE_ONLY = ("ray", "pyarrow", "pandas", "grpcio")
 # The CUDA (major.minor) that torch's default wheels on PyPI for Linux x86_64 are built for: the
 # cuda-toolkit==X.Y.Z requirement in the wheel's metadata, which the command in README ("With the
 # `cog` command") prints. A new torch pin needs its line here, looked up with that command.
@@ -37,6 +38,13 @@ def test_the_ui_and_the_tests_install_gradio_pinned_on_the_package_requirements(
     ui, dev, image = (requirements(f) for f in ("requirements-ui.txt", "requirements-dev.txt", "requirements.txt"))
     assert "gradio" in ui and image.items() <= ui.items()
     assert ui.items() <= dev.items() and "playwright" in dev
+
+
+def test_the_cog_image_gets_no_ray_and_the_tests_install_it_pinned_on_the_package_requirements():
+    image, scale, dev = (requirements(f) for f in ("requirements.txt", "requirements-scale.txt", "requirements-dev.txt"))
+    assert not set(SCALE_ONLY) & set(image), "the Cog image installs requirements.txt; keep Ray in requirements-scale.txt"
+    assert set(SCALE_ONLY) <= set(scale) and image.items() <= scale.items()
+    assert scale.items() <= dev.items()  # .ci/run installs requirements-dev.txt, so the Ray tests run in CI
 
 
 def cog_build_problems(build: dict, pins: dict[str, str]) -> list[str]:
