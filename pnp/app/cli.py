@@ -20,7 +20,7 @@ from pnp.evaluation.command import add_evaluate_arguments, run_evaluate
 from pnp.app.feature_files import check_feature_folder, write_feature_maps
 from pnp.visual.maps import DEFAULT_LAYERS, LAYER_HELP, map_request, run_config
 from pnp.images import ImageError, check_image, load_image
-from pnp.pipelines.lora import MAX_LORA_SCALE, MIN_LORA_SCALE, parse_lora
+from pnp.pipelines.lora import DEFAULT_LORA_SCALE, LORA_SCALE_RANGE, parse_lora
 from pnp.pipelines.loading import DEFAULT_MODEL, RANDOM_MODELS, ModelError
 from pnp.outputs import OUTPUT_FORMATS, OutputOptions, check_output_folder, write_outputs
 
@@ -358,7 +358,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="also load pickled checkpoints and LoRA files (.ckpt, .bin): only from sources you trust")
     parser.add_argument("--lora", action="append", default=None, metavar="PATH[:SCALE]",
                         help=f"a LoRA adapter (.safetensors file, or a folder holding one) and its scale "
-                             f"({MIN_LORA_SCALE:g}-{MAX_LORA_SCALE:g}, default 1); repeat for several")
+                             f"({LORA_SCALE_RANGE[0]:g}-{LORA_SCALE_RANGE[1]:g}, default {DEFAULT_LORA_SCALE:g}); repeat for several")
     parser.add_argument("--injection-layers", default=None, choices=LAYER_SET_NAMES,
                         help="where the source's features are injected (default: the model's own set, sd or sdxl; "
                              "sdxl-first-block: only the first transformer block of each SDXL attention)")
