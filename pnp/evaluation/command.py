@@ -19,7 +19,7 @@ from pnp.evaluation.backends import IMAGES_PER_CALL, LOCAL, BackendError, make_j
 from pnp.evaluation.metric_models import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL, RANDOM
 from pnp.evaluation.metrics import STRUCTURE_VARIANTS
 from pnp.evaluation.records import Plan, check_folder
-from pnp.evaluation.benchmarks import load_benchmark
+from pnp.evaluation.load import load_benchmark
 
 BOTH = "both"
 DEFAULT_PARALLEL = 8
@@ -117,7 +117,7 @@ def _remote_backend(spec, args):
 def _metric_suite(args: argparse.Namespace, plan: Plan, warn):
     from pnp.devices import default_device
     from pnp.environment import configure_libraries
-    from pnp.evaluation.metrics import load_metric_suite
+    from pnp.evaluation.metric_models import load_metric_suite
 
     configure_libraries()
     if RANDOM in (args.clip_model, args.dino_model):
