@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pnp.app.options import load_pipeline, translation_config
 from pnp.config import check_int
 from pnp.app.form import form_inputs
 from pnp.pipelines.loading import RANDOM_MODELS
@@ -53,8 +54,6 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """The evaluate command: returns 0, or 1 when translation failed midway (finished sources are kept)."""
-    from pnp.app.cli import load_pipeline
-
     plan, backend = _plan(args)
     warn = _warner()
     suite = _metric_suite(args, plan, warn)
@@ -78,8 +77,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace):
     """Check every input and prepare the output folder; returns the plan and the remote backend (None: local)."""
-    from pnp.app.cli import translation_config
-
     base = translation_config(args, prompt=PLACEHOLDER_PROMPT)
     limit = None if args.limit is None else check_int("limit", args.limit, 1, 10**9)
     check_int("images_per_call", args.images_per_call, 1, 64)
