@@ -15,7 +15,8 @@ checked over HTTP by tests/test_cog_server.py:
 - Any other string (``/etc/passwd``, ``file:///etc/passwd``, ``x.png``) reaches predict() as it is,
   a ``str`` (cog 0.19.3's PrimitiveType.normalize made it a cog.Path): a path on the server, which
   a request must never read.
-- The schema's "integer" is JSON Schema's, which admits 2.0; predict() then gets the float 2.0.
+- The schema's "integer" is JSON Schema's, which admits 2.0; predict() then gets the float 2.0 (the form's
+  parser, ``pnp.app.form.whole_number``, reads it as 2).
 """
 
 from __future__ import annotations
@@ -60,13 +61,6 @@ def read_request_image(value: object, resolution: int | None = None) -> Image.Im
     if os.path.getsize(value) == 0:
         raise ImageError("image", f"{name} is empty: no bytes arrived (with a data: URI, check its base64)")
     return load_image(value, resolution, name=name)
-
-
-def whole_number(value: object) -> object:
-    """An integer input: JSON's 2.0 as 2 (the schema admits it, see above); anything else unchanged."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
 
 
 def request_lora_file(value: object) -> tuple[Path, str]:

@@ -2,11 +2,11 @@
 
 Every Input() argument is a literal on purpose: `cog build` reads them with a static parser
 that silently drops bounds, choices and descriptions it cannot evaluate without running Python
-(an imported constant, an f-string). tests/test_predict.py checks the literals against pnp.config.
+(an imported constant, an f-string). tests/app/test_form.py checks them against the form's table
+(``pnp.app.form``), which is computed from the configuration; the form's parser reads the inputs.
 """
 
 import os
-import random
 import shutil
 import tempfile
 import time
@@ -17,22 +17,22 @@ from typing import Optional
 from cog import BasePredictor, Input, Path, current_scope
 from PIL import Image
 
-from cog_inputs import fetch_url, read_request_image, request_lora_file, whole_number
+from cog_inputs import fetch_url, read_request_image, request_lora_file
 from cog_outputs import new_output_folder, remove_stale_output_folders, remove_when_this_process_ends
 from pnp.environment import configure_libraries, log_to
 
 # Before diffusers and transformers load: their import-time advice would fill the setup logs.
 configure_libraries()
 
-from pnp.config import ConfigError, PnPConfig, check_float  # noqa: E402
+from pnp.config import ConfigError  # noqa: E402
 from pnp.devices import dtype_name  # noqa: E402
 from pnp.visual import visualise  # noqa: E402
 from pnp.app.feature_files import write_feature_grids  # noqa: E402
-from pnp.app.form import PROMPT_SEPARATOR, config_resolution, form_name  # noqa: E402
+from pnp.app.form import form_name, parse_form  # noqa: E402
 from pnp.images import ImageError  # noqa: E402
 from pnp.method.generation import noise_generator  # noqa: E402
 from pnp.pipelines.lora import load_loras  # noqa: E402
-from pnp.outputs import OutputOptions, write_outputs  # noqa: E402
+from pnp.outputs import write_outputs  # noqa: E402
 from pnp.pipelines.pipeline_pnp import PnPPipeline  # noqa: E402
 from pnp.pipelines.weights import locate_weights  # noqa: E402
 
@@ -93,7 +93,7 @@ class Predictor(BasePredictor):
         ),
         translation_prompts: str = Input(
             default="A photo of a robot horse",
-            description="What the output should show, keeping the layout of the source, e.g. 'a photo of a robot horse'. Separate several prompts with ';' to get one output each, at most 16 per prediction; surrounding spaces and empty prompts are dropped.",
+            description="What the output should show, keeping the layout of the source, e.g. 'a photo of a robot horse'. Separate several prompts with ';' or line breaks to get one output each, at most 16 per prediction; surrounding spaces and empty prompts are dropped.",
         ),
         scale: float = Input(
             default=10.0,
@@ -188,48 +188,31 @@ class Predictor(BasePredictor):
         ),
     ) -> list[Path]:
         """Translate the source into every prompt; the generated source (generation mode) comes first, feature grids last."""
-        # Every integer input: the server's schema lets 2.0 through as a float (see cog_inputs).
-        num_inference_steps, num_inversion_steps, seed, resolution, output_quality = map(
-            whole_number, (num_inference_steps, num_inversion_steps, seed, resolution, output_quality)
-        )
+        form = {name: value for name, value in locals().items() if name != "self"}  # every input, by its form name
         self._remove_outputs()
-        chosen = "random seed" if seed is None else "seed"
-        if seed is None:
-            seed = random.randint(0, 2**32 - 1)
         fetched = ExitStack()  # files this prediction made of URLs (cog_inputs.fetch_url), deleted when it ends
+
+        def read_image(value, resolution):
+            return read_request_image(fetch_url(value, fetched, ImageError, "image"), resolution)
+
         try:
-            config = PnPConfig(
-                prompt=[p for p in translation_prompts.split(PROMPT_SEPARATOR) if p.strip()],
-                generation_prompt=generation_prompt,
-                num_inference_steps=num_inference_steps,
-                num_inversion_steps=num_inversion_steps,
-                guidance_scale=scale,
-                generation_guidance_scale=generation_scale,
-                feature_injection_threshold=feature_injection_threshold,
-                attention_injection_threshold=attention_injection_threshold,
-                negative_prompt=negative_prompt,
-                negative_prompt_alpha=negative_prompt_alpha,
-                negative_prompt_schedule=negative_prompt_schedule,
-                resolution=config_resolution(resolution),
-            ).resolved(self.pipe.default_resolution)
-            options = OutputOptions(output_format, output_quality)
-            lora = self._lora(fetch_url(lora_weights, fetched, ConfigError, "lora_weights"), lora_scale)
-            image = None
-            if config.generating:
-                print(f"Generating the source image with {chosen} {seed}")
-                if input_image is not None:
-                    print("Both input_image and generation_prompt were given: the generation prompt is used, the image is ignored")
-            elif input_image is not None:
-                image = read_request_image(fetch_url(input_image, fetched, ImageError, "image"), config.resolution)
+            request = parse_form(form, self.pipe.default_resolution, read_image)
+            for note in request.notes:
+                print(note)
+            lora = self._lora(fetch_url(lora_weights, fetched, ConfigError, "lora_weights"), request.lora_scale)
+            config = request.config
             self.output_dir = new_output_folder()
-            generator = noise_generator(seed)
-            pipe = self.unchecked if disable_safety_checker else self.pipe
+            generator = noise_generator(request.seed)
+            pipe = self.unchecked if request.disable_safety_checker else self.pipe
             with self._adapter(lora):
-                maps = visualise.feature_maps(pipe, image=image, generator=generator, **config.as_kwargs()) if feature_maps else None
-                result = maps.translation if maps else pipe(image=image, generator=generator, **config.as_kwargs())
-            paths = write_outputs(result, config.prompt, self.output_dir, options)
+                if request.feature_maps:
+                    maps = visualise.feature_maps(pipe, image=request.image, generator=generator, **config.as_kwargs())
+                    result = maps.translation
+                else:
+                    maps, result = None, pipe(image=request.image, generator=generator, **config.as_kwargs())
+            paths = write_outputs(result, config.prompt, self.output_dir, request.options)
             if maps:
-                paths += write_feature_grids(maps, self.output_dir, options, first=len(paths))
+                paths += write_feature_grids(maps, self.output_dir, request.options, first=len(paths))
         except ConfigError as err:
             self._remove_outputs()
             raise type(err)(form_name(err.param), err.reason) from None
@@ -249,7 +232,6 @@ class Predictor(BasePredictor):
         if lora_weights is None:
             return None
         path, name = request_lora_file(lora_weights)
-        check_float("lora_scale", lora_scale, 0.0, 1.0)
         if self.pipe._injector is not None:
             raise ConfigError("lora_weights", f"{name}: this predictor runs a compiled UNet ({COMPILE_ENV}=1), whose "
                                               "modules cannot change; run it without compiling to use LoRA adapters")

@@ -22,6 +22,7 @@ from PIL import Image
 from pnp.config import ConfigError, check_choice, check_int
 
 OUTPUT_FORMATS = ("png", "webp", "jpg")
+QUALITY_RANGE = (1, 100)  # of webp and jpg outputs, both ends allowed
 _PIL_FORMATS = {"png": "PNG", "webp": "WEBP", "jpg": "JPEG"}
 # What a name this module writes looks like; used to find an earlier run's outputs.
 _OUTPUT_NAME = re.compile(r"^\d{2,}-[a-z0-9-]+\.(png|webp|jpg)$")
@@ -36,7 +37,7 @@ class OutputOptions:
 
     def __post_init__(self) -> None:
         check_choice("output_format", self.output_format, OUTPUT_FORMATS)
-        check_int("output_quality", self.output_quality, 1, 100)
+        check_int("output_quality", self.output_quality, *QUALITY_RANGE)
 
 
 def output_names(prompts, with_source: bool, output_format: str, images: list[str] | None = None) -> list[str]:

@@ -204,7 +204,7 @@ def test_generation_mode_returns_the_source_first(server):
     assert prediction["status"] == "succeeded", prediction.get("error")
     images = decoded_images(prediction["output"])
     assert [(media_type, image.size) for media_type, image in images] == [("image/jpeg", (128, 128))] * 2
-    assert "Generating the source image with seed 5" in prediction["logs"]
+    assert "The source image is generated with seed 5" in prediction["logs"]
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ from pnp.config import (
 )
 from pnp.app.form import MODEL_RESOLUTION, config_resolution
 from pnp.images import ImageError
-from pnp.pipelines.lora import MAX_LORA_SCALE, MIN_LORA_SCALE
+from pnp.pipelines.lora import LORA_SCALE_RANGE
 from pnp.pipelines.loading import ModelError
 from pnp.outputs import OUTPUT_FORMATS, OutputOptions
 from pnp.method.timesteps import MAX_INVERSION_STEPS, valid_inversion_steps
@@ -113,7 +113,7 @@ def test_defaults_are_the_engine_defaults():
         assert PREDICT_PARAMETERS[name].default == (blank if expected is None else expected), name
     assert config_resolution(PREDICT_PARAMETERS["resolution"].default) is None
     # Replicate's own SDXL model: lora_scale 0.6 by default, from 0 to 1.
-    assert (PREDICT_PARAMETERS["lora_scale"].default, MIN_LORA_SCALE, MAX_LORA_SCALE) == (0.6, 0.0, 1.0)
+    assert (PREDICT_PARAMETERS["lora_scale"].default, *LORA_SCALE_RANGE) == (0.6, 0.0, 1.0)
     assert tuple(PREDICT_PARAMETERS["translation_prompts"].default.split(";")) == engine.prompt
     # Blank: a random seed, and as many inversion steps as sampling steps (the engine's default).
     assert PnPConfig(num_inversion_steps=None).num_inversion_steps == engine.num_inference_steps
@@ -140,7 +140,7 @@ def test_bounds_are_the_engine_bounds(name):
         if engine_name == "seed":
             return check_seed(value)
         if engine_name == "lora_scale":
-            return check_float("lora_scale", value, MIN_LORA_SCALE, MAX_LORA_SCALE)
+            return check_float("lora_scale", value, *LORA_SCALE_RANGE)
         if engine_name in OUTPUT_FIELDS:
             return OutputOptions(**{engine_name: value})
         extra = {}

@@ -15,14 +15,20 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pnp.batch.command import add_batch_arguments, run_batch
-from pnp.config import NEGATIVE_SCHEDULES, ConfigError, PnPConfig, check_seed
-from pnp.devices import DTYPE_NAMES
+from pnp.config import ConfigError, PnPConfig, check_seed
 from pnp.evaluation.command import add_evaluate_arguments, run_evaluate
+from pnp.app.options import (
+    add_model_options,
+    add_translate_options,
+    load_pipeline,
+    model_checks,
+    translation_config,
+    translation_settings,
+)
 from pnp.app.feature_files import check_feature_folder, write_feature_maps
 from pnp.visual.maps import DEFAULT_LAYERS, LAYER_HELP, map_request, run_config
 from pnp.images import ImageError, check_image, load_image
-from pnp.pipelines.lora import MAX_LORA_SCALE, MIN_LORA_SCALE, parse_lora
-from pnp.pipelines.loading import DEFAULT_MODEL, RANDOM_MODELS, ModelError
+from pnp.pipelines.loading import DEFAULT_MODEL, ModelError
 from pnp.outputs import OUTPUT_FORMATS, OutputOptions, check_output_folder, write_outputs
 
 EXIT_USAGE = 2
@@ -38,8 +44,6 @@ FLAGS = {
     "manifest": "MANIFEST",
     "injection_layers": "--injection-layers",
 }
-# The injection layer sets by name (pnp.method.injection.LAYER_SETS, which needs torch; tests check they agree).
-LAYER_SET_NAMES = ("sd", "sdxl", "sdxl-first-block")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +74,7 @@ def _translate(args: argparse.Namespace) -> int:
     seed = check_seed(args.seed)
     options = OutputOptions(args.format, args.quality)
     images = _source_images(args, config.resolution)
-    loras = _model_checks(args)
+    loras = model_checks(args)
     out = check_output_folder(args.out, args.overwrite)
 
     pipe, config, images = _loaded(args, config, images, loras)
@@ -91,13 +95,13 @@ def _translate(args: argparse.Namespace) -> int:
 
 def _features(args: argparse.Namespace) -> int:
     prompts = args.prompt or []
-    config = run_config(prompts, **_source_settings(args), **_translation_settings(args))
+    config = run_config(prompts, **_source_settings(args), **translation_settings(args))
     request = map_request(args.layers, args.timesteps, config.num_inference_steps)
     seed = check_seed(args.seed)
     if len(args.image or []) > 1:
         raise ImageError("image", f"{len(args.image)} images given; the maps show one source: give one --image")
     images = _source_images(args, config.resolution)
-    loras = _model_checks(args)
+    loras = model_checks(args)
     out = check_feature_folder(args.out, args.overwrite)
 
     pipe, config, images = _loaded(args, config, images, loras)
@@ -124,27 +128,6 @@ def _writing_into_out():
         raise ConfigError("out", f"could not write {err.filename} ({reason}); nothing was written") from None
 
 
-def translation_config(args: argparse.Namespace, **source) -> PnPConfig:
-    """The validated settings of ``add_translate_options``'s flags; ``source`` gives the prompts and the rest."""
-    return PnPConfig(**_translation_settings(args), **source)
-
-
-def _translation_settings(args: argparse.Namespace) -> dict:
-    """``add_translate_options``'s flags as PnPConfig fields."""
-    return dict(
-        num_inference_steps=args.steps,
-        num_inversion_steps=args.inversion_steps,
-        guidance_scale=args.scale,
-        feature_injection_threshold=args.feature_injection_threshold,
-        attention_injection_threshold=args.attention_injection_threshold,
-        negative_prompt=args.negative_prompt,
-        negative_prompt_alpha=args.negative_prompt_alpha,
-        negative_prompt_schedule=args.negative_prompt_schedule,
-        resolution=args.resolution,
-        max_batch_size=args.max_batch_size,
-    )
-
-
 def _source_settings(args: argparse.Namespace) -> dict:
     """``_add_source_options``'s flags as PnPConfig fields."""
     return dict(generation_prompt=args.generation_prompt, generation_guidance_scale=args.generation_scale)
@@ -167,53 +150,6 @@ def _loaded(args: argparse.Namespace, config, images: list | None, loras: list):
     pipe = load_pipeline(args, loras)
     config = config.resolved(pipe.default_resolution)
     return pipe, config, images if images is not None else _source_images(args, config.resolution)
-
-
-def _model_checks(args: argparse.Namespace) -> list:
-    """Check the model options before anything loads; returns the ``--lora`` adapters as (path, scale)."""
-    from pnp.pipelines.single_file import check_single_file, is_single_file
-
-    single = is_single_file(args.model) and args.model not in RANDOM_MODELS
-    if single:
-        check_single_file(args.model, args.allow_pickle)
-    elif args.config is not None:
-        raise ConfigError("config", "a base configuration is only for a single-file --model (.safetensors)")
-    return [parse_lora(spec, args.allow_pickle) for spec in args.lora or []]
-
-
-def load_pipeline(args: argparse.Namespace, loras: list | None = None):
-    """The pipeline of ``--model`` on ``--device`` in ``--dtype`` with the ``loras`` (``_model_checks``) and
-    ``--injection-layers``; says which, and whether its outputs are noise."""
-    from pnp.environment import configure_libraries, log_to
-
-    configure_libraries()  # before anything imports diffusers or transformers
-    log_to("stderr")
-    from pnp.devices import dtype_name
-    from pnp.pipelines.lora import load_loras
-    from pnp.pipelines.named_models import open_model
-    from pnp.pipelines.pipeline_pnp import PnPPipeline
-    from pnp.pipelines.single_file import is_single_file
-
-    loras = _model_checks(args) if loras is None else loras
-    if args.model in RANDOM_MODELS:
-        print(f"note: --model {args.model} has random weights; its outputs are noise", file=sys.stderr)
-    with open_model(args.model) as model:
-        if args.model not in RANDOM_MODELS and is_single_file(args.model):
-            pipe = PnPPipeline.from_single_file(model, device=args.device, dtype=args.dtype, config=args.config,
-                                                allow_pickle=args.allow_pickle)
-        else:
-            pipe = PnPPipeline.from_pretrained(model, device=args.device, dtype=args.dtype)
-    load_loras(pipe, loras)
-    if args.injection_layers is not None:
-        try:
-            pipe.set_injection_layers(args.injection_layers)
-        except ValueError as err:
-            raise ConfigError("injection_layers", str(err).removeprefix("injection layers: ")) from None
-    pipe.set_progress_bar_config(disable=args.quiet)
-    adapters = "".join(f", LoRA {path.name} at {scale:g}" for path, scale in loras)
-    print(f"model {args.model} ({type(pipe).__name__}) on {pipe.device} ({dtype_name(pipe.unet.dtype)}{adapters}, "
-          f"{pipe.default_resolution} px by default)", file=sys.stderr)
-    return pipe
 
 
 def _ui(args: argparse.Namespace) -> int:
@@ -298,7 +234,7 @@ def _parser() -> argparse.ArgumentParser:
 
     b = commands.add_parser("batch", help="translate the rows of a CSV or JSONL manifest, here or on a Ray cluster; "
                                           "rerunning resumes")
-    b.set_defaults(run=run_batch)
+    b.set_defaults(run=lambda args: run_batch(args, flag))
     add_batch_arguments(b)
     add_translate_options(b)
 
@@ -307,7 +243,7 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every network interface)")
     u.add_argument("--port", type=int, default=7860, help="port to serve on")
     u.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
-    _add_model_options(u)
+    add_model_options(u)
 
     d = commands.add_parser("download-weights", help="download a model's diffusers files into a folder")
     d.set_defaults(run=_download_weights)
@@ -330,46 +266,3 @@ def _add_source_options(parser: argparse.ArgumentParser, image_help: str) -> Non
     parser.add_argument("--seed", type=int, default=0, help="seed of a generated source's noise")
 
 
-def add_translate_options(parser: argparse.ArgumentParser) -> None:
-    """The flags of the model and of the translation settings, shared by every command that translates."""
-    defaults = PnPConfig()
-    parser.add_argument("--steps", type=int, default=defaults.num_inference_steps, help="sampling steps")
-    parser.add_argument("--inversion-steps", type=int, default=None, help="DDIM inversion steps (default: as --steps)")
-    parser.add_argument("--scale", type=float, default=defaults.guidance_scale, help="guidance scale of the translation")
-    parser.add_argument("--feature-injection-threshold", type=float, default=defaults.feature_injection_threshold,
-                        help="fraction of steps with residual feature injection (0-1)")
-    parser.add_argument("--attention-injection-threshold", type=float, default=defaults.attention_injection_threshold,
-                        help="fraction of steps with self-attention Q/K injection (0-1)")
-    parser.add_argument("--negative-prompt", default=None, help="what to steer away from")
-    parser.add_argument("--negative-prompt-alpha", type=float, default=defaults.negative_prompt_alpha,
-                        help="weight of the unconditional term against the negative prompt (0-1; lower is stronger)")
-    parser.add_argument("--negative-prompt-schedule", default=defaults.negative_prompt_schedule,
-                        help=f"how alpha changes over the steps: {', '.join(NEGATIVE_SCHEDULES)}")
-    parser.add_argument("--resolution", type=int, default=defaults.resolution,
-                        help="short side in pixels (multiple of 64; default: the model's own, 512 for SD 1.x, 768 for "
-                             "SD 2.1, 1024 for SDXL)")
-    parser.add_argument("--max-batch-size", type=int, default=None,
-                        help="most (image, prompt) targets per UNet call, to bound memory (default: all)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_model_options(parser)
-
-
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    """Which model (its adapters and injected layers), on which device, in which dtype."""
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="diffusers model folder or model-hub id (SD 1.x, 2.x, SDXL), a single-file .safetensors "
-                             f"checkpoint, or one of {', '.join(RANDOM_MODELS)} (random weights, for testing)")
-    parser.add_argument("--config", default=None,
-                        help="base configuration of a single-file --model: a diffusers folder or model-hub id of the "
-                             "same architecture (needed offline)")
-    parser.add_argument("--allow-pickle", action="store_true",
-                        help="also load pickled checkpoints and LoRA files (.ckpt, .bin): only from sources you trust")
-    parser.add_argument("--lora", action="append", default=None, metavar="PATH[:SCALE]",
-                        help=f"a LoRA adapter (.safetensors file, or a folder holding one) and its scale "
-                             f"({MIN_LORA_SCALE:g}-{MAX_LORA_SCALE:g}, default 1); repeat for several")
-    parser.add_argument("--injection-layers", default=None, choices=LAYER_SET_NAMES,
-                        help="where the source's features are injected (default: the model's own set, sd or sdxl; "
-                             "sdxl-first-block: only the first transformer block of each SDXL attention)")
-    parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
-    parser.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
-                        help="default: float16 on CUDA, bfloat16 on CPUs with bfloat16 instructions, else float32")

@@ -29,7 +29,7 @@ from pnp.config import MAX_PROMPTS, ConfigError
 from pnp.app.form import FORM_INPUTS, FormInput, form_input
 from pnp.messages import first_line
 from pnp.app.samples import write_samples
-from pnp.app.ui_runs import Runner, RunResult, parse_form
+from pnp.app.ui_runs import Runner, RunResult, read_form
 
 logger = logging.getLogger("pnp.ui")
 
@@ -39,8 +39,8 @@ logger = logging.getLogger("pnp.ui")
 MAIN_FIELDS = ("input_image", "generation_prompt", "seed", "translation_prompts")
 OTHER_FIELDS = ("feature_maps", "disable_safety_checker", "lora_weights", "lora_scale")
 ADVANCED_FIELDS = tuple(s.name for s in FORM_INPUTS if s.name not in (*MAIN_FIELDS, *OTHER_FIELDS))
-PROMPTS_INFO = (f"What the outputs should show, keeping the layout of the source: one prompt per line, one output each, "
-                f"at most {MAX_PROMPTS}.")
+PROMPTS_INFO = (f"What the outputs should show, keeping the layout of the source: one prompt per line (or separated by "
+                f"';'), one output each, at most {MAX_PROMPTS}.")
 # Slider steps: the form gives ranges, the page also needs a resolution for its sliders.
 SLIDER_STEPS = {"float": 0.01, "int": 1}
 # Integer ranges wider than this get a number box rather than a slider.
@@ -188,7 +188,7 @@ def run_handler(runner: Runner, names: list[str]):
         stop = threading.Event()
 
         def work() -> RunResult:
-            request = parse_form(dict(zip(names, values, strict=True)), runner.pipe.default_resolution)
+            request = read_form(dict(zip(names, values, strict=True)), runner.pipe.default_resolution)
             progress(0, desc="starting")
             return runner.run(request, lambda phase, done, total: progress((done, total), desc=phase), stop)
 

@@ -8,8 +8,6 @@ to change, as the Cog predictor's do.
 from __future__ import annotations
 
 import logging
-import random
-import re
 import shutil
 import tempfile
 import threading
@@ -17,22 +15,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pnp.config import MAX_SEED, ConfigError, PnPConfig, check_seed
 from pnp.app.feature_files import write_feature_grids
+from pnp.app.form import Request, parse_form
+from pnp.messages import plural
 from pnp.visual.visualise import feature_maps
-from pnp.app.form import config_resolution, form_input, form_name
 from pnp.images import load_image
 from pnp.method.generation import noise_generator
 from pnp.outputs import OutputOptions, write_outputs
 
 logger = logging.getLogger("pnp.ui")
 
-# The form's fields that PnPConfig takes as they are (by their pipeline names).
-CONFIG_FIELDS = (
-    "generation_prompt", "scale", "feature_injection_threshold", "attention_injection_threshold", "negative_prompt",
-    "negative_prompt_alpha", "negative_prompt_schedule", "num_inference_steps", "num_inversion_steps",
-    "generation_scale", "resolution",
-)
 PNG = OutputOptions("png")  # feature grids are drawings with sharp edges: lossless whatever the outputs' format
 # Told (phase, steps done, steps in all) after every inversion or generation step and every translation step.
 Progress = Callable[[str, int, int], None]
@@ -40,18 +32,6 @@ Progress = Callable[[str, int, int], None]
 
 class Stopped(Exception):
     """The run was stopped before it finished; the model is clean and ready for the next."""
-
-
-@dataclass(frozen=True)
-class Request:
-    """A run the form asks for, checked: the configuration, the source image (None in generation mode), seed and output options."""
-
-    config: PnPConfig
-    image: object
-    seed: int
-    options: OutputOptions
-    feature_maps: bool = False
-    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -66,52 +46,17 @@ class RunResult:
     maps: list[str] = field(default_factory=list)
 
 
-def parse_form(values: dict, model_resolution: int | None = None) -> Request:
-    """Check the form's values (by field name) before any model work; ConfigError names the field to change.
+def read_form(values: dict, model_resolution: int | None = None) -> Request:
+    """The page's form (values by field name) as a checked request, before any model work (``pnp.app.form.parse_form``).
 
-    ``model_resolution`` is the model's own size, which the form's resolution 0 stands for (without
-    it, the image is read at its own size and the pipeline resizes it).
-
-    ``translation_prompts`` holds one prompt per line (blank lines are skipped). Whole numbers may
-    come as floats (2.0), as number fields send them, or as text, as the fields that may be left
-    blank send them; a blank seed picks a random one.
+    The page's uploads sit in Gradio's temporary folder under the name they came with: errors call
+    them by that name.
     """
-    values = {name: _whole_number(name, value) for name, value in values.items()}
-    try:
-        settings = {form_input(name).param: values[name] for name in CONFIG_FIELDS}
-        settings["resolution"] = config_resolution(settings["resolution"])
-        config = PnPConfig(
-            prompt=[line for line in (values["translation_prompts"] or "").splitlines() if line.strip()], **settings
-        )
-        if model_resolution is not None:
-            config = config.resolved(model_resolution)
-        options = OutputOptions(values["output_format"], values["output_quality"])
-        seed = random.randint(0, MAX_SEED) if values["seed"] is None else check_seed(values["seed"])
-        notes = []
-        image = None
-        if config.generating:
-            notes.append(f"The source was generated with seed {seed}.")
-            if values["input_image"] is not None:
-                notes.append("input_image was ignored: generation_prompt is set.")
-        elif values["input_image"] is not None:
-            image = load_image(values["input_image"], config.resolution)
-        else:
-            raise ConfigError("image", "give an input image or a generation prompt")
-    except ConfigError as err:
-        raise ConfigError(form_name(err.param), err.reason) from None
-    return Request(config, image, seed, options, bool(values["feature_maps"]), tuple(notes))
 
+    def read_image(path, resolution):
+        return load_image(path, resolution, name=Path(path).name)
 
-def _whole_number(name: str, value: object) -> object:
-    """An int field's value as an int, None if blank; anything else is left for the check to refuse, naming the field."""
-    if form_input(name).kind != "int":
-        return value
-    if isinstance(value, str):
-        text = value.strip()
-        return int(text) if re.fullmatch(r"[+-]?\d+", text) else (text or None)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
+    return parse_form(values, model_resolution, read_image)
 
 
 class Runner:
@@ -155,7 +100,8 @@ class Runner:
             grids = write_feature_grids(maps, folder, PNG, first=len(files)) if maps else []
         captions = ([f"source: {config.generation_prompt}"] if config.generating else []) + list(config.prompt)
         seconds = sum(v for k, v in result.metrics.items() if k.endswith("_s"))
-        status = " ".join([f"{len(config.prompt)} translations in {seconds:.1f} s.", *request.notes])
+        status = " ".join([f"{plural(len(config.prompt), 'translation')} in {seconds:.1f} s.",
+                           *(f"{note}." for note in request.notes)])
         return RunResult(files, captions, status, grids, list(maps.maps) if maps else [])
 
     def _translate(self, request: Request, step_end):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pnp.batch.manifest import read_manifest
@@ -48,9 +49,9 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quality", type=int, default=OutputOptions.output_quality, help="webp/jpg quality (1-100)")
 
 
-def run_batch(args: argparse.Namespace) -> int:
-    """The batch command: 0 when every row is translated, 1 when some failed."""
-    from pnp.app.cli import flag, load_pipeline
+def run_batch(args: argparse.Namespace, flag: Callable[[str], str]) -> int:
+    """The batch command: 0 when every row is translated, 1 when some failed; ``flag`` names a setting's flag."""
+    from pnp.app.options import model_checks
     from pnp.batch.run import BatchPlan, run
 
     defaults = _defaults(args)
@@ -60,15 +61,13 @@ def run_batch(args: argparse.Namespace) -> int:
     spec = parse_backend(args.backend)
     if spec.kind not in (LOCAL, RAY):
         raise ConfigError("backend", f"{args.backend!r}: a batch job runs on local or ray[:ADDRESS]")
-    from pnp.app.cli import _model_checks
-
-    loras = _model_checks(args)
+    loras = model_checks(args)
     manifest = {"kind": "batch", "model": args.model, "config": args.config, "lora": args.lora,
                 "injection_layers": args.injection_layers, "dtype": args.dtype,
                 "format": options.output_format, "quality": options.output_quality}
     out = Path(args.out)
     check_folder(out, manifest, args.overwrite, "batch job")
-    backend = _backend(spec, args, loras, load_pipeline)
+    backend = _backend(spec, args, loras)
     plan = BatchPlan(tuple(rows), out, manifest, options, column=lambda param: flag(param).lstrip("-"))
     try:
         summary = run(plan, backend, quiet=args.quiet, log=lambda line: print(line, file=sys.stderr))
@@ -85,10 +84,10 @@ def _defaults(args: argparse.Namespace) -> dict:
 
     As given, not as resolved: a row's own steps still set its inversion steps unless a flag gave them.
     """
-    from pnp.app.cli import _translation_settings, translation_config
+    from pnp.app.options import translation_config, translation_settings
 
     translation_config(args, prompt=args.prompt or PLACEHOLDER_PROMPT)  # a bad flag is refused before any row
-    defaults = {**_translation_settings(args), "seed": args.seed}
+    defaults = {**translation_settings(args), "seed": args.seed}
     if args.prompt:
         defaults["prompt"] = args.prompt
     if args.generation_scale is not None:
@@ -96,7 +95,7 @@ def _defaults(args: argparse.Namespace) -> dict:
     return defaults
 
 
-def _backend(spec, args: argparse.Namespace, loras: list, load_pipeline):
+def _backend(spec, args: argparse.Namespace, loras: list):
     """The local backend with the pipeline loaded, or the Ray backend with its cluster joined."""
     if spec.kind == RAY:
         from pnp.evaluation.ray_backend import RayBackend
@@ -104,6 +103,7 @@ def _backend(spec, args: argparse.Namespace, loras: list, load_pipeline):
         backend = RayBackend.from_args(spec.address, args, keep_going=True, warn=_warn)
         backend.check()
         return backend
+    from pnp.app.options import load_pipeline
     from pnp.evaluation.local import LocalBackend
 
     pipe = load_pipeline(args, loras)

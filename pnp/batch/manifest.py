@@ -4,8 +4,8 @@ Columns are the command line's names without the dashes (``image``, ``generation
 ``seed``, ``prompt``, ``steps``, ``scale``, ``negative-prompt``, ...; underscores work too), and an
 optional ``id`` that names the row's files (else ``row-00001``, by its place in the file). A row
 has an ``image`` (a path, relative to the manifest's folder, or an http(s) URL) or a
-``generation-prompt`` and ``seed``; ``prompt`` holds its prompts (in a CSV cell separated by ';',
-in JSONL also a list). A setting left blank or out takes the command line's value.
+``generation-prompt`` and ``seed``; ``prompt`` holds its prompts (in a CSV cell separated by ';' or
+line breaks, in JSONL also a list). A setting left blank or out takes the command line's value.
 
 What is wrong with the file itself (not CSV or JSONL, an unknown column, a repeated id) is a
 ConfigError("manifest") before any work; what is wrong with one row (a bad setting, neither image
@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pnp.app.form import PROMPT_SEPARATOR
+from pnp.app.form import split_prompts, whole_number
 from pnp.config import RANGES, ConfigError, PnPConfig, check_seed
 from pnp.evaluation.backends import Job
 from pnp.evaluation.benchmarks import Source
@@ -137,16 +137,18 @@ def _row(number: int, given: dict, known: dict[str, str], defaults: dict, folder
 
 
 def _value(param: str, value):
-    """A cell's value as PnPConfig takes it: numbers written as text (every CSV cell) read as numbers."""
+    """A cell's value as PnPConfig takes it: numbers written as text (every CSV cell) read as numbers, as the form
+    reads them; prompts in one text split as the form splits them."""
     if param == "prompt" and isinstance(value, str):
-        return [part for part in value.split(PROMPT_SEPARATOR) if part.strip()]
-    if param in RANGES and isinstance(value, str):
-        whole = isinstance(RANGES[param][0], int)
-        try:
-            return int(value) if whole else float(value)
-        except ValueError:
-            raise ConfigError(param, f"expected a {'whole ' if whole else ''}number, got {value.strip()!r}") from None
-    return value
+        return split_prompts(value)
+    if param not in RANGES:
+        return value
+    if isinstance(RANGES[param][0], int):
+        return whole_number(value)
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        raise ConfigError(param, f"expected a number, got {value.strip()!r}") from None
 
 
 def _image(value, folder: Path) -> str | Path | None:

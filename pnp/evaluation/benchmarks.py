@@ -1,4 +1,4 @@
-"""A benchmark as a list of sources, each translated into all its prompts in one call; and reading one from disk.
+"""A benchmark as a list of sources, each translated into all its prompts in one call, and the checks its readers share.
 
 Torch-free. Paths inside a benchmark resolve relative to its file (its folder, for PIE-Bench).
 Every problem is reported as ``ConfigError("benchmark", ...)`` naming the entry and what to fix,
@@ -62,22 +62,6 @@ class Benchmark:
     def limited(self, limit: int | None) -> Benchmark:
         """The first ``limit`` sources (all of them for None)."""
         return self if limit is None else Benchmark(self.path, self.kind, self.sources[:limit])
-
-
-def load_benchmark(path: str | Path) -> Benchmark:
-    """A TI2I yaml file, or a PIE-Bench folder (or its mapping_file.json)."""
-    from pnp.evaluation import piebench, ti2i
-
-    path = Path(path)
-    if path.is_dir() or path.name == piebench.MAPPING_FILE:
-        return piebench.load(path)
-    if path.suffix.lower() in (".yaml", ".yml"):
-        return ti2i.load(path)
-    if not path.exists():
-        raise ConfigError("benchmark", f"no file or folder at {path}")
-    raise ConfigError(
-        "benchmark", f"{path} is neither a TI2I .yaml file nor a PIE-Bench folder (with {piebench.MAPPING_FILE})"
-    )
 
 
 def check_prompts(where: str, prompts: object) -> tuple[str, ...]:

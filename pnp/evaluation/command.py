@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pnp.app.options import load_pipeline, translation_config
 from pnp.config import check_int
 from pnp.app.form import form_inputs
 from pnp.pipelines.loading import RANDOM_MODELS
@@ -20,7 +21,7 @@ from pnp.evaluation.metric_models import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL,
 from pnp.evaluation.metrics import STRUCTURE_VARIANTS
 from pnp.evaluation.ray_backend import add_ray_arguments
 from pnp.evaluation.records import Plan, check_folder
-from pnp.evaluation.benchmarks import load_benchmark
+from pnp.evaluation.load import load_benchmark
 
 BOTH = "both"
 DEFAULT_PARALLEL = 8
@@ -57,8 +58,6 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """The evaluate command: returns 0, or 1 when translation failed midway (finished sources are kept)."""
-    from pnp.app.cli import load_pipeline
-
     plan, backend = _plan(args)
     warn = _warner()
     suite = _metric_suite(args, plan, warn)
@@ -84,8 +83,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace):
     """Check every input and prepare the output folder; returns the plan and the remote backend (None: local)."""
-    from pnp.app.cli import translation_config
-
     base = translation_config(args, prompt=PLACEHOLDER_PROMPT)
     limit = None if args.limit is None else check_int("limit", args.limit, 1, 10**9)
     check_int("images_per_call", args.images_per_call, 1, 64)
@@ -128,7 +125,7 @@ def _remote_backend(spec, args):
 def _metric_suite(args: argparse.Namespace, plan: Plan, warn):
     from pnp.devices import default_device
     from pnp.environment import configure_libraries
-    from pnp.evaluation.metrics import load_metric_suite
+    from pnp.evaluation.metric_models import load_metric_suite
 
     configure_libraries()
     if RANDOM in (args.clip_model, args.dino_model):

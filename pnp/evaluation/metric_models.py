@@ -1,4 +1,4 @@
-"""Loading the metric models by model-hub id or local folder, or as random-weight stand-ins; and LPIPS.
+"""Loading the metric models by model-hub id or local folder, or as random-weight stand-ins; LPIPS; the whole suite.
 
 A hub id downloads once into the Hugging Face cache; a folder loads offline. Where neither works
 (offline, no cache) the ModelError says how to provide the model. ``tiny`` builds a random-weight
@@ -11,6 +11,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from pnp.evaluation.benchmarks import PIE_BENCH
+from pnp.evaluation.metrics import MetricSuite
 from pnp.messages import first_line
 from pnp.pipelines.loading import ModelError
 
@@ -89,3 +91,19 @@ def load_lpips(device: str):
 
 class MetricUnavailable(RuntimeError):
     """A metric cannot be computed in this environment; the message says why and what would make it work."""
+
+
+def load_metric_suite(kind: str, clip_model: str, dino_model: str, variants: tuple[str, ...], device: str, warn) -> MetricSuite:
+    """Load the models a benchmark of ``kind`` needs; LPIPS (PIE-Bench only) is skipped with a warning where unavailable."""
+    from pnp.evaluation.clip import ClipSimilarity
+    from pnp.evaluation.structure import StructureDistance
+
+    suite = MetricSuite(ClipSimilarity(*load_clip(clip_model, device)), StructureDistance(load_dino(dino_model, device)),
+                        variants)
+    if kind == PIE_BENCH:
+        try:
+            suite.lpips = load_lpips(device)
+        except MetricUnavailable as err:
+            suite.unavailable["lpips"] = str(err)
+            warn(f"{err}; the lpips column stays empty")
+    return suite

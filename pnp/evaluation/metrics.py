@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from pnp.evaluation.benchmarks import PIE_BENCH, Source
+from pnp.evaluation.benchmarks import Source
 
 # The structure distance's two input scales (see ``structure``): images in 0..1, or in 0..255 as PIE-Bench's code feeds them.
 SPLICE_INPUT = "splice"
@@ -76,23 +76,6 @@ class MetricSuite:
 def same_size(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     """``image`` at ``size`` (resized bicubic if it differs)."""
     return image if image.size == size else image.resize(size, Image.Resampling.BICUBIC)
-
-
-def load_metric_suite(kind: str, clip_model: str, dino_model: str, variants: tuple[str, ...], device: str, warn) -> MetricSuite:
-    """Load the models a benchmark of ``kind`` needs; LPIPS (PIE-Bench only) is skipped with a warning where unavailable."""
-    from pnp.evaluation.clip import ClipSimilarity
-    from pnp.evaluation.metric_models import MetricUnavailable, load_clip, load_dino, load_lpips
-    from pnp.evaluation.structure import StructureDistance
-
-    suite = MetricSuite(ClipSimilarity(*load_clip(clip_model, device)), StructureDistance(load_dino(dino_model, device)),
-                        variants)
-    if kind == PIE_BENCH:
-        try:
-            suite.lpips = load_lpips(device)
-        except MetricUnavailable as err:
-            suite.unavailable["lpips"] = str(err)
-            warn(f"{err}; the lpips column stays empty")
-    return suite
 
 
 def finite_or_none(value: float | None) -> float | None:

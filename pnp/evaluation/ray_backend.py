@@ -16,8 +16,8 @@ Ray Data's pattern for batch inference, as in its Stable Diffusion example:
   are run again: Ray Data's actor pools default to ``max_restarts=-1`` and ``max_task_retries=-1``,
   which are kept.
 
-Ray is imported when the cluster is first used, so the command line answers ``--help`` without it
-(requirements-scale.txt installs it).
+Ray (and torch) are imported when the cluster is first used, so the command line answers ``--help``
+and refuses bad input without them (requirements-scale.txt installs Ray).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from pathlib import Path
 
 from pnp.config import ConfigError, check_float, check_int
 from pnp.evaluation.backends import BackendError, Job, Translation, decode_image, encode_png
-from pnp.evaluation.local import LocalBackend, batches
 from pnp.messages import first_line, plural
 
 # The command-line flags of the model, which each actor loads as the local backend would.
@@ -75,9 +74,9 @@ class RayBackend:
     def from_args(cls, address: str | None, args: argparse.Namespace, keep_going: bool = False,
                   warn: Callable[[str], None] = print) -> RayBackend:
         """The backend of a command's flags: its model options, adapters, actors and images per call."""
-        from pnp.app.cli import _model_checks
+        from pnp.app.options import model_checks
 
-        loras = [(Path(path).resolve(), scale) for path, scale in _model_checks(args)]
+        loras = [(Path(path).resolve(), scale) for path, scale in model_checks(args)]
         return cls(address, model_options(args), loras, args.images_per_call, args.actors, args.gpus_per_actor,
                    args.cpus_per_actor, keep_going, warn)
 
@@ -120,6 +119,8 @@ class RayBackend:
         if not jobs:
             return
         import ray
+
+        from pnp.evaluation.local import batches
 
         if self.actors is None:
             self.check()
@@ -169,7 +170,8 @@ class PipelineActor:
     def __init__(self, model: dict, loras: list, images_per_call: int, threads: int) -> None:
         import torch
 
-        from pnp.app.cli import load_pipeline
+        from pnp.app.options import load_pipeline
+        from pnp.evaluation.local import LocalBackend
 
         torch.set_num_threads(threads)
         pipe = load_pipeline(argparse.Namespace(**model, quiet=True), loras)

@@ -18,7 +18,7 @@ from pnp.config import ConfigError, check_float
 from pnp.pipelines.weight_files import SAFETENSORS_SUFFIX, is_pickled_name, safetensors_problem
 
 # An adapter's weight in the sum (1: as trained; 0: off). Replicate's own SDXL model offers 0 to 1.
-MIN_LORA_SCALE, MAX_LORA_SCALE = 0.0, 1.0
+LORA_SCALE_RANGE = (0.0, 1.0)
 DEFAULT_LORA_SCALE = 1.0
 # How torch words one layer of a state dict that does not fit the model (load_state_dict's message).
 _SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from "
@@ -31,7 +31,7 @@ def parse_lora(spec: str, allow_pickle: bool = False) -> tuple[Path, float]:
     path, sep, scale = spec.rpartition(":")
     if not sep or not _is_number(scale):
         path, scale = spec, DEFAULT_LORA_SCALE
-    return check_lora_file(path, "lora", allow_pickle), check_float("lora", float(scale), MIN_LORA_SCALE, MAX_LORA_SCALE)
+    return check_lora_file(path, "lora", allow_pickle), check_float("lora", float(scale), *LORA_SCALE_RANGE)
 
 
 def check_lora_file(path: str | Path, param: str, allow_pickle: bool = False, name: str | None = None) -> Path:

@@ -15,7 +15,7 @@ from support.hooks import all_hooks
 from pnp.config import ConfigError
 from pnp.app.form import FORM_INPUTS
 from pnp.app.ui import run_handler
-from pnp.app.ui_runs import Runner, Stopped, parse_form
+from pnp.app.ui_runs import Runner, Stopped, read_form
 
 # The form as it opens, with the fields left blank that the page shows blank, and fast settings.
 BLANK = {"seed": "", "num_inversion_steps": ""}
@@ -61,7 +61,7 @@ def pixels(path) -> np.ndarray:
 
 
 def test_prompts_are_lines_and_blank_fields_take_their_defaults(photo_file):
-    request = parse_form(form(input_image=photo_file, translation_prompts=" a cat \n\n a dog\n"))
+    request = read_form(form(input_image=photo_file, translation_prompts=" a cat \n\n a dog\n"))
     assert request.config.prompt == ("a cat", "a dog")
     assert request.config.num_inversion_steps == 2  # blank: as many as num_inference_steps
     assert request.image.size == (192, 128)  # 160x128 at resolution 128: short side 128, long side rounded to 64
@@ -70,16 +70,16 @@ def test_prompts_are_lines_and_blank_fields_take_their_defaults(photo_file):
 
 
 def test_numbers_come_as_floats_or_text(photo_file):
-    request = parse_form(form(input_image=photo_file, num_inference_steps=3.0, num_inversion_steps=" 3 ",
+    request = read_form(form(input_image=photo_file, num_inference_steps=3.0, num_inversion_steps=" 3 ",
                               output_quality=75.0))
     assert (request.config.num_inference_steps, request.config.num_inversion_steps) == (3, 3)
     assert request.options.output_quality == 75 and isinstance(request.options.output_quality, int)
 
 
 def test_generation_mode_uses_the_seed_and_says_the_image_was_ignored(photo_file):
-    request = parse_form(form(input_image=photo_file, generation_prompt="a house", seed="42"))
+    request = read_form(form(input_image=photo_file, generation_prompt="a house", seed="42"))
     assert request.seed == 42 and request.image is None
-    assert request.notes == ("The source was generated with seed 42.", "input_image was ignored: generation_prompt is set.")
+    assert request.notes == ("The source image is generated with seed 42", "input_image is ignored: generation_prompt is set")
 
 
 @pytest.mark.parametrize(
@@ -103,7 +103,7 @@ def test_bad_values_name_the_field_to_change(photo_file, values, field, hint):
     if values.get("input_image") == "photo":
         values = {**values, "input_image": photo_file}
     with pytest.raises(ConfigError) as caught:
-        parse_form(form(**values))
+        read_form(form(**values))
     assert caught.value.param == field and str(caught.value).startswith(f"{field}: ")
     assert hint in caught.value.reason
 
@@ -112,7 +112,7 @@ def test_a_file_that_is_not_an_image_names_input_image(tmp_path):
     path = tmp_path / "notes.png"
     path.write_text("not an image")
     with pytest.raises(ConfigError, match="^input_image: .*not a readable image"):
-        parse_form(form(input_image=str(path)))
+        read_form(form(input_image=str(path)))
 
 
 # --- Runs ---
@@ -127,7 +127,7 @@ def run(runner, values, stop_after=None):
         if done == stop_after:
             stop.set()
 
-    return runner.run(parse_form(values), progress, stop), steps
+    return runner.run(read_form(values), progress, stop), steps
 
 
 def test_progress_follows_the_source_then_the_translation(runner, photo_file):

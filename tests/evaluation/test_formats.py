@@ -9,7 +9,8 @@ from PIL import Image
 from pnp.config import ConfigError, PnPConfig
 from pnp.evaluation.backends import make_job, parse_backend
 from pnp.evaluation.piebench import decode_mask, decode_runs
-from pnp.evaluation.benchmarks import PIE_BENCH, TI2I, load_benchmark
+from pnp.evaluation.benchmarks import PIE_BENCH, TI2I
+from pnp.evaluation.load import load_benchmark
 from pnp.app.form import form_inputs
 from support.paths import ROOT, SAMPLES
 

@@ -16,7 +16,7 @@ from support.predictor import run
 
 from predict import Predictor
 
-from pnp.app.cli import LAYER_SET_NAMES
+from pnp.app.options import LAYER_SET_NAMES
 from pnp.config import PnPConfig
 from pnp.method.injection import LAYER_SETS, SDXL_FIRST_BLOCK_LAYERS, SDXL_LAYERS, FeatureInjector
 from pnp.method.plan import Row, RowKind, inversion_rows, translation_rows
