@@ -107,7 +107,7 @@ def run_ray(folder: Path, jobs: list[Job], actors: int, cpus: int, temp: Path) -
     temp.mkdir()
     start = time.perf_counter()
     ray.init(address="local", num_cpus=cpus, num_gpus=0, include_dashboard=False, logging_level=logging.WARNING,
-             _temp_dir=str(temp))
+             _temp_dir=str(temp), _node_ip_address="127.0.0.1")
     try:
         model = {"model": str(folder), "config": None, "allow_pickle": False, "injection_layers": None,
                  "device": "cpu", "dtype": "float32"}

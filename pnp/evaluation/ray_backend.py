@@ -37,6 +37,8 @@ from pnp.messages import first_line, plural
 # The command-line flags of the model, which each actor loads as the local backend would.
 MODEL_OPTIONS = ("model", "config", "allow_pickle", "injection_layers", "device", "dtype")
 INSTALL = "pip install -r requirements-scale.txt"
+LOOPBACK = "127.0.0.1"
+PROBE_TIMEOUT_S = 10
 
 
 def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,17 +100,20 @@ class RayBackend:
             self.cpus_per_actor = 1 if self.gpus_per_actor else max(1, int(cluster_cpus // self.actors))
         for name, each, total in (("GPU", self.gpus_per_actor, cluster_gpus), ("CPU", self.cpus_per_actor, cluster_cpus)):
             if each * self.actors > total:
-                self.warn(f"{plural(self.actors, 'actor')} of {each:g} {name}s each need {each * self.actors:g}, and "
-                          f"the cluster has {total:g} now: some wait until nodes join")
+                self.warn(f"{plural(self.actors, 'actor')} of {each:g} {name} each need {each * self.actors:g} {name}s "
+                          f"and the cluster has {total:g} now: some wait until nodes join")
         if not self.gpus_per_actor and self.model.get("device") is None:
             self.model = {**self.model, "device": "cpu"}  # an actor without a GPU must not pick one up
 
     def _init(self, ray) -> None:
         local = self.address is None
-        options = dict(include_dashboard=False) if local else {}
+        # A cluster of this process's own serves it alone: on the loopback address, without a dashboard.
+        options = dict(include_dashboard=False, _node_ip_address=LOOPBACK) if local else {}
         try:
+            if not local:
+                _probe(self.address)
             ray.init(address="local" if local else self.address, logging_level=logging.WARNING, **options)
-        except (ConnectionError, RuntimeError, ValueError) as err:
+        except (ConnectionError, RuntimeError, ValueError, OSError) as err:
             raise ConfigError("backend", f"no Ray cluster answers at {self.address} ({first_line(err)}); start one "
                                          "(ray start --head), or use ray for a local one") from None
         self.started = local
@@ -153,6 +158,13 @@ class RayBackend:
 
             ray.shutdown()
             self.started = False
+
+
+def _probe(address: str) -> None:
+    """Fail fast (OSError) if nothing listens at a HOST:PORT address: Ray itself waits minutes for it."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if host and port.isdigit():
+        socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
 
 
 def model_options(args: argparse.Namespace) -> dict:

@@ -90,6 +90,7 @@ def test_a_job_writes_outputs_records_and_results_and_resumes(photos, server, ti
     ("image,prompt,stpes\na.png,a cat,3\n", [], "error: MANIFEST: "),
     ("image,prompt\na.png,a cat\n", ["--steps", "0"], "error: --steps: 0 is out of range"),
     ("image,prompt\na.png,a cat\n", ["--backend", "ray:nowhere"], "error: --backend: 'ray:nowhere' is not a Ray"),
+    ("image,prompt\na.png,a cat\n", ["--backend", "ray:127.0.0.1:9"], "error: --backend: no Ray cluster answers at "),
 ])
 def test_bad_input_is_refused_before_any_work(tmp_path, manifest_text, extra, message, capsys):
     (tmp_path / "m.csv").write_text(manifest_text)

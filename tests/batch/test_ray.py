@@ -36,7 +36,7 @@ def cluster():
 
     temp = tempfile.mkdtemp(prefix="pnp-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=200 * 2**20,
-             logging_level=logging.WARNING, _temp_dir=temp)
+             logging_level=logging.WARNING, _temp_dir=temp, _node_ip_address="127.0.0.1")
     try:
         yield ray
     finally:
