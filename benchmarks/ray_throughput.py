@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--actors", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2, help="the local process's torch threads, and the cluster's CPUs")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="the local process's torch threads, and the cluster's CPUs")
     args = parser.parse_args(argv)
 
     folder = model_folder(args.model, args.cache_dir)
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         local_times, local_images = run_local(folder, jobs, args.threads)
         ray_times, ray_images = run_ray(folder, jobs, args.actors, args.threads, Path(tmp) / "ray")
         after = os.getloadavg()
-    worst = max(np.abs(np.asarray(local_images[key], float) - np.asarray(ray_images[key], float)).max() for key in local_images)
+    worst = max(np.abs(np.asarray(image, float) - np.asarray(ray_images[key], float)).max()
+                for key, image in local_images.items())
     local_rate, ray_rate = steady_rate(local_times), steady_rate(ray_times)
     print(f"model {args.model}, {args.rows} rows of one prompt at {args.resolution} px, {args.steps} steps, "
           f"float32 on the CPU")

@@ -99,7 +99,8 @@ def load_image_at(location: str | Path, resolution: int | None = None) -> Image.
     except (OSError, ValueError) as err:  # URLError and timeouts are OSErrors
         raise ImageError("image", f"could not fetch {location} ({getattr(err, 'reason', None) or err})") from None
     if len(data) > MAX_DOWNLOAD_BYTES:
-        raise ImageError("image", f"{location} is larger than {MAX_DOWNLOAD_BYTES // 2**20} MB; not an image to translate")
+        raise ImageError("image", f"{location} is larger than {MAX_DOWNLOAD_BYTES // 2**20} MB: "
+                                  "not an image to translate")
     return load_image(io.BytesIO(data), resolution, name=location)
 
 

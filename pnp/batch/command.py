@@ -45,7 +45,8 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generation-scale", type=float, default=None,
                         help="guidance scale of generated sources, for rows that give none")
     parser.add_argument("--seed", type=int, default=0, help="seed of generated sources, for rows that give none")
-    parser.add_argument("--format", default=OutputOptions.output_format, help=f"output format: {', '.join(OUTPUT_FORMATS)}")
+    parser.add_argument("--format", default=OutputOptions.output_format,
+                        help=f"output format: {', '.join(OUTPUT_FORMATS)}")
     parser.add_argument("--quality", type=int, default=OutputOptions.output_quality, help="webp/jpg quality (1-100)")
 
 

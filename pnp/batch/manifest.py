@@ -45,7 +45,7 @@ class Row:
 
 
 def columns(flag) -> dict[str, str]:
-    """Column name -> what it sets (a PnPConfig field, ``seed``, ``image`` or ``id``); ``flag`` names a setting's flag."""
+    """Column name -> what it sets (a PnPConfig field, ``seed``, ``image`` or ``id``), named by ``flag``."""
     params = [*PnPConfig.__dataclass_fields__, "seed"]
     return {ID: ID, IMAGE: IMAGE, **{flag(param).lstrip("-"): param for param in params}}
 
@@ -97,7 +97,8 @@ def _jsonl(path: Path) -> list[dict]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ConfigError("manifest", f"{path}, line {number}: not JSON ({err.msg}); write one object a line") from None
+            raise ConfigError("manifest", f"{path}, line {number}: not JSON ({err.msg}); "
+                                          "write one object a line") from None
         if not isinstance(record, dict):
             raise ConfigError("manifest", f"{path}, line {number}: expected an object ({{\"image\": ...}}), "
                                           f"got {type(record).__name__}")

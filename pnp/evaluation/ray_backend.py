@@ -98,7 +98,8 @@ class RayBackend:
             self.actors = max(1, int(cluster_gpus // self.gpus_per_actor)) if self.gpus_per_actor else 1
         if self.cpus_per_actor is None:
             self.cpus_per_actor = 1 if self.gpus_per_actor else max(1, int(cluster_cpus // self.actors))
-        for name, each, total in (("GPU", self.gpus_per_actor, cluster_gpus), ("CPU", self.cpus_per_actor, cluster_cpus)):
+        wanted = (("GPU", self.gpus_per_actor, cluster_gpus), ("CPU", self.cpus_per_actor, cluster_cpus))
+        for name, each, total in wanted:
             if each * self.actors > total:
                 self.warn(f"{plural(self.actors, 'actor')} of {each:g} {name} each need {each * self.actors:g} {name}s "
                           f"and the cluster has {total:g} now: some wait until nodes join")

@@ -86,7 +86,8 @@ def test_a_job_writes_outputs_records_and_results_and_resumes(photos, server, ti
 
 
 @pytest.mark.parametrize("manifest_text, extra, message", [
-    ("image,prompt\na.png,a cat\n", ["--backend", "http://127.0.0.1:9"], "error: --backend: 'http://127.0.0.1:9': a batch job runs on local or ray"),
+    ("image,prompt\na.png,a cat\n", ["--backend", "http://127.0.0.1:9"],
+     "error: --backend: 'http://127.0.0.1:9': a batch job runs on local or ray"),
     ("image,prompt,stpes\na.png,a cat,3\n", [], "error: MANIFEST: "),
     ("image,prompt\na.png,a cat\n", ["--steps", "0"], "error: --steps: 0 is out of range"),
     ("image,prompt\na.png,a cat\n", ["--backend", "ray:nowhere"], "error: --backend: 'ray:nowhere' is not a Ray"),

@@ -102,7 +102,7 @@ def local_job(images, tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ray_job(cluster, local_job, tiny_model_dir, tmp_path_factory):
-    """The local job's manifest on Ray: one actor of one CPU (one torch thread, as here); its exit status and console."""
+    """The local job's manifest on Ray, one actor of one CPU (one torch thread, as here): folder, status, console."""
     manifest, _ = local_job
     out = tmp_path_factory.mktemp("ray-job")
     capture = io.StringIO()
