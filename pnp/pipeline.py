@@ -36,7 +36,7 @@ from pnp.feature_maps import feature_maps
 from pnp.features import FeatureMaps
 from pnp.generation import generate
 from pnp.images import resize_for_model, to_rgb
-from pnp.injection import LAYER_SETS, FeatureInjector, InjectionLayers, default_layer_set, injection_layers
+from pnp.injection import FeatureInjector, InjectionLayers, architecture_layers, injection_layers
 from pnp.inversion import Trajectory, invert
 from pnp.models import check_supported, choose_device_and_dtype, is_sdxl, loading_errors, loading_options
 from pnp.rows import translation_plan
@@ -141,7 +141,7 @@ class PnPPipeline(
         # The injection hooks of a compiled UNet, installed once before compiling (see compile_unet).
         self._injector = None
         # Where the source's features are injected: the architecture's set (see set_injection_layers).
-        self.injection_layers = None if unet is None else LAYER_SETS[default_layer_set(unet)]
+        self.injection_layers = None if unet is None else architecture_layers(unet)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, device: str | None = None, dtype=None, **kwargs):
