@@ -74,10 +74,13 @@ def parse_form(values: dict, model_resolution: int | None = None) -> Request:
 
     ``translation_prompts`` holds one prompt per line (blank lines are skipped). Whole numbers may
     come as floats (2.0), as number fields send them, or as text, as the fields that may be left
-    blank send them; a blank seed picks a random one.
+    blank and the drop-downs send them; a blank seed picks a random one. Values come as the page's
+    API takes them, unchecked: text fields must hold text, check boxes true or false.
     """
     values = {name: _whole_number(name, value) for name, value in values.items()}
     try:
+        for name, value in values.items():
+            _check_type(name, value)
         settings = {form_input(name).param: values[name] for name in CONFIG_FIELDS}
         settings["resolution"] = config_resolution(settings["resolution"])
         config = PnPConfig(
@@ -94,12 +97,21 @@ def parse_form(values: dict, model_resolution: int | None = None) -> Request:
             if values["input_image"] is not None:
                 notes.append("input_image was ignored: generation_prompt is set.")
         elif values["input_image"] is not None:
-            image = load_image(values["input_image"], config.resolution)
+            # Called by its name: the page's uploads sit in Gradio's temporary folder, under the name they came with.
+            image = load_image(values["input_image"], config.resolution, name=Path(values["input_image"]).name)
         else:
             raise ConfigError("image", "give an input image or a generation prompt")
     except ConfigError as err:
         raise ConfigError(form_name(err.param), err.reason) from None
     return Request(config, image, seed, options, bool(values["feature_maps"]), tuple(notes))
+
+
+def _check_type(name: str, value: object) -> None:
+    kind = form_input(name).kind
+    if kind == "text" and not (value is None or isinstance(value, str)):
+        raise ConfigError(name, f"{value!r} is not text")
+    if kind == "bool" and not isinstance(value, bool):
+        raise ConfigError(name, f"{value!r} is neither true nor false")
 
 
 def _whole_number(name: str, value: object) -> object:
@@ -155,7 +167,8 @@ class Runner:
             grids = write_feature_grids(maps, folder, PNG, first=len(files)) if maps else []
         captions = ([f"source: {config.generation_prompt}"] if config.generating else []) + list(config.prompt)
         seconds = sum(v for k, v in result.metrics.items() if k.endswith("_s"))
-        status = " ".join([f"{len(config.prompt)} translations in {seconds:.1f} s.", *request.notes])
+        count = len(config.prompt)
+        status = " ".join([f"{count} translation{'' if count == 1 else 's'} in {seconds:.1f} s.", *request.notes])
         return RunResult(files, captions, status, grids, list(maps.maps) if maps else [])
 
     def _translate(self, request: Request, step_end):
