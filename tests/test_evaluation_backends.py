@@ -63,10 +63,11 @@ def evaluate(tiny_model_dir, clip_model_dir, dino_model_dir):
 
 @pytest.fixture(scope="module")
 def ti2i(tmp_path_factory):
-    """A TI2I file with a real source (two prompts) and a generated one (seed 11)."""
+    """A TI2I file with a real source (two prompts, and a source prompt, which TI2I allows) and a generated one."""
     folder = tmp_path_factory.mktemp("ti2i")
     (folder / "ti2i.yaml").write_text(
         f"- init_img: {SAMPLES / 'ti2i' / 'images' / 'circle.png'}\n"
+        "  source_prompt: a red circle\n"
         "  target_prompts: [a red apple on a blue tablecloth, a sunset over the sea]\n"
         "- source_prompt: a photo of a horse in a field\n  seed: 11\n  scale: 6\n  ddim_steps: 2\n"
         "  target_prompts: [a photo of a zebra in a field]\n"
@@ -149,6 +150,17 @@ def test_an_interrupted_local_run_resumes_without_redoing_finished_sources(local
     header = (out / "results.csv").read_text().splitlines()[0].split(",")
     assert {"clip_score", "clip_score_edited", "psnr", "lpips", "mse", "ssim", "setting_negative_prompt"} <= set(header)
     assert "<img loading='lazy' src='images/000000000000/source.png'" in (out / "index.html").read_text()
+
+
+def test_the_results_keep_what_the_benchmark_says_of_each_source(local_ti2i, local_pie):
+    rows = json.loads((local_ti2i / "results.json").read_text())["rows"]
+    assert [row["source_prompt"] for row in rows] == ["a red circle"] * 2 + ["a photo of a horse in a field"]
+    assert "source_prompt" in (local_ti2i / "results.csv").read_text().splitlines()[0].split(",")
+    mapping = json.loads((PIE / "mapping_file.json").read_text())
+    for row in json.loads((local_pie[0] / "results.json").read_text())["rows"]:
+        entry = mapping[row["source"]]
+        assert [row[k] for k in ("original_prompt", "editing_instruction", "blended_word")] == [
+            entry["original_prompt"], entry["editing_instruction"], entry["blended_word"]]
 
 
 def test_a_folder_holding_another_run_is_refused_before_work(local_pie, evaluate, capsys):
