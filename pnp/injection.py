@@ -120,7 +120,10 @@ def architecture_layers(unet: torch.nn.Module) -> InjectionLayers:
 
 
 def injection_layers(layers: str | InjectionLayers, unet: torch.nn.Module) -> InjectionLayers:
-    """The modules of ``unet`` that the layer set ``layers`` names (or the set itself), checked; ValueError naming what is wrong."""
+    """The modules of ``unet`` that the layer set ``layers`` names (or ``layers`` itself), checked.
+
+    Raises ValueError naming what is wrong.
+    """
     if isinstance(layers, str):
         if layers not in LAYER_SETS:
             raise ValueError(f"injection layers: {layers!r} is not one of {', '.join(LAYER_SETS)}")

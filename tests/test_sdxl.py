@@ -103,7 +103,7 @@ def other_depth(request, tmp_path_factory):
     """The tiny SDXL model with a UNet of another depth, saved and loaded (loading refused them once); its blocks."""
     config, blocks = DEPTHS[request.param]
     xl = build_random_pipeline("tiny-sdxl")
-    # Without the private keys: "_use_default_values" would make the new UNet ignore reverse_transformer_layers_per_block.
+    # Without the private keys: "_use_default_values" would make the UNet ignore reverse_transformer_layers_per_block.
     unet_config = {key: value for key, value in xl.unet.config.items() if not key.startswith("_")}
     torch.manual_seed(1)
     unet = UNet2DConditionModel(**{**unet_config, **config})
@@ -115,7 +115,8 @@ def other_depth(request, tmp_path_factory):
 def test_the_sdxl_layers_are_every_block_of_the_mapped_attentions_at_any_depth(other_depth):
     pipe, blocks = other_depth
     expected = [f"up_blocks.{block}.attentions.{a}.transformer_blocks.{n}.attn1"
-                for block, attentions in ((0, (1, 2)), (1, (0, 1, 2))) for a in attentions for n in range(blocks[block][a])]
+                for block, attentions in ((0, (1, 2)), (1, (0, 1, 2)))
+                for a in attentions for n in range(blocks[block][a])]
     assert pipe.injection_layers == InjectionLayers((RESIDUAL,), tuple(expected)) == injection_layers("sdxl", pipe.unet)
     first = injection_layers("sdxl-first-block", pipe.unet)
     assert first == InjectionLayers((RESIDUAL,), tuple(n for n in expected if ".transformer_blocks.0." in n))
@@ -146,7 +147,8 @@ def test_the_sdxl_layers_are_every_block_of_the_mapped_attentions_at_any_depth(o
 def test_a_translation_at_another_depth_runs_every_hook_once_per_call(other_depth, square):
     pipe, _ = other_depth
     modules = dict(pipe.unet.named_modules())
-    names = [*pipe.injection_layers.residual, *(f"{a}.{p}" for a in pipe.injection_layers.attention for p in ("to_q", "to_k"))]
+    layers = pipe.injection_layers
+    names = [*layers.residual, *(f"{a}.{p}" for a in layers.attention for p in ("to_q", "to_k"))]
     fired, calls = Counter(), []
     handles = [modules[name].register_forward_hook(lambda module, args, output, name=name: fired.update([name]))
                for name in names]
@@ -235,7 +237,8 @@ def test_the_vae_runs_in_float32_where_float16_overflows_and_goes_back(xl):
         # The same float16-rounded weights, computing in float32 all through.
         expected = decode(copy.deepcopy(vae).to(torch.float32), latents)
         pixels = image_to_tensor(Image.new("RGB", (64, 64), (200, 30, 30)))
-        encoded, expected_latents = encode(vae, pixels, float32=True), encode(copy.deepcopy(vae).to(torch.float32), pixels)
+        encoded = encode(vae, pixels, float32=True)
+        expected_latents = encode(copy.deepcopy(vae).to(torch.float32), pixels)
     # Another copy of the weights (INSTANCE_TOLERANCE says why that may change the last bits): 1e-5
     # of each tensor's size, float32 rounding. Planted: decoding in float16 moved the pixels by 2.4e-3 of it.
     for ours, reference in ((decoded, expected), (encoded, expected_latents)):

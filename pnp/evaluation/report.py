@@ -24,7 +24,8 @@ PAIR_COLUMNS = ("benchmark", "source", "editing_type", "prompt_index", "prompt",
 
 def rows_of(benchmark_name: str, records: list[dict]) -> list[dict]:
     """One flat row per pair: identification, what the benchmark says of its source (``Source.info``: TI2I's
-    ``source_prompt``, PIE-Bench's ``original_prompt``, ...), scores, then the settings (``setting_*``) of its source's call."""
+    ``source_prompt``, PIE-Bench's ``original_prompt``, ...), scores, then the settings (``setting_*``) of its
+    source's call."""
     rows = []
     for record in records:
         for index, pair in enumerate(record["pairs"]):
