@@ -10,14 +10,15 @@ import random
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path as LocalPath
 from typing import Optional
 
 from cog import BasePredictor, Input, Path, current_scope
 from PIL import Image
 
-from cog_inputs import read_request_image, request_lora_file, whole_number
+from cog_inputs import fetch_url, read_request_image, request_lora_file, whole_number
+from cog_outputs import new_output_folder, remove_stale_output_folders, remove_when_this_process_ends
 from pnp.environment import configure_libraries, log_to
 
 # Before diffusers and transformers load: their import-time advice would fill the setup logs.
@@ -28,6 +29,7 @@ import torch  # noqa: E402
 from pnp.config import ConfigError, PnPConfig, check_float  # noqa: E402
 from pnp.devices import dtype_name  # noqa: E402
 from pnp.features import write_feature_grids  # noqa: E402
+from pnp.images import ImageError  # noqa: E402
 from pnp.form import PROMPT_SEPARATOR, config_resolution, form_name  # noqa: E402
 from pnp.lora import load_loras  # noqa: E402
 from pnp.outputs import OutputOptions, write_outputs  # noqa: E402
@@ -37,6 +39,8 @@ from pnp.weights import locate_weights  # noqa: E402
 WEIGHTS_DIR = LocalPath(__file__).resolve().parent / "weights"
 SOURCE_CACHE_ENV = "PNP_SOURCE_CACHE_BYTES"
 COMPILE_ENV = "PNP_COMPILE"
+# The environment variable that sets each loading parameter (ConfigError.param) in setup.
+SETUP_ENV = {"device": "PNP_DEVICE", "dtype": "PNP_DTYPE"}
 
 
 class Predictor(BasePredictor):
@@ -48,13 +52,20 @@ class Predictor(BasePredictor):
         $PNP_DEVICE and $PNP_DTYPE override the device and dtype; $PNP_SOURCE_CACHE_BYTES bounds the
         cache of recent sources (0 turns it off; default: a quarter of the GPU's memory);
         PNP_COMPILE=1 compiles the UNet and warms it up here, so that predictions start compiled.
+        Output folders of ended workers are removed, and this worker's will go when it ends (cog_outputs).
         """
         log_to("stdout")
+        stale = remove_stale_output_folders()
+        if stale:
+            print(f"Removed {len(stale)} output folders of ended processes from {tempfile.gettempdir()}")
+        remove_when_this_process_ends()
         start = time.perf_counter()
         folder = locate_weights(WEIGHTS_DIR)
-        self.pipe = PnPPipeline.from_pretrained(
-            folder, device=os.environ.get("PNP_DEVICE") or None, dtype=os.environ.get("PNP_DTYPE") or None
-        )
+        try:
+            settings = {param: os.environ.get(name) or None for param, name in SETUP_ENV.items()}
+            self.pipe = PnPPipeline.from_pretrained(folder, **settings)
+        except ConfigError as err:
+            raise ConfigError(SETUP_ENV.get(err.param, err.param), err.reason) from None
         dtype = dtype_name(self.pipe.unet.dtype)
         print(f"Loaded {folder} ({type(self.pipe).__name__}, {self.pipe.default_resolution} px by default) on "
               f"{self.pipe.device} as {dtype} in {time.perf_counter() - start:.1f} s")
@@ -185,6 +196,7 @@ class Predictor(BasePredictor):
         chosen = "random seed" if seed is None else "seed"
         if seed is None:
             seed = random.randint(0, 2**32 - 1)
+        fetched = ExitStack()  # files this prediction made of URLs (cog_inputs.fetch_url), deleted when it ends
         try:
             config = PnPConfig(
                 prompt=[p for p in translation_prompts.split(PROMPT_SEPARATOR) if p.strip()],
@@ -201,15 +213,15 @@ class Predictor(BasePredictor):
                 resolution=config_resolution(resolution),
             ).resolved(self.pipe.default_resolution)
             options = OutputOptions(output_format, output_quality)
-            lora = self._lora(lora_weights, lora_scale)
+            lora = self._lora(fetch_url(lora_weights, fetched, ConfigError, "lora_weights"), lora_scale)
             image = None
             if config.generating:
                 print(f"Generating the source image with {chosen} {seed}")
                 if input_image is not None:
                     print("Both input_image and generation_prompt were given: the generation prompt is used, the image is ignored")
             elif input_image is not None:
-                image = read_request_image(input_image, config.resolution)
-            self.output_dir = tempfile.mkdtemp(prefix="pnp-outputs-")
+                image = read_request_image(fetch_url(input_image, fetched, ImageError, "image"), config.resolution)
+            self.output_dir = new_output_folder()
             generator = torch.Generator("cpu").manual_seed(seed)
             pipe = self.unchecked if disable_safety_checker else self.pipe
             with self._adapter(lora):
@@ -225,6 +237,8 @@ class Predictor(BasePredictor):
             # Failures and cancellations (cog.CancelationException is a BaseException) leave no files.
             self._remove_outputs()
             raise
+        finally:
+            fetched.close()
         scope = current_scope()
         for name, value in result.metrics.items():
             scope.record_metric(name, value)
@@ -267,8 +281,8 @@ class Predictor(BasePredictor):
         print(f"Compiled and warmed up the UNet in {time.perf_counter() - start:.1f} s")
 
     def _remove_outputs(self) -> None:
-        # Outputs live until the next prediction starts (Cog has uploaded or encoded them by then)
-        # or until their own prediction fails.
+        # Outputs live until the next prediction starts (Cog has uploaded or encoded them by then),
+        # until their own prediction fails, or until the worker ends (cog_outputs).
         if self.output_dir is not None:
             shutil.rmtree(self.output_dir, ignore_errors=True)
             self.output_dir = None

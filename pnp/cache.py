@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import numbers
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.weak import WeakIdKeyDictionary
 
+from .config import ConfigError
 from .injection import Features, InjectionLayers
 from .inversion import Trajectory
 
@@ -68,6 +70,18 @@ class SourceCache:
         self.max_bytes = max_bytes
         self._entries: OrderedDict[SourceKey, SourceEntry] = OrderedDict()
         self.weights = WeightsIdentity()  # what ``SourceKey.weights`` is made with
+
+    @property
+    def max_bytes(self) -> int | None:
+        return self._max_bytes
+
+    @max_bytes.setter
+    def max_bytes(self, value: int | None) -> None:
+        # Checked when set: a bad budget would otherwise surface only in ``put``, after a whole translation.
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0):
+            raise ConfigError("max_bytes", f"expected a whole number of bytes from 0 (off) up, or None (the device's "
+                                           f"default), got {value!r}")
+        self._max_bytes = None if value is None else int(value)
 
     def get(self, key: SourceKey) -> SourceEntry | None:
         entry = self._entries.get(key)

@@ -11,6 +11,7 @@ import argparse
 import importlib.util
 import socket
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from .config import NEGATIVE_SCHEDULES, ConfigError, PnPConfig, check_seed
@@ -76,7 +77,9 @@ def _translate(args: argparse.Namespace) -> int:
         pipe.compile_unet()
     result = pipe(image=images or None, generator=_generator(seed), **config.as_kwargs())
     labels = [Path(path).stem for path in args.image or []]
-    for path in write_outputs(result, config.prompt, out, options, labels):
+    with _writing_into_out():
+        paths = write_outputs(result, config.prompt, out, options, labels)
+    for path in paths:
         print(path)
     return 0
 
@@ -96,9 +99,21 @@ def _features(args: argparse.Namespace) -> int:
     settings = {k: v for k, v in config.as_kwargs().items() if k != "prompt"}
     maps = pipe.feature_maps(prompts, images[0] if images else None, list(request.timesteps), list(request.maps),
                              generator=_generator(seed), **settings)
-    for path in write_feature_maps(maps, out):
+    with _writing_into_out():
+        paths = write_feature_maps(maps, out)
+    for path in paths:
         print(path)
     return 0
+
+
+@contextmanager
+def _writing_into_out():
+    """A failed write (a full disk, say) as an error of --out that names the file; nothing of the run was left."""
+    try:
+        yield
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise ConfigError("out", f"could not write {err.filename} ({reason}); nothing was written") from None
 
 
 def translation_config(args: argparse.Namespace, **source) -> PnPConfig:
@@ -247,7 +262,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--prompt", action="append", required=True, help="target prompt; repeat for several")
     t.add_argument("--out", required=True,
                    help="folder for the output images (created if missing; it must not hold an earlier run's outputs)")
-    t.add_argument("--overwrite", action="store_true", help="delete an earlier run's outputs in --out first")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run's outputs in --out (deleted once this run's are all written)")
     _add_source_options(t, "image to translate (PNG, JPEG, WebP, GIF, ...); repeat for several, each into every prompt")
     t.add_argument("--format", default=OutputOptions.output_format, help=f"output format: {', '.join(OUTPUT_FORMATS)}")
     t.add_argument("--quality", type=int, default=OutputOptions.output_quality, help="webp/jpg quality (1-100)")
@@ -264,7 +280,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="target prompt, translated and shown with the source; repeat for several (none: source only)")
     f.add_argument("--out", required=True,
                    help="folder for <module>/NN-<label>-t<T>.png and <module>.png grids (not holding earlier maps)")
-    f.add_argument("--overwrite", action="store_true", help="delete an earlier run's maps in --out first")
+    f.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run's maps in --out (deleted once this run's are all written)")
     f.add_argument("--timesteps", type=int, nargs="+", default=None,
                    help="sampling timesteps to show (default: five spread over the --steps schedule)")
     f.add_argument("--layers", nargs="+", default=None, metavar="MODULE",

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import math
 import numbers
+import reprlib
 from dataclasses import dataclass, fields, replace
 
 from .timesteps import MAX_INVERSION_STEPS, inversion_reaches, valid_inversion_steps
 
 NEGATIVE_SCHEDULES = ("constant", "linear", "exp")
 MAX_PROMPTS = 16
+# The text encoder reads 77 CLIP tokens (75 of text): a few hundred characters of English, at 4 to 5
+# characters a token; the pipeline warns when a prompt is longer and says what was kept. Prompts
+# are tokenized whole before that cut, so text far longer than anyone writes is refused here,
+# before any work: 4 MB of prompt held a server for 92 s and took its worker to 3.5 GB (issue 17).
+MAX_PROMPT_LENGTH = 2000
 MAX_SAMPLING_STEPS = 999
 MIN_RESOLUTION, MAX_RESOLUTION = 128, 1024
 RESOLUTION_MULTIPLE = 64
@@ -157,15 +163,15 @@ def _prompts(value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         value = (value,)
     if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) for p in value):
-        raise ConfigError("prompt", f"expected a string or a list of strings, got {value!r}")
-    prompts = tuple(p.strip() for p in value)
-    if not prompts:
+        raise ConfigError("prompt", f"expected a string or a list of strings, got {_shown(value)}")
+    if not value:
         raise ConfigError("prompt", "give at least one translation prompt")
+    if len(value) > MAX_PROMPTS:
+        raise ConfigError("prompt", f"{len(value)} prompts given, at most {MAX_PROMPTS} are allowed per call")
+    prompts = tuple(check_text("prompt", p, f"prompt {i + 1} of {len(value)}") for i, p in enumerate(value))
     empty = [i + 1 for i, p in enumerate(prompts) if not p]
     if empty:
         raise ConfigError("prompt", f"prompt {empty[0]} of {len(prompts)} is empty; every prompt needs some text")
-    if len(prompts) > MAX_PROMPTS:
-        raise ConfigError("prompt", f"{len(prompts)} prompts given, at most {MAX_PROMPTS} are allowed per call")
     return prompts
 
 
@@ -173,8 +179,33 @@ def _optional_text(name: str, value: object) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ConfigError(name, f"expected a string or None, got {value!r}")
-    return value.strip() or None
+        raise ConfigError(name, f"expected a string or None, got {_shown(value)}")
+    return check_text(name, value, "it") or None
+
+
+def check_text(name: str, text: str, label: str) -> str:
+    """``text`` without surrounding spaces if a text encoder can take it, else ConfigError naming ``name``.
+
+    It must be at most ``MAX_PROMPT_LENGTH`` characters long and valid Unicode: no lone surrogates,
+    which is what bytes that are not UTF-8 become in a command line's arguments (and what JSON's
+    "\\udcff" escapes make). ``label`` names the text in the message ("prompt 2 of 3").
+    """
+    text = text.strip()
+    if len(text) > MAX_PROMPT_LENGTH:
+        raise ConfigError(name, f"{label} is {len(text)} characters long, more than the {MAX_PROMPT_LENGTH} "
+                                "allowed; the text encoder reads only its first 77 tokens (a few hundred "
+                                "characters): shorten it")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ConfigError(name, f"{label} is not valid text: character {err.start + 1} is {text[err.start]!r}, a "
+                                "lone surrogate, as bytes that are not UTF-8 become; give the text in UTF-8") from None
+    return text
+
+
+def _shown(value: object) -> str:
+    """``repr(value)`` shortened (long strings and lists elided): a message stays one line whatever was passed."""
+    return reprlib.repr(value)
 
 
 def check_int(name: str, value: object, low: int, high: int) -> int:

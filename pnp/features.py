@@ -17,7 +17,6 @@ check a request before any model library is imported; ``pnp.feature_maps`` compu
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,16 @@ from PIL import Image
 
 from .config import ConfigError, PnPConfig
 from .grids import labelled_grid
-from .outputs import OutputOptions, output_labels, save_image, slug
+from .outputs import (
+    OutputFolder,
+    OutputOptions,
+    all_or_nothing,
+    as_output_folder,
+    check_writable_folder,
+    output_labels,
+    save_image,
+    slug,
+)
 from .timesteps import NUM_TRAIN_TIMESTEPS, STEPS_OFFSET, sampling_timesteps
 
 DEFAULT_LAYERS = ("up_blocks.1.resnets.1", "up_blocks.1.attentions.1.transformer_blocks.0.attn1")
@@ -199,17 +207,21 @@ def map_file_names(maps: FeatureMaps) -> dict[tuple[str, int, int], str]:
     }
 
 
-def write_feature_maps(maps: FeatureMaps, folder: str | Path) -> list[Path]:
+def write_feature_maps(maps: FeatureMaps, folder: str | Path | OutputFolder) -> list[Path]:
     """Write every map as ``folder/<map>/<NN>-<label>-t<T>.png`` and one grid per map as ``folder/<map>.png``.
 
+    All or nothing, replacing an ``OutputFolder``'s earlier maps (see ``pnp.outputs.all_or_nothing``).
     Returns the grids' paths, in map order.
     """
-    folder = Path(folder)
     png = OutputOptions("png")
-    for (name, t, i), file_name in map_file_names(maps).items():
-        (folder / name).mkdir(parents=True, exist_ok=True)
-        save_image(maps.maps[name][t].images[i], folder / file_name, png)
-    return [save_image(maps.grid(name), folder / f"{name}.png", png) for name in maps.maps]
+    target = as_output_folder(folder)
+    with all_or_nothing(target) as staging:
+        for (name, t, i), file_name in map_file_names(maps).items():
+            (staging / name).mkdir(exist_ok=True)
+            save_image(maps.maps[name][t].images[i], staging / file_name, png)
+        for name in maps.maps:
+            save_image(maps.grid(name), staging / f"{name}.png", png)
+    return [target.path / f"{name}.png" for name in maps.maps]
 
 
 def write_feature_grids(maps: FeatureMaps, folder: str | Path, options: OutputOptions, first: int) -> list[Path]:
@@ -221,11 +233,10 @@ def write_feature_grids(maps: FeatureMaps, folder: str | Path, options: OutputOp
     ]
 
 
-def check_feature_folder(folder: str | Path, overwrite: bool = False) -> Path:
-    """Refuse a folder holding an earlier run's maps (or, with ``overwrite``, delete them) before any work."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError("out", f"{folder} is a file, not a folder; name a folder for the maps")
+def check_feature_folder(folder: str | Path, overwrite: bool = False) -> OutputFolder:
+    """Before any work: a folder the maps can be written into, holding no earlier run's maps unless ``overwrite``
+    (they are then replaced once the new ones are all written)."""
+    folder = check_writable_folder(folder, "maps")
     earlier = sorted(p for p in folder.iterdir() if re.match(rf"{_BLOCK}\.", p.name)) if folder.is_dir() else []
     if earlier and not overwrite:
         raise ConfigError(
@@ -233,9 +244,7 @@ def check_feature_folder(folder: str | Path, overwrite: bool = False) -> Path:
             f"{folder} already holds maps of an earlier run ({earlier[0].name}, ...); "
             "choose another folder, or pass --overwrite to replace them",
         )
-    for path in earlier:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    return folder
+    return OutputFolder(folder, tuple(earlier))
 
 
 def _tile_size(size: tuple[int, int]) -> tuple[int, int]:

@@ -19,7 +19,9 @@ times the working size; a LANCZOS resize finishes. Smaller images are loaded, th
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,6 +94,8 @@ def _name(source, name: str | None) -> object:
 def _opened(source: str | Path | BinaryIO, name: object):
     """The image opened (its header read and its pixel count checked); every failure as an ImageError naming ``name``."""
     try:
+        if isinstance(source, (str, os.PathLike)):
+            _check_regular_file(source, name)
         with warnings.catch_warnings():
             # Pillow warns from 89 MP up; MAX_PIXELS, checked below, is the limit that applies.
             # (This swaps the process's warning filters while it runs: the command line and the
@@ -111,6 +115,15 @@ def _opened(source: str | Path | BinaryIO, name: object):
         raise ImageError("image", f"{name} is not a readable image") from None
     except (OSError, SyntaxError) as err:
         raise ImageError("image", f"{name} is not a readable image ({err})") from None
+
+
+def _check_regular_file(path: str | os.PathLike, name: object) -> None:
+    """Refuse what is not a file of bytes on disk: opening a FIFO waits for a writer for ever, a device never ends."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+                else "a device or socket")
+        raise ImageError("image", f"{name} is {kind}, not an image file; name an image file")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -4,11 +4,16 @@ A pipeline loads adapters with diffusers' own ``load_lora_weights`` (into the UN
 encoders; peft does the work) and ``set_adapters`` weighs them; ``unload_lora_weights`` puts back
 the very modules that were there before, so the UNet computes exactly what it did. Only
 safetensors files are read unless pickles are allowed, as for checkpoints (``pnp.single_file``).
-Torch-free at import: the command line checks specs before anything loads.
+A file is known as safetensors by its header, not its name: the Cog server names an upload
+``file.bin``. Torch-free at import: the command line checks specs before anything loads.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from .config import ConfigError, check_float
@@ -17,6 +22,15 @@ from .config import ConfigError, check_float
 MIN_LORA_SCALE, MAX_LORA_SCALE = 0.0, 1.0
 DEFAULT_LORA_SCALE = 1.0
 PICKLED_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+SAFETENSORS_SUFFIX = ".safetensors"
+# The safetensors format: an 8-byte little-endian header length, then that many bytes of JSON
+# (tensor name -> dtype, shape, data_offsets; "__metadata__" -> strings), then the tensors' bytes.
+# The safetensors library refuses headers above 100 MB; so does this check, before reading one.
+_MAX_HEADER_BYTES = 100_000_000
+# How torch words one layer of a state dict that does not fit the model (load_state_dict's message).
+_SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from "
+                            r"checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)")
+_MAX_REASON_CHARS = 400
 
 
 def parse_lora(spec: str, allow_pickle: bool = False) -> tuple[Path, float]:
@@ -28,15 +42,52 @@ def parse_lora(spec: str, allow_pickle: bool = False) -> tuple[Path, float]:
 
 
 def check_lora_file(path: str | Path, param: str, allow_pickle: bool = False, name: str | None = None) -> Path:
-    """``path`` if it is a LoRA file (safetensors, or a pickle where allowed) or a folder holding one; ConfigError naming ``param``."""
+    """``path`` if it is a LoRA file (safetensors, or a pickle where allowed) or a folder holding one; ConfigError naming ``param``.
+
+    A file named as a pickle (``PICKLED_SUFFIXES``) is one unless its content is safetensors; any
+    other file must hold safetensors (``safetensors_problem``).
+    """
     path = Path(path).expanduser()
     name = name or str(path)
     if not path.exists():
         raise ConfigError(param, f"no file at {name}")
-    if path.is_file() and path.suffix.lower() in PICKLED_SUFFIXES and not allow_pickle:
+    if not path.is_file():
+        return path
+    problem = safetensors_problem(path)
+    if problem is not None and path.suffix.lower() in PICKLED_SUFFIXES:
+        if allow_pickle:
+            return path
         raise ConfigError(param, f"{name} is a pickled file, which is not loaded by default: convert it to .safetensors, "
                                  "or pass --allow-pickle if you trust its source")
+    if problem is not None:
+        raise ConfigError(param, f"{name} {problem}; LoRA adapters are read from .safetensors files")
     return path
+
+
+def safetensors_problem(path: str | Path) -> str | None:
+    """Why the file at ``path`` is not a whole safetensors file, as words that follow its name; None if it is one.
+
+    Reads the header only: its length, that it is a JSON object, and that the file holds every
+    byte the header's tensors claim.
+    """
+    with open(path, "rb") as file:
+        size = file.seek(0, 2)
+        file.seek(0)
+        length = int.from_bytes(file.read(8), "little") if size >= 8 else 0
+        if not 2 <= length <= min(size - 8, _MAX_HEADER_BYTES):
+            return "is not a safetensors file (it does not start with a safetensors header)"
+        try:
+            header = json.loads(file.read(length))
+        except (UnicodeDecodeError, ValueError):
+            header = None
+    if not isinstance(header, dict):
+        return "is not a safetensors file (its header is not a JSON object)"
+    ends = [entry["data_offsets"][1] for name, entry in header.items()
+            if name != "__metadata__" and isinstance(entry, dict) and len(entry.get("data_offsets") or ()) == 2]
+    held = size - 8 - length
+    if max(ends, default=0) > held:
+        return f"is cut short: its header describes {max(ends)} bytes of tensors, the file holds {held}"
+    return None
 
 
 def load_loras(pipe, loras: list[tuple[Path, float]], param: str = "lora", labels: list[str] | None = None) -> list[str]:
@@ -53,16 +104,62 @@ def load_loras(pipe, loras: list[tuple[Path, float]], param: str = "lora", label
     n = 0
     try:
         for n, (path, _) in enumerate(loras):
-            options = {"weight_name": path.name} if path.is_file() else {}
-            folder = path.parent if path.is_file() else path
-            pipe.load_lora_weights(str(folder), adapter_name=f"{param}{n}", local_files_only=True, **options)
+            with _diffusers_location(path) as (folder, options):
+                try:
+                    pipe.load_lora_weights(folder, adapter_name=f"{param}{n}", local_files_only=True, **options)
+                except (OSError, ValueError, KeyError, RuntimeError) as err:
+                    # The message may name the file where it lies: the server's temporary folder, say.
+                    read = Path(folder, options.get("weight_name", ""))
+                    reason = _load_failure(err, f"{param}{n}", [path, read], labels[n])
+                    raise ConfigError(param, f"{labels[n]} cannot be loaded into this model as a LoRA adapter "
+                                             f"({reason})") from None
+            if not any(f"{param}{n}" in adapters for adapters in pipe.get_list_adapters().values()):
+                # diffusers loads a file without a layer of this model's as an adapter of nothing.
+                raise ConfigError(param, f"{labels[n]} holds no LoRA layer of this model's UNet or text encoders: "
+                                         "it is empty, or was made for another kind of model")
             names.append(f"{param}{n}")
         pipe.set_adapters(names, [scale for _, scale in loras])
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
+    except BaseException:
         pipe.unload_lora_weights()
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(param, f"{labels[n]} cannot be loaded into this model as a LoRA adapter ({text})") from None
+        raise
     return names
+
+
+@contextmanager
+def _diffusers_location(path: Path):
+    """(folder, options) that make diffusers' ``load_lora_weights`` read ``path``, for the time of the load.
+
+    diffusers tells safetensors from pickles by the file name: a safetensors file under another
+    name (an upload Cog called ``file.bin``) is given to it through a link named as safetensors.
+    """
+    if not path.is_file():
+        yield str(path), {}
+    elif path.name.lower().endswith(SAFETENSORS_SUFFIX) or safetensors_problem(path) is not None:
+        yield str(path.parent), {"weight_name": path.name}
+    else:
+        with tempfile.TemporaryDirectory(prefix="pnp-lora-") as folder:
+            (Path(folder) / f"adapter{SAFETENSORS_SUFFIX}").symlink_to(path.resolve())
+            yield folder, {"weight_name": f"adapter{SAFETENSORS_SUFFIX}"}
+
+
+def _load_failure(err: BaseException, adapter: str, files: list, label: str) -> str:
+    """The reason a load failed, whole but on one line, calling the file ``label`` wherever it named one of ``files``.
+
+    A state dict that does not fit the model (an adapter for another architecture) is summed up
+    by the count of layers that do not fit and the first of them.
+    """
+    text = str(err)
+    mismatches = _SIZE_MISMATCH.findall(text)
+    if mismatches:
+        layer, theirs, ours = mismatches[0]
+        layer = layer.replace(f".{adapter}.", ".")
+        return (f"{len(mismatches)} of its layers have other shapes than this model's, e.g. {layer}: {theirs} in the "
+                f"adapter, {ours} in the model; it was made for another architecture")
+    files = [Path(file) for file in files]
+    for form in [str(f.resolve()) for f in files] + [str(f) for f in files] + [f.name for f in files if f.is_file()]:
+        text = text.replace(form, label)
+    text = " ".join(text.split()) or type(err).__name__
+    return text if len(text) <= _MAX_REASON_CHARS else text[:_MAX_REASON_CHARS - 3] + "..."
 
 
 def _is_number(text: str) -> bool:

@@ -10,7 +10,9 @@ import json
 from contextlib import contextmanager
 from pathlib import Path
 
+from .config import ConfigError
 from .devices import default_device, default_dtype, parse_dtype
+from .hub import hub_unreachable
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 # Names of the random-weight test models (``pnp.random_models`` builds them); torch-free here for argument checks.
@@ -24,21 +26,25 @@ class ModelError(RuntimeError):
 
 
 def choose_device_and_dtype(device: str | None, dtype) -> tuple[str, object]:
-    """The device (default: CUDA if present) and torch dtype (default: ``pnp.devices.default_dtype``) to load onto."""
+    """The device (default: CUDA if present) and torch dtype (default: ``pnp.devices.default_dtype``) to load onto.
+
+    A value that cannot be used raises ConfigError("device" or "dtype", ...): each entry point names
+    the setting its own way (the command line's --device, the predictor's PNP_DEVICE).
+    """
     import torch
 
     device = device or default_device()
     try:
         torch.device(device)
     except RuntimeError:
-        raise ModelError(f"device: {device!r} is not a device torch knows; use cpu or cuda") from None
+        raise ConfigError("device", f"{device!r} is not a device torch knows; use cpu or cuda") from None
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device: {device} was asked for but no CUDA GPU is available; use --device cpu")
+        raise ConfigError("device", f"{device} was asked for but no CUDA GPU is available; use cpu")
     if isinstance(dtype, str):
         try:
             dtype = parse_dtype(dtype)
         except ValueError as err:
-            raise ModelError(str(err)) from None
+            raise ConfigError("dtype", str(err).removeprefix("dtype: ")) from None
     return device, dtype or default_dtype(device)
 
 
@@ -47,7 +53,8 @@ def loading_options(model: str | Path, safety_checker: bool = True) -> dict:
 
     A hub id loads without a safety checker unless the caller asks for one: it would otherwise
     add a 1.2 GB download that the translation does not need. ``safety_checker``: whether the
-    pipeline has one at all (SDXL's has not).
+    pipeline has one at all (SDXL's has not). Where the hub cannot be reached, a hub id loads
+    from the local cache only (see ``pnp.hub``).
     """
     local = _local_folder(model)
     no_checker = _NO_CHECKER if safety_checker else {}
@@ -55,7 +62,7 @@ def loading_options(model: str | Path, safety_checker: bool = True) -> dict:
         has_checker = (local / "safety_checker").is_dir() and (local / "feature_extractor").is_dir()
         options = {"local_files_only": True}
         return options if has_checker else {**options, **no_checker}
-    return dict(no_checker)
+    return {**no_checker, "local_files_only": True} if hub_unreachable() else dict(no_checker)
 
 
 def _local_folder(model: str | Path) -> Path | None:
@@ -76,7 +83,10 @@ def is_sdxl(model: str | Path) -> bool:
     from huggingface_hub import hf_hub_download
 
     local = _local_folder(model)
-    index = local / "model_index.json" if local is not None else Path(hf_hub_download(str(model), "model_index.json"))
+    if local is None:
+        index = Path(hf_hub_download(str(model), "model_index.json", local_files_only=hub_unreachable()))
+    else:
+        index = local / "model_index.json"
     if not index.is_file():
         raise OSError(f"no model_index.json in {local}")
     return (json.loads(index.read_text()).get("text_encoder_2") or [None])[0] is not None

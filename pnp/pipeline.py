@@ -8,6 +8,7 @@ with the ``pnp`` package installed.
 from __future__ import annotations
 
 import logging
+import reprlib
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -49,6 +50,8 @@ from pnp.vae import decode, encode, image_to_tensor
 logger = logging.getLogger("pnp.pipeline")
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# The phases that make a source's trajectory (the translation's latents are its targets').
+SOURCE_PHASES = ("inversion", "generation")
 _DEFAULTS = PnPConfig()
 
 
@@ -154,7 +157,7 @@ class PnPPipeline(
         its safety checker if it has one; a hub id is downloaded once into the Hugging Face cache,
         without the safety checker unless ``safety_checker`` is passed. Other keyword arguments go
         to ``DiffusionPipeline.from_pretrained``. Raises ``pnp.ModelError`` saying what to do when
-        the model cannot be loaded. Single ``.safetensors`` checkpoints load with ``from_single_file``
+        the model cannot be loaded, ``pnp.ConfigError`` for a device or dtype that cannot be used. Single ``.safetensors`` checkpoints load with ``from_single_file``
         (see ``pnp.single_file``).
         """
         device, dtype = choose_device_and_dtype(device, dtype)
@@ -232,9 +235,16 @@ class PnPPipeline(
         """Steps of the current run, inversion (or generation) and translation together: what a progress bar counts."""
         return self._num_timesteps
 
-    def check_inputs(self, image, output_type: str, callback_on_step_end_tensor_inputs, **settings) -> PnPConfig:
+    def check_inputs(self, image, output_type: str, callback_on_step_end_tensor_inputs, generator=None,
+                     callback_on_step_end=None, **settings) -> PnPConfig:
         """Validate every argument before any work; returns the configuration. Raises ConfigError naming the argument."""
         config = PnPConfig(**settings).resolved(self.default_resolution)
+        generators = generator if isinstance(generator, list) else [generator]
+        if generator is not None and (len(generators) != 1 or not isinstance(generators[0], torch.Generator)):
+            raise ConfigError("generator",
+                              f"expected a torch.Generator (or a list of one), got {reprlib.repr(generator)}")
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise ConfigError("callback_on_step_end", f"expected a function, got {reprlib.repr(callback_on_step_end)}")
         if not config.generating and (image is None or (isinstance(image, list) and not image)):
             raise ConfigError("image", "give an input image or a generation prompt")
         if not config.generating:
@@ -309,7 +319,9 @@ class PnPPipeline(
                 many there are). It may return a dict whose "latents" replace the current ones;
                 setting ``pipe._interrupt = True`` stops the run after that step (a stopped
                 inversion returns no images; a stopped translation returns its partly denoised
-                latents, decoded).
+                latents, decoded). Returned latents must keep the shape, dtype and device they
+                came with; a source whose inversion or generation latents the callback changed
+                (returned or in place) is not kept in the source cache.
             callback_on_step_end_tensor_inputs: the tensors passed in ``callback_kwargs``.
             observer: a ``RunObserver``, such as the feature capture of ``feature_maps``; it may set
                 ``_interrupt`` in ``source_ready`` to skip the translation. With an observer, a
@@ -319,7 +331,7 @@ class PnPPipeline(
         """
         # 1. Check inputs: every argument, before any model work.
         config = self.check_inputs(
-            image, output_type, callback_on_step_end_tensor_inputs,
+            image, output_type, callback_on_step_end_tensor_inputs, generator, callback_on_step_end,
             prompt=prompt, generation_prompt=generation_prompt, num_inference_steps=num_inference_steps,
             num_inversion_steps=num_inversion_steps, guidance_scale=guidance_scale,
             generation_guidance_scale=generation_guidance_scale,
@@ -421,7 +433,10 @@ class PnPPipeline(
         return feature_maps(self, prompt, source, timesteps, layers, **kwargs)
 
     def set_source_cache(self, max_bytes: int | None) -> None:
-        """Bound the source cache to ``max_bytes`` (0 turns it off; None: a quarter of a GPU's memory, a tenth of RAM on the CPU)."""
+        """Bound the source cache to ``max_bytes`` (0 turns it off; None, the default: a quarter of a GPU's memory,
+        a tenth of RAM on the CPU). Raises ConfigError("max_bytes", ...) for anything else than None or a whole
+        number from 0 up.
+        """
         self.source_cache.max_bytes = max_bytes
         if max_bytes == 0:
             self.source_cache.clear()
@@ -478,6 +493,7 @@ class PnPPipeline(
                     latents, group.clean = generate(predict, ddim, group.noise, prompts.uncond, embedding,
                                                     config.num_inference_steps, config.generation_guidance_scale, on_step)
                 group.trajectories[0].latents.update(latents)
+                group.changed_by_callback = step_end.changed
             return
         with self._timed(metrics, "encode_s"):
             latent = torch.cat([encode(self.vae, image_to_tensor(group.pictures[k]).to(predict.unet.device), self._vae_float32)
@@ -488,6 +504,7 @@ class PnPPipeline(
                              config.num_inference_steps, config.num_inversion_steps, on_step)
         for n, k in enumerate(misses):
             group.trajectories[k].latents.update({t: z[n : n + 1] for t, z in latents.items()})
+        group.changed_by_callback = step_end.changed
 
     def _translate(self, group: SourceGroup, config, ddim, predict, prompts: Prompts, step_end, metrics,
                    observer) -> torch.Tensor:
@@ -600,9 +617,14 @@ class _StepEnd:
         self.pipe, self.callback, self.tensor_inputs = pipe, callback, tuple(tensor_inputs)
         self.step = 0
         self.latents = None  # the latents after the last step taken, for a stopped translation
+        self.changed = False  # whether the callback changed the latents of the last phase (returned or in place)
 
     @contextmanager
     def phase(self, name: str, total: int):
+        self.changed = False
+        # Only the source phases' latents become trajectories (which the source cache keeps), so only there is a
+        # change watched for; a translation's latents are its targets'.
+        watched = self.callback is not None and name in SOURCE_PHASES
         with self.pipe.progress_bar(total=total) as bar:
             bar.set_description(name)
 
@@ -610,14 +632,40 @@ class _StepEnd:
                 bar.update()
                 self.pipe._phase = name
                 if self.callback is not None:
+                    before = latents.clone() if watched else None
                     given = {"latents": latents}
                     returned = self.callback(self.pipe, self.step, timestep, {k: given[k] for k in self.tensor_inputs})
-                    latents = (returned or {}).get("latents", latents)
+                    latents = _callback_latents(returned, latents, self.step, name)
+                    self.changed |= before is not None and not torch.equal(before, latents)
                 self.step += 1
                 self.latents = latents
                 return None if self.pipe.interrupt else latents
 
             yield on_step
+
+
+def _callback_latents(returned, latents: torch.Tensor, step: int, phase: str) -> torch.Tensor:
+    """The latents to go on with after a step callback returned ``returned``: its "latents" if it gave any.
+
+    Checked here: a tensor of another shape, dtype or device would fail deep inside the UNet, not naming the callback.
+    """
+    if returned is None:
+        return latents
+    if not isinstance(returned, dict):
+        raise ConfigError("callback_on_step_end", f"returned a {type(returned).__name__} at step {step} ({phase}); "
+                                                  "return a dict (or None), whose \"latents\" replace the current ones")
+    new = returned.get("latents", latents)
+    if new is latents:
+        return latents
+    expected = f"a tensor of shape {tuple(latents.shape)}, {dtype_name(latents.dtype)}, on {latents.device}"
+    if not isinstance(new, torch.Tensor):
+        raise ConfigError("callback_on_step_end", f"returned \"latents\" that are a {type(new).__name__} at step "
+                                                  f"{step} ({phase}); return {expected}, as it was given")
+    if (new.shape, new.dtype, new.device) != (latents.shape, latents.dtype, latents.device):
+        got = f"{tuple(new.shape)}, {dtype_name(new.dtype)}, on {new.device}"
+        raise ConfigError("callback_on_step_end", f"returned latents of shape {got} at step {step} ({phase}); "
+                                                  f"return {expected}, as it was given")
+    return new
 
 
 def _listed(image) -> list:
@@ -667,6 +715,9 @@ def _as_pil(image) -> PIL.Image.Image:
     if image.ndim != 3 or image.shape[2] != 3:
         raise ConfigError("image", f"an array image must be (H, W, 3), got {image.shape}")
     if image.dtype != np.uint8:
+        if not np.isfinite(image).all():
+            raise ConfigError("image", "float image values must be finite numbers in [0, 1]; this one holds NaN "
+                                       "or infinity")
         if image.min() < 0 or image.max() > 1:
             raise ConfigError("image", f"float image values must lie in [0, 1], got {image.min():g} to {image.max():g}")
         image = (image * 255).round().astype(np.uint8)

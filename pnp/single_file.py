@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .hub import hub_unreachable
 from .models import ModelError, first_line, is_sdxl
 
 SAFE_SUFFIX = ".safetensors"
@@ -70,7 +71,8 @@ def load_single_file(cls, model: str | Path, config: str | Path | None, dtype, a
         cls = PnPXLPipeline
     options = {} if cls._safety_checker_options is False else {"safety_checker": None, "feature_extractor": None,
                                                                 "requires_safety_checker": False}
-    local = config is not None and Path(config).is_dir()
+    # A local configuration, or none reachable: the hub is not asked (its retries take half a minute offline).
+    local = (config is not None and Path(config).is_dir()) or hub_unreachable()
     try:
         # The mixin's own loader, for the class chosen here (PnPPipeline.from_single_file calls this function).
         return FromSingleFileMixin.from_single_file.__func__(

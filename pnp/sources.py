@@ -28,6 +28,7 @@ class SourceGroup:
     noise: torch.Tensor | None = None  # a generated source's initial noise
     clean: torch.Tensor | None = None  # a generated source's final latent, once known
     fused: bool = False  # a generated source made in the translation's own UNet calls
+    changed_by_callback: bool = False  # a step callback changed the latents that made the uncached trajectories
 
     def add(self, index: int, key: SourceKey, entry: SourceEntry | None, picture, embedding: torch.Tensor) -> None:
         """Add a source: its cache entry's trajectory, or an empty one (with its prompt embedding) to fill."""
@@ -57,9 +58,24 @@ class SourceGroup:
         return {k: entry.features for k, entry in enumerate(self.entries) if entry is not None}
 
     def remember(self, cache: SourceCache, features: dict[int, dict[int, Features]], device: torch.device) -> None:
-        """Put every source, with the features its rows produced in this call, into ``cache``."""
+        """Put every source, with the features its rows produced in this call, into ``cache``.
+
+        Only what the model alone computed, and finite, is kept: a later call reuses it as the source's own. Not a
+        trajectory a step callback changed, nor one (or features) with NaN or infinite values (a float16 overflow).
+        """
         for k, key in enumerate(self.keys):
+            new = self.entries[k] is None
+            if new and self.changed_by_callback:
+                continue
             entry = self.entries[k] or SourceEntry(self.trajectories[k], self.clean if self.noise is not None else None)
-            for t, computed in features.get(k, {}).items():
-                entry.features.setdefault(t, {}).update(computed)
+            computed = features.get(k, {})
+            tensors = [t for by_name in computed.values() for t in by_name.values()]
+            if not _finite(tensors + ([*entry.trajectory.latents.values(), entry.clean] if new else [])):
+                continue
+            for t, by_name in computed.items():
+                entry.features.setdefault(t, {}).update(by_name)
             cache.put(key, entry, device)
+
+
+def _finite(tensors: list[torch.Tensor | None]) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t is not None)

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .hub import hub_host, hub_unreachable
 from .models import DEFAULT_MODEL, ModelError, first_line
 
 WEIGHTS_ENV = "PNP_WEIGHTS"
@@ -106,6 +107,8 @@ def _fetch(repo: str, choose, folder: Path) -> list[str]:
     """Download the files ``choose(repo_files, repo)`` selects from ``repo`` into ``folder``; returns their names."""
     from huggingface_hub import HfApi, snapshot_download
 
+    if hub_unreachable():
+        raise ModelError(f"downloading {repo} failed (the model hub, {hub_host()}, cannot be reached: offline?)")
     # The hub client raises errors from several libraries (its own, httpx, OSError); to the
     # user they all mean the same thing: the weights could not be fetched.
     try:

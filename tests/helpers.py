@@ -1,5 +1,7 @@
 """Small test utilities."""
 
+import json
+
 import torch
 
 
@@ -25,3 +27,16 @@ def all_hooks(module: torch.nn.Module) -> list:
 # a target translated without injection differs by 0.85. Bit-identity is asserted only for the
 # same weights in the same memory, run on the same inputs.
 INSTANCE_TOLERANCE = dict(rtol=0, atol=5e-4)
+
+
+def unreachable_hub_env(home) -> dict[str, str]:
+    """Environment variables of a machine without the model hub: its host name cannot resolve (.invalid never
+    does, RFC 6761), no proxy would resolve it instead, and the Hugging Face cache in ``home`` is empty."""
+    return {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "https://hub.invalid", "HF_HOME": str(home), "NO_PROXY": "*",
+            "no_proxy": "*"}
+
+
+def safetensors_bytes(header: dict, data: bytes = b"") -> bytes:
+    """A file in the safetensors format: the header's length (8 bytes, little-endian), the header, the data."""
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + data

@@ -6,7 +6,7 @@ import torch
 from conftest import load_tiny
 from PIL import Image
 
-from pnp.cache import SourceCache, SourceEntry
+from pnp.cache import SourceCache, SourceEntry, default_budget
 from pnp.config import ConfigError, PnPConfig
 from pnp.inversion import Trajectory
 from pnp.rows import inversion_rows, translation_plan, translation_rows
@@ -145,6 +145,23 @@ def test_the_budget_evicts_the_least_recently_used_and_zero_turns_it_off(cached,
     assert len(cached.source_cache) == 0
 
 
+@pytest.mark.parametrize("bad", [-1, 1.5, 2.0, "x", True, [100]])
+def test_a_budget_is_none_or_a_whole_number_of_bytes(cached, photo, bad):
+    """After "x" was accepted, every call did all its work and then failed in cache.put."""
+    cached.set_source_cache(10**9)
+    with pytest.raises(ConfigError) as caught:
+        cached.set_source_cache(bad)
+    assert caught.value.param == "max_bytes" and cached.source_cache.max_bytes == 10**9  # unchanged
+    with pytest.raises(ConfigError):
+        SourceCache(bad)
+    cached.set_source_cache(np.int64(10**8))
+    assert cached.source_cache.max_bytes == 10**8 and type(cached.source_cache.max_bytes) is int
+    cached.set_source_cache(None)  # None: the device's default budget, as documented
+    assert cached.source_cache.budget(torch.device("cpu")) == default_budget(torch.device("cpu")) > 0
+    assert latents(cached, prompt="a cat", image=photo, **FAST).metrics["cache_hits"] == 0
+    assert len(cached.source_cache) == 1
+
+
 def test_entries_count_their_bytes_and_an_oversized_one_is_not_kept():
     entry = SourceEntry(Trajectory({1: torch.zeros(1, 4, 8, 8)}, TextEmbeddings(torch.zeros(1, 77, 32))),
                         features={1: {"layer": torch.zeros(1, 10, dtype=torch.float16)}})
@@ -160,6 +177,81 @@ def test_an_interrupted_run_leaves_nothing_in_the_cache(cached, photo):
 
     cached(prompt="a cat", image=photo, callback_on_step_end=stop, **FAST)
     assert len(cached.source_cache) == 0
+
+
+def at_inversion_step(index, change):
+    """A step callback that applies ``change`` to the latents at the ``index``-th inversion step."""
+    def callback(pipe, step, timestep, tensors):
+        return change(tensors["latents"]) if pipe.phase == "inversion" and step == index else {}
+    return callback
+
+
+def add_one_in_place(latents):
+    latents.add_(1.0)
+    return {}
+
+
+@pytest.mark.parametrize("change", [
+    lambda latents: {"latents": latents + 1.0},
+    add_one_in_place,
+    lambda latents: {"latents": torch.full_like(latents, float("nan"))},
+], ids=["returned", "in place", "nan"])
+def test_a_source_that_a_step_callback_changed_is_not_kept(cached, photo, change):
+    """Its trajectory is not the image's: reused, a plain call reported cache_hits=1 and differed from a fresh
+    pipeline by 1.0 (after NaN latents, every later call on the image returned NaN)."""
+    latents(cached, prompt="a cat", image=photo, callback_on_step_end=at_inversion_step(1, change), **FAST)
+    assert len(cached.source_cache) == 0
+    plain = latents(cached, prompt="a cat", image=photo, **FAST)
+    assert plain.metrics["cache_hits"] == 0 and len(cached.source_cache) == 1
+    fresh = latents(load_tiny_like(cached), prompt="a cat", image=photo, **FAST)
+    torch.testing.assert_close(plain.images, fresh.images, rtol=0, atol=0)  # the same module, the same inputs
+
+
+def test_a_callback_that_leaves_the_latents_alone_or_changes_only_the_targets_keeps_the_source(cached, photo):
+    def same(pipe, step, timestep, tensors):
+        return {"latents": tensors["latents"]} if pipe.phase == "inversion" else {"latents": tensors["latents"] * 0.5}
+
+    latents(cached, prompt="a cat", image=photo, callback_on_step_end=same, **FAST)
+    again = latents(cached, prompt="a dog", image=photo, **FAST)
+    fresh = latents(load_tiny_like(cached), prompt="a dog", image=photo, **FAST)
+    assert again.metrics["cache_hits"] == 1
+    torch.testing.assert_close(again.images, fresh.images, **BATCH_TOLERANCE)
+
+
+def test_a_generated_source_that_a_callback_changed_is_not_kept(cached):
+    settings = dict(prompt="a cat", generation_prompt="a house", output_type="latent", **FAST)
+    cached.fuse_generation = False  # generated before the translation, in steps the callback sees
+
+    def shift(pipe, step, timestep, tensors):
+        return {"latents": tensors["latents"] + 1.0} if pipe.phase == "generation" and step == 2 else {}
+
+    cached(generator=torch.Generator().manual_seed(3), callback_on_step_end=shift, **settings)
+    plain = cached(generator=torch.Generator().manual_seed(3), **settings)
+    fresh = load_tiny_like(cached)
+    fresh.fuse_generation = False
+    reference = fresh(generator=torch.Generator().manual_seed(3), **settings)
+    assert plain.metrics["cache_hits"] == 0
+    torch.testing.assert_close(plain.source_image, reference.source_image, rtol=0, atol=0)
+
+
+def test_a_source_with_non_finite_latents_is_not_kept(cached, photo):
+    """However it came about (a float16 overflow, say): reused, it would turn every later call on the image to NaN."""
+    calls = []
+
+    def overflow_while_inverting(module, args, output):
+        calls.append(1)
+        if len(calls) <= FAST["num_inference_steps"]:  # the inversion's calls
+            output.sample.fill_(float("inf"))
+        return output
+
+    handle = cached.unet.register_forward_hook(overflow_while_inverting)
+    try:
+        latents(cached, prompt="a cat", image=photo, **FAST)
+    finally:
+        handle.remove()
+    assert len(calls) > FAST["num_inference_steps"] and len(cached.source_cache) == 0
+    plain = latents(cached, prompt="a cat", image=photo, **FAST)
+    assert plain.metrics["cache_hits"] == 0 and torch.isfinite(plain.images).all()
 
 
 # --- Fused generation ---

@@ -1,20 +1,22 @@
 """The command line end to end on the tiny random model, in a subprocess as a user runs it."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import unreachable_hub_env
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args, cwd=ROOT, env=None):
+def run_cli(*args, cwd=ROOT, env=None, timeout=300):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([sys.executable, "-m", "pnp", *args], capture_output=True, text=True, env=env, cwd=cwd,
-                          timeout=300)
+                          timeout=timeout)
 
 
 FAST = ["--model", "tiny", "--steps", "3", "--resolution", "128", "--dtype", "float32"]
@@ -56,6 +58,9 @@ def test_a_second_run_into_the_same_folder_is_refused_before_work_or_replaces_wi
     assert refused.returncode == 2 and "--overwrite" in refused.stderr
     assert "model tiny on" not in refused.stderr  # refused before the model loaded
     assert sorted(f.name for f in out.iterdir()) == ["00-source.png", "01-alpha.png"]
+    failed = run_cli(*args, "--prompt", "gamma", "--overwrite", "--model", "./no-such-model")
+    assert failed.returncode == 2 and "error: model folder" in failed.stderr
+    assert sorted(f.name for f in out.iterdir()) == ["00-source.png", "01-alpha.png"]  # kept: nothing replaced them
     replaced = run_cli(*args, "--prompt", "gamma", "--overwrite")
     assert replaced.returncode == 0, replaced.stderr
     assert sorted(f.name for f in out.iterdir()) == ["00-source.png", "01-gamma.png"]
@@ -82,9 +87,17 @@ def test_a_prompt_longer_than_the_text_encoder_reads_is_reported(tmp_path):
         (["--image", "in.png", "--format", "gif"], "error: --format:"),
         (["--image", "strip.png"], "error: --image: 1100x100 is more than 8 times longer than wide"),
         (["--image", "in.png", "--out", "taken"], "error: --out: taken is a file"),
+        (["--image", "in.png", "--out", "taken/sub"], "error: --out: taken/sub cannot be made: taken is a file"),
+        (["--image", "in.png", "--out", "/proc/pnp"],
+         "error: --out: /proc/pnp cannot be made: nothing can be written into /proc"),
         (["--image", "in.png", "--model", "./no-such-folder"], "error: model folder"),
         (["--image", "in.png", "--model", "someone/some-model"], "download-weights"),
-        (["--image", "in.png", "--device", "cuda:0"], "error: device: cuda:0 was asked for"),
+        (["--image", "in.png", "--device", "cuda:0"],
+         "error: --device: cuda:0 was asked for but no CUDA GPU is available; use cpu"),
+        (["--image", "in.png", "--prompt", b"a \xff cat"],  # bytes that are not UTF-8
+         "error: --prompt: prompt 1 of 2 is not valid text: character 3 is '\\udcff'"),
+        (["--image", "in.png", "--negative-prompt", b"\xff"], "error: --negative-prompt: it is not valid text"),
+        (["--image", "in.png", "--prompt", "cat " * 1000], "error: --prompt: prompt 1 of 2 is 3999 characters long"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_status_2(tmp_path, photo, args, message):
@@ -98,6 +111,55 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, photo, args, message)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["translate", "features"])
+def test_an_image_that_is_a_fifo_or_a_folder_is_refused_at_once(tmp_path, photo, command):
+    """Reading a FIFO waits for a writer: the command hung."""
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "folder.png").mkdir()
+    for name, kind in (("pipe.png", "a FIFO (named pipe)"), ("folder.png", "a folder")):
+        done = run_cli(command, "--image", name, "--prompt", "a cat", "--out", "out", *FAST, cwd=tmp_path, timeout=60)
+        assert done.returncode == 2
+        assert done.stderr.strip() == f"error: --image: {name} is {kind}, not an image file; name an image file"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A folder on a 64 KiB file system (a tmpfs), where the second of two noise images no longer fits; the
+    function it comes with grows it to 1 MiB. Mounting needs root (CAP_SYS_ADMIN)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root; test_outputs injects the same failure without it")
+
+    def grow():
+        subprocess.run(["mount", "-o", "remount,size=1m", str(disk)], check=True)
+
+    try:
+        yield disk, grow
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_leaves_no_outputs_names_the_file_and_the_rerun_succeeds(tmp_path, small_disk):
+    """A full disk left .partial files and half the outputs, named no path, and the rerun was refused."""
+    disk, grow = small_disk
+    args = ["translate", "--generation-prompt", "a horse", "--prompt", "a cat", "--out", str(disk / "out"),
+            "--quiet", *FAST]
+    full = run_cli(*args)
+    assert full.returncode == 2
+    *loading, line = full.stderr.strip().splitlines()  # after what was loaded, one line
+    # 00-source.png (about 50 KB of noise) fits, 01-a-cat.png does not.
+    assert re.fullmatch(rf"error: --out: could not write {disk / 'out'}/0[01]-(source|a-cat)\.png "
+                        r"\(No space left on device\); nothing was written", line), line
+    assert [text.split()[0] for text in loading] == ["note:", "model"]
+    assert list(disk.iterdir()) == []  # no outputs, no half-written file, not even the folder the run made
+    grow()
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in (disk / "out").iterdir()) == ["00-source.png", "01-a-cat.png"]
 
 
 def test_features_of_an_image_and_its_translation(tmp_path, photo):
@@ -143,6 +205,19 @@ def test_offline_model_error_says_what_to_do(tmp_path, photo):
         assert advice in line
     for hub_advice in ("local_files_only", "stacktrace"):
         assert hub_advice not in line
+
+
+@pytest.mark.parametrize("command", [["translate", "--image", "in.png", "--prompt", "a cat", "--out", "out"],
+                                     ["download-weights", "--out", "weights"]])
+def test_without_the_model_hub_the_first_command_fails_at_once_in_one_line(tmp_path, photo, command):
+    """A host name that does not resolve is no passing fault: the hub client's five retries are not waited for
+    (test_models times it)."""
+    photo.save(tmp_path / "in.png")
+    done = run_cli(*command, cwd=tmp_path, env=unreachable_hub_env(tmp_path / "hf"))
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "CompVis/stable-diffusion-v1-4" in line
+    assert not (tmp_path / "out").exists() and not (tmp_path / "weights").exists()
 
 
 def test_help_and_argument_errors_do_not_load_torch():

@@ -197,14 +197,17 @@ def test_files_and_grids(tmp_path, two_prompts):
                 assert np.array_equal(np.asarray(grid.crop((x, y, x + 192, y + 128))), np.asarray(tile))
 
 
-def test_an_earlier_runs_maps_are_kept_unless_overwritten(tmp_path):
-    (tmp_path / f"{BLOCK}.conv1").mkdir()
-    (tmp_path / f"{BLOCK}.conv1.png").write_bytes(b"")
+def test_an_earlier_runs_maps_are_kept_unless_overwritten(tmp_path, two_prompts):
+    (tmp_path / f"{BLOCK}.conv9").mkdir()
+    (tmp_path / f"{BLOCK}.conv9" / "00-source-t1.png").write_bytes(b"")
+    (tmp_path / f"{BLOCK}.conv9.png").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="--overwrite"):
         check_feature_folder(tmp_path)
-    check_feature_folder(tmp_path, overwrite=True)
-    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    checked = check_feature_folder(tmp_path, overwrite=True)
+    assert len(list(tmp_path.iterdir())) == 3  # replaced only once the new maps are all written
+    write_feature_maps(two_prompts[1], checked)
+    assert {p.name for p in tmp_path.iterdir()} == {"notes.txt", *DEFAULT_MAPS, *(f"{m}.png" for m in DEFAULT_MAPS)}
 
 
 # --- The request ---

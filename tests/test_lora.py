@@ -1,15 +1,19 @@
 """LoRA adapters: they change the translation, unloading leaves the UNet exactly as loaded, the source
 cache tells adapters and their scales apart, and the command line and predictor take them."""
 
+import base64
+import re
+
 import pytest
 import torch
 from conftest import load_tiny
+from helpers import safetensors_bytes
 from test_cli import FAST as CLI_FAST
 from test_cli import run_cli
-from test_predict import fetched_from, run
+from test_predict import fetched_from, run, sent_as
 
 from pnp.config import ConfigError
-from pnp.lora import load_loras, parse_lora
+from pnp.lora import load_loras, parse_lora, safetensors_problem
 from pnp.random_models import save_random_lora
 
 SETTINGS = dict(prompt="a cat", num_inference_steps=3, resolution=128, output_type="latent")
@@ -93,13 +97,80 @@ def test_specs_and_files_are_checked(lora_file, tmp_path):
     assert parse_lora(str(pickled), allow_pickle=True)[0] == pickled
 
 
-def test_an_adapter_for_another_architecture_is_refused_and_nothing_stays(own, tmp_path):
+def test_safetensors_are_known_by_their_content_not_their_name(lora_file, tmp_path):
+    whole = lora_file.read_bytes()
+    files = {
+        "adapter.bin": whole,  # as Cog names an upload
+        "adapter": whole,
+        "garbage.safetensors": b"garbage " * 8,
+        "short.safetensors": b"1234",
+        "list.safetensors": safetensors_bytes([1, 2]),
+        "cut.safetensors": whole[:-100],
+    }
+    problems = {}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        problems[name] = safetensors_problem(tmp_path / name)
+    header = len(whole) - 8 - int.from_bytes(whole[:8], "little")
+    assert problems == {
+        "adapter.bin": None,
+        "adapter": None,
+        "garbage.safetensors": "is not a safetensors file (it does not start with a safetensors header)",
+        "short.safetensors": "is not a safetensors file (it does not start with a safetensors header)",
+        "list.safetensors": "is not a safetensors file (its header is not a JSON object)",
+        "cut.safetensors": f"is cut short: its header describes {header} bytes of tensors, the file holds "
+                           f"{header - 100}",
+    }
+    # The command line checks the content before the model loads; a safetensors file named .bin is no pickle.
+    assert parse_lora(str(tmp_path / "adapter.bin")) == (tmp_path / "adapter.bin", 1.0)
+    with pytest.raises(ConfigError, match=re.escape("garbage.safetensors is not a safetensors file (it does not")):
+        parse_lora(str(tmp_path / "garbage.safetensors"))
+
+
+def test_an_adapter_under_another_name_loads_as_under_its_own(own, lora_file, tmp_path, photo):
+    load_loras(own, [(lora_file, 1.0)])
+    expected = own(image=photo, **SETTINGS).images
+    own.unload_lora_weights()
+    renamed = tmp_path / "tmpabcdefghfile.bin"
+    renamed.write_bytes(lora_file.read_bytes())
+    load_loras(own, [(renamed, 1.0)])
+    assert torch.equal(own(image=photo, **SETTINGS).images, expected)
+    assert list(tmp_path.iterdir()) == [renamed]  # the link diffusers read it through is gone
+
+
+def test_an_adapter_for_another_architecture_is_refused_with_the_reason_and_nothing_stays(own, tmp_path):
     sdxl_lora = save_random_lora("tiny-sdxl", tmp_path)
     state = _state(own.unet)
-    with pytest.raises(ConfigError, match="cannot be loaded into this model as a LoRA adapter") as error:
+    with pytest.raises(ConfigError) as error:
         load_loras(own, [(sdxl_lora, 1.0)])
     assert error.value.param == "lora"
+    # torch's message lists every layer after a line ending in ":"; the reason counts them and shows the first.
+    assert re.fullmatch(
+        r"pytorch_lora_weights\.safetensors cannot be loaded into this model as a LoRA adapter \(\d+ of its layers "
+        r"have other shapes than this model's, e\.g\. down_blocks\.1\.attentions\.0\.transformer_blocks\.0\.attn1\."
+        r"to_q\.lora_A\.weight: \[4, 64\] in the adapter, \[4, 32\] in the model; it was made for another "
+        r"architecture\)", error.value.reason), error.value.reason
     assert own.unet.state_dict().keys() == state.keys()
+
+
+def test_load_errors_call_the_file_by_its_label_not_where_it_lies(own, tmp_path):
+    """A file that passes the header check and fails in diffusers: its path (a server's temporary folder) stays out."""
+    tensor = {"dtype": "XX", "shape": [2], "data_offsets": [0, 8]}  # no such dtype
+    odd = tmp_path / "tmpabcdefghodd.safetensors"
+    odd.write_bytes(safetensors_bytes({"a.lora_A.weight": tensor}, bytes(8)))
+    empty = tmp_path / "tmpabcdefghempty.safetensors"
+    empty.write_bytes(safetensors_bytes({}))
+    state = _state(own.unet)
+    reasons = []
+    for path, label in ((odd, "odd.safetensors"), (empty, "empty.safetensors")):
+        with pytest.raises(ConfigError) as error:
+            load_loras(own, [(path, 1.0)], "lora_weights", [label])
+        reasons.append(str(error.value))
+        assert own.unet.state_dict().keys() == state.keys()
+    assert reasons[0].startswith("lora_weights: odd.safetensors cannot be loaded into this model as a LoRA adapter (")
+    assert str(tmp_path) not in reasons[0] and "tmpabcdefgh" not in reasons[0]
+    assert reasons[1] == ("lora_weights: empty.safetensors holds no LoRA layer of this model's UNet or text encoders: "
+                          "it is empty, or was made for another kind of model")
 
 
 def test_cli_takes_adapters_with_scales(tmp_path, photo, lora_file):
@@ -145,10 +216,26 @@ def test_the_predictor_applies_an_adapter_for_one_prediction_only(predictor, lor
     assert predictor.pipe.unet.state_dict().keys() == state.keys()
 
 
+@pytest.mark.parametrize("sent", ["data URI", "URL without a file name"])
+def test_the_predictor_knows_an_adapter_by_its_content(predictor, lora_file, tmp_path, monkeypatch, sent):
+    """Cog names a data URI's file file.bin, and a URL's after its last segment: neither need say .safetensors."""
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    inputs = dict(generation_prompt="a house", translation_prompts="a cat", seed=5, lora_scale=1.0)
+    named = fetched_from("https://example.com/adapters/style.safetensors", lora_file.read_bytes())
+    expected = [p.read_bytes() for p in run(predictor, lora_weights=named, **inputs)]
+    if sent == "data URI":
+        other = sent_as("data:application/octet-stream;base64," + base64.b64encode(lora_file.read_bytes()).decode())
+        assert other.name.endswith("file.bin")
+    else:
+        other = fetched_from("https://example.com/adapters/download?id=3", lora_file.read_bytes())
+    assert [p.read_bytes() for p in run(predictor, lora_weights=other, **inputs)] == expected
+
+
 @pytest.mark.parametrize("kind,message", [
     ("server path", "lora_weights: only a file the request brings is read"),
-    ("pickle", "lora_weights: adapter.bin is not a .safetensors file"),
-    ("wrong model", "lora_weights: style.safetensors cannot be loaded into this model as a LoRA adapter"),
+    ("pickle", "lora_weights: adapter.bin is not a safetensors file (it does not start with a safetensors header); "
+               "send the LoRA adapter as a .safetensors file"),
+    ("wrong model", "lora_weights: style.safetensors cannot be loaded into this model as a LoRA adapter ("),
 ])
 def test_the_predictor_refuses_adapters_it_must_not_or_cannot_read(predictor, lora_file, tmp_path, monkeypatch, kind,
                                                                    message):

@@ -1,11 +1,18 @@
 """Loading: local folders, hub ids offline, device and dtype choice, random models through the real loader."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
+from helpers import unreachable_hub_env
 
 from pnp import devices
 from pnp.devices import default_dtype
+from pnp.config import ConfigError
 from pnp.models import ModelError
 from pnp.pipeline import PnPPipeline
 from pnp.random_models import build_random_pipeline
@@ -28,7 +35,7 @@ def test_tiny_model_round_trips_through_the_loader(tiny_model_dir):
 
 def test_dtype_override_and_names(tiny_model_dir):
     assert load_pipeline(tiny_model_dir, device="cpu", dtype="bfloat16").unet.dtype == torch.bfloat16
-    with pytest.raises(ModelError, match="dtype"):
+    with pytest.raises(ConfigError, match="^dtype: 'float8' is not one of float32, float16, bfloat16$"):
         load_pipeline(tiny_model_dir, device="cpu", dtype="float8")
 
 
@@ -53,11 +60,39 @@ def test_missing_folder_and_offline_hub_give_clear_errors(tmp_path):
     assert "\n" not in message
 
 
+# Loads a hub id where the hub's name does not resolve, timing only the load (imports take long on a busy machine).
+UNREACHABLE_PROBE = """
+import time
+from pnp.environment import configure_libraries
+configure_libraries()
+from pnp.models import ModelError
+from pnp.pipeline import PnPPipeline
+start = time.perf_counter()
+try:
+    PnPPipeline.from_pretrained("pnp-tests/no-such-model", device="cpu")
+except ModelError as err:
+    print(f"{time.perf_counter() - start:.2f}", err, sep="\\n")
+"""
+
+
+def test_a_hub_whose_name_does_not_resolve_fails_at_once_without_retries(tmp_path):
+    """Offline, the hub client retried five times with backoff (23 s of waiting) before the clear error."""
+    env = {**os.environ, **unreachable_hub_env(tmp_path / "hf"), "PYTHONPATH": str(Path(__file__).parents[1])}
+    done = subprocess.run([sys.executable, "-c", UNREACHABLE_PROBE], capture_output=True, text=True, env=env,
+                          timeout=300)
+    seconds, message = done.stdout.strip().split("\n")
+    assert float(seconds) < 5 and "pnp-tests/no-such-model" in message and "download-weights" in message
+    assert "Retry" not in done.stderr and "thrown while requesting" not in done.stderr, done.stderr
+
+
 def test_cuda_asked_for_without_a_gpu(tiny_model_dir):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    with pytest.raises(ModelError, match="no CUDA GPU"):
+    with pytest.raises(ConfigError) as caught:
         load_pipeline(tiny_model_dir, device="cuda")
+    # Each entry point names the parameter its own way (--device, PNP_DEVICE: tests of the CLI and the predictor).
+    assert (caught.value.param, caught.value.reason) == ("device", "cuda was asked for but no CUDA GPU is available; "
+                                                                   "use cpu")
 
 
 def test_every_prediction_type_loads_and_others_are_refused(tmp_path, tiny_v_model_dir):

@@ -1,6 +1,7 @@
 """PnPPipeline as a diffusers pipeline: loading and saving, arguments, outputs, callbacks, and what diffusers offers."""
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,13 @@ def test_diffusers_loads_the_pipeline_file_as_a_community_pipeline(tiny_model_di
         (dict(prompt="a cat", generation_prompt="a dog", callback_on_step_end_tensor_inputs=["noise"]),
          "callback_on_step_end_tensor_inputs"),
         (dict(prompt=("a cat", ""), generation_prompt="a dog"), "prompt"),
+        (dict(prompt="a \udcff cat", generation_prompt="a dog"), "prompt"),  # a lone surrogate: not UTF-8 text
+        (dict(prompt="a cat", image=np.full((8, 8, 3), np.nan, np.float32)), "image"),
+        (dict(prompt="a cat", image=torch.full((1, 3, 8, 8), float("inf"))), "image"),
+        (dict(prompt="a cat", generation_prompt="a dog", generator="abc"), "generator"),
+        (dict(prompt="a cat", generation_prompt="a dog", generator=[torch.Generator()] * 2), "generator"),
+        (dict(prompt="a cat", generation_prompt="a dog", callback_on_step_end="print"), "callback_on_step_end"),
+        (dict(prompt="a cat", negative_prompt="\udcff", generation_prompt="a dog"), "negative_prompt"),
     ],
 )
 def test_bad_arguments_raise_config_errors_before_any_unet_call(pipe, settings, param):
@@ -115,6 +123,22 @@ def test_bad_arguments_raise_config_errors_before_any_unet_call(pipe, settings, 
     finally:
         handle.remove()
     assert caught.value.param == param and calls == []
+
+
+def test_a_huge_prompt_is_refused_at_once_before_the_text_encoder_reads_it(pipe, photo):
+    """Prompts were tokenized whole before CLIP's 77 tokens were kept: 4 MB held a server for 92 s (issue 17)."""
+    calls = []
+    handles = [m.register_forward_pre_hook(lambda *args: calls.append(1)) for m in (pipe.text_encoder, pipe.unet)]
+    try:
+        for huge in (dict(prompt="a cat " * (4 * 2**20 // 6)), dict(negative_prompt="ugly " * (4 * 2**20 // 5))):
+            start = time.perf_counter()
+            with pytest.raises(ConfigError, match="characters long, more than the 2000 allowed") as caught:
+                pipe(**{"prompt": "a cat", **huge}, image=photo, **FAST)
+            assert time.perf_counter() - start < 1 and caught.value.param == next(iter(huge))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert calls == []
 
 
 def test_output_types_and_return_dict(pipe, photo):
@@ -176,6 +200,24 @@ def test_latents_returned_by_the_callback_replace_the_current_ones(pipe, photo):
 
     out = pipe(prompt="a cat", image=photo, callback_on_step_end=zero_at_last_step, output_type="latent", **FAST)
     assert torch.equal(out.images, torch.zeros(1, 4, 16, 24))
+
+
+@pytest.mark.parametrize("phase,returned,message", [
+    ("translation", lambda latents: {"latents": latents[..., :8]},
+     r"returned latents of shape \(1, 4, 16, 8\), float32, on cpu at step 4 \(translation\); return a tensor of "
+     r"shape \(1, 4, 16, 24\), float32, on cpu"),
+    ("inversion", lambda latents: {"latents": latents.half()}, r"float16, on cpu at step 1 \(inversion\)"),
+    ("inversion", lambda latents: {"latents": latents.numpy()}, r"\"latents\" that are a ndarray at step 1"),
+    ("translation", lambda latents: latents, r"returned a Tensor at step 4 \(translation\); return a dict"),
+])
+def test_latents_a_callback_returns_are_checked_at_once_naming_the_callback(pipe, photo, phase, returned, message):
+    """Latents of another shape failed inside conv2d, without naming the callback."""
+    def callback(p, step, timestep, tensors):
+        return returned(tensors["latents"]) if p.phase == phase and step in (1, 4) else {}
+
+    with pytest.raises(ConfigError, match=message) as caught:
+        pipe(prompt="a cat", image=photo, callback_on_step_end=callback, **FAST)
+    assert caught.value.param == "callback_on_step_end" and all_hooks(pipe.unet) == []
 
 
 @pytest.mark.parametrize("stop_phase, stop_index", [("inversion", 1), ("translation", 1)])

@@ -378,6 +378,13 @@ def test_only_files_the_request_brought_are_read(predictor, tmp_path, outputs_ro
         (lambda: fetched_from("https://example.com/my%20horse.png", b"hello"), "my horse.png is not a readable image"),
         (lambda: fetched_from("https://example.com/empty.png", b""),
          "empty.png is empty: no bytes arrived (with a data: URI, check its base64)"),
+        # Names are repeated without line breaks or markup (cog_inputs.display_name), and cut to 100 characters.
+        (lambda: fetched_from("https://example.com/x%0D%0AInjected:%20line.png", b"hello"),
+         "x__Injected_ line.png is not a readable image"),
+        (lambda: fetched_from("https://example.com/%3Cscript%3Ealert(1)%3C%2Fscript%3E.png", b"hello"),
+         "_script_alert(1)__script_.png is not a readable image"),
+        (lambda: fetched_from(f"https://example.com/{'a' * 150}.png", b"hello"),
+         f"{'a' * 72}...{'a' * 21}.png is not a readable image"),
     ],
 )
 def test_unreadable_files_are_named_as_the_user_sent_them(predictor, outputs_root, make, message):
@@ -385,6 +392,20 @@ def test_unreadable_files_are_named_as_the_user_sent_them(predictor, outputs_roo
         run(predictor, input_image=make())
     assert str(caught.value) == f"input_image: {message}"
     assert output_folders(outputs_root) == []
+
+
+def test_urls_whose_scheme_is_not_lower_case_are_fetched_as_cog_fetches_urls(predictor, outputs_root):
+    """The server hands on "DATA:..." and "HTTP://..." as text (schemes are case-insensitive): predict() fetches them
+    into files like Cog's, and deletes them when the prediction ends (tests/test_cog_server.py: over HTTP)."""
+    upper = "DATA" + data_uri(sample_photo())[len("data"):]
+    [output] = run(predictor, input_image=upper)
+    with Image.open(output) as image:
+        assert image.size == (256, 128)
+    assert output_folders(outputs_root) == [output.parent] and len(list(outputs_root.iterdir())) == 1
+    with pytest.raises(ImageError) as caught:
+        run(predictor, input_image="Data:image/png;base64,abc")
+    assert str(caught.value) == "input_image: the uploaded file could not be fetched: Incorrect padding"
+    assert list(outputs_root.iterdir()) == []
 
 
 def test_an_overly_long_image_is_refused(predictor, outputs_root):
@@ -454,6 +475,20 @@ def test_setup_refuses_a_missing_weights_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("PNP_WEIGHTS", str(tmp_path / "nowhere"))
     with pytest.raises(ModelError, match="PNP_WEIGHTS"):
         Predictor().setup()
+
+
+@pytest.mark.parametrize("name, value, reason", [
+    ("PNP_DEVICE", "cuda", "cuda was asked for but no CUDA GPU is available; use cpu"),
+    ("PNP_DTYPE", "float8", "'float8' is not one of float32, float16, bfloat16"),
+])
+def test_setup_names_the_environment_variable_to_change(tiny_model_dir, monkeypatch, name, value, reason):
+    """The engine's rule says "device"; the server's setup log speaks of the variable that set it (not --device)."""
+    monkeypatch.setenv("PNP_WEIGHTS", str(tiny_model_dir))
+    monkeypatch.setenv(name, value)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(ConfigError) as caught:
+        Predictor().setup()
+    assert str(caught.value) == f"{name}: {reason}"
 
 
 def test_setup_offline_without_weights_says_how_to_supply_them(tmp_path, monkeypatch):

@@ -114,6 +114,13 @@ class FakeHub:
                 self.fetched.append(f"{model}:{name}" if model in self.others else name)
         return str(local_dir)
 
+    def serve(self, monkeypatch) -> "FakeHub":
+        """Be the hub for the test: huggingface_hub's client answers from here, and the hub counts as reachable."""
+        monkeypatch.setattr("huggingface_hub.HfApi", lambda: self)
+        monkeypatch.setattr("huggingface_hub.snapshot_download", self.snapshot_download)
+        monkeypatch.setattr("pnp.weights.hub_unreachable", lambda: False)
+        return self
+
 
 @pytest.fixture(scope="module")
 def checker_repo(tmp_path_factory):
@@ -129,10 +136,7 @@ def checker_repo(tmp_path_factory):
 
 @pytest.fixture
 def fake_hub(hub_repo, checker_repo, monkeypatch):
-    hub = FakeHub(hub_repo, others={SAFETY_CHECKER: checker_repo})
-    monkeypatch.setattr("huggingface_hub.HfApi", lambda: hub)
-    monkeypatch.setattr("huggingface_hub.snapshot_download", hub.snapshot_download)
-    return hub
+    return FakeHub(hub_repo, others={SAFETY_CHECKER: checker_repo}).serve(monkeypatch)
 
 
 def test_download_fetches_float16_files_that_load_as_the_default_weights(fake_hub, tmp_path):
@@ -150,9 +154,7 @@ def test_download_fetches_float16_files_that_load_as_the_default_weights(fake_hu
 
 
 def test_an_interrupted_download_leaves_nothing_that_looks_complete(hub_repo, monkeypatch, tmp_path):
-    hub = FakeHub(hub_repo, fail_after=4)
-    monkeypatch.setattr("huggingface_hub.HfApi", lambda: hub)
-    monkeypatch.setattr("huggingface_hub.snapshot_download", hub.snapshot_download)
+    FakeHub(hub_repo, fail_after=4).serve(monkeypatch)
     out = tmp_path / "weights"
     out.mkdir()
     (out / "README.md").write_text("kept")
@@ -219,9 +221,7 @@ def sdxl_repo(tmp_path_factory):
 
 
 def test_an_sdxl_download_has_both_text_encoders_and_loads_as_the_xl_pipeline(sdxl_repo, monkeypatch, tmp_path):
-    hub = FakeHub(sdxl_repo)
-    monkeypatch.setattr("huggingface_hub.HfApi", lambda: hub)
-    monkeypatch.setattr("huggingface_hub.snapshot_download", hub.snapshot_download)
+    hub = FakeHub(sdxl_repo).serve(monkeypatch)
     out = download_weights("stabilityai/sdxl", tmp_path / "weights")
     assert sorted(p.name for p in out.iterdir()) == [
         "model_index.json", "scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "vae"]
