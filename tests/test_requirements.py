@@ -1,5 +1,5 @@
-"""Which requirements file holds what: the Cog image installs requirements.txt only, so the web UI's Gradio stays out of it;
-and what `cog build` makes of them with cog.yaml."""
+"""What is installed where: the Cog image installs requirements.txt only, so the web UI's Gradio stays out of it;
+what `cog build` makes of them with cog.yaml; and README's Test section installs what CI's script does."""
 
 import re
 from pathlib import Path
@@ -88,3 +88,30 @@ def test_cog_build_problems_are_found(change, problem):
     [found] = cog_build_problems(build, pins)
     assert problem in found
     assert cog_build_problems({**build, "gpu": False}, pins) == []
+
+
+def setup_steps(script: str) -> list[str]:
+    """The commands of a shell script or code block, one per ``&&`` step, without what only changes how they run:
+    comments, sudo, quiet flags, output redirections, an ``if ...; then``/``fi`` around them, the virtual
+    environment's name, ``python -m pip`` for ``pip``."""
+    steps = []
+    for line in script.splitlines():
+        line = re.sub(r"(^|\s)#.*", "", line).strip()
+        if not line or line == "fi" or line.startswith(("set ", "cd ")) or re.fullmatch(r"if .*; then", line):
+            continue
+        for step in line.split("&&"):
+            words = [w for w in step.split() if w not in ("sudo", "--quiet", "-q", "-qq", ">/dev/null")
+                     and not w.startswith("DEBIAN_FRONTEND=")]
+            steps.append(" ".join(words).replace("python -m pip ", "pip ").replace(".venv-ci", ".venv"))
+    return steps
+
+
+def test_the_readmes_test_section_installs_what_ci_does():
+    """Whoever follows README's Test section gets what `.ci/run` installs, chromium for the browser tests included."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("\n## Test\n"):]
+    start = section.index("```bash\n") + len("```bash\n")
+    block = section[start:section.index("```", start)]
+    ci = setup_steps((ROOT / ".ci" / "run").read_text())
+    assert setup_steps(block) == ci
+    assert "apt-get install -y chromium" in ci and ci[-1] == "python -m pytest -n 2 --dist loadfile"

@@ -116,9 +116,11 @@ def build_page(runner: Runner, model: str, samples: dict) -> gr.Blocks:
             fields["feature_maps"] = _field(form_input("feature_maps"), info=FEATURE_MAPS_INFO)
             grids = gr.Gallery(label="feature maps of the last run", elem_id="features", columns=2, height="auto",
                                object_fit="contain", buttons=["download", "fullscreen"], interactive=False)
-        names = list(fields)
-        started = run.click(run_handler(runner, names), inputs=[fields[n] for n in names],
-                            outputs=[gallery, status, grids], concurrency_id="model", concurrency_limit=1)
+        # By name, so that API clients see the form's names (input_image, resolution, ...), as errors call them.
+        # Unprocessed: the form's own check reads every value and names the field it refuses, where Gradio's
+        # checks (an image its image field cannot open, a choice sent as a number) fail naming none.
+        started = run.click(run_handler(runner), inputs_kwargs=fields, outputs=[gallery, status, grids],
+                            preprocess=False, concurrency_id="model", concurrency_limit=1)
         stop.click(None, cancels=[started])
     return page
 
@@ -156,7 +158,8 @@ def _field(spec: FormInput, info: str | None = None) -> gr.components.Component:
     """The page's field for a form input: its name as label, its description (or ``info``) as help, its default and range."""
     common = {"label": spec.name, "info": info or spec.description, "value": spec.default, "elem_id": spec.name}
     if spec.choices is not None:
-        return gr.Dropdown(choices=list(spec.choices), **common)
+        # As text, as Gradio describes every choice to API clients ('128'); the form's check reads the numbers.
+        return gr.Dropdown(choices=[str(choice) for choice in spec.choices], **{**common, "value": str(spec.default)})
     if spec.kind == "bool":
         return gr.Checkbox(**common)
     if spec.kind == "text":
@@ -181,14 +184,17 @@ def _examples(fields: dict, samples: dict) -> None:
     )
 
 
-def run_handler(runner: Runner, names: list[str]):
-    """The Run button's handler: the form's values in ``names`` order, to the gallery's items and a status line."""
+def run_handler(runner: Runner):
+    """The Run button's handler: the form's values by field name, as Gradio sends them unprocessed (an image is
+    Gradio's file data, the uploaded file in its cache), to the gallery's items and a status line."""
 
-    async def run(*values, progress=gr.Progress()):
+    async def run(progress=gr.Progress(), **values):
         stop = threading.Event()
 
         def work() -> RunResult:
-            request = read_form(dict(zip(names, values, strict=True)), runner.pipe.default_resolution)
+            image = values["input_image"]  # Gradio's file data: the uploaded file is at its path
+            request = read_form({**values, "input_image": None if image is None else image["path"]},
+                                runner.pipe.default_resolution)
             progress(0, desc="starting")
             return runner.run(request, lambda phase, done, total: progress((done, total), desc=phase), stop)
 

@@ -24,13 +24,16 @@ PAIR_COLUMNS = ("benchmark", "source", "editing_type", "prompt_index", "prompt",
 
 
 def rows_of(benchmark_name: str, records: list[dict]) -> list[dict]:
-    """One flat row per pair: identification, scores, then the settings (``setting_*``) of its source's call."""
+    """One flat row per pair: identification, what the benchmark says of its source (``Source.info``: TI2I's
+    ``source_prompt``, PIE-Bench's ``original_prompt``, ...), scores, then the settings (``setting_*``) of its
+    source's call."""
     rows = []
     for record in records:
         for index, pair in enumerate(record["pairs"]):
             row = {"benchmark": benchmark_name, "source": record["key"], "editing_type": record.get("editing_type"),
                    "prompt_index": index, "prompt": pair["prompt"], "source_image": record["source_image"],
                    "output": pair["output"], "worker": record["worker"]}
+            row.update(record.get("info") or {})
             row.update({name: pair["scores"].get(name) for name in METRICS})
             row.update({f"setting_{name}": value for name, value in record["settings"].items()})
             rows.append(row)

@@ -1,9 +1,9 @@
 """Structure distance (Splice, Tumanyan et al. 2022; the one the PnP authors point to, and PIE-Bench's).
 
-For each image: resize so the short side is 224 (the long side at most 480), normalise with
-ImageNet's mean and std, run DINO-ViT, take the keys of the last block (all heads concatenated,
-CLS token included) and their cosine self-similarity matrix. The distance is the mean squared
-error between the source's matrix and the output's.
+For each image: resize so the short side is 224 (the long side at most 480), bilinear without
+antialiasing, normalise with ImageNet's mean and std, run DINO-ViT, take the keys of the last
+block (all heads concatenated, CLS token included) and their cosine self-similarity matrix. The
+distance is the mean squared error between the source's matrix and the output's.
 
 Two input scales, both named: ``splice`` feeds images in 0..1 to the normalisation, as the
 definition intends; ``pie-bench`` feeds 0..255, as PIE-Bench's evaluation code does, so its

@@ -30,7 +30,7 @@ from pnp.images import resize_for_model
 from pnp.method.cache import SourceCache, SourceKey, generation_digest, image_digest
 from pnp.method.ddim import DDIMSchedule, StepEnd
 from pnp.method.engine import EngineRun, Metrics, Observer
-from pnp.method.injection import LAYER_SETS, FeatureInjector, InjectionLayers, default_layer_set, injection_layers
+from pnp.method.injection import FeatureInjector, InjectionLayers, architecture_layers, injection_layers
 from pnp.method.noise_predictor import NoisePredictor
 from pnp.method.sources import SourceGroup
 from pnp.method.text import Prompts, TextEmbeddings
@@ -99,7 +99,7 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
         # The injection hooks of a compiled UNet, installed once before compiling (see compile_unet).
         self._injector = None
         # Where the source's features are injected: the architecture's set (see set_injection_layers).
-        self.injection_layers = None if unet is None else LAYER_SETS[default_layer_set(unet)]
+        self.injection_layers = None if unet is None else architecture_layers(unet)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, device: str | None = None, dtype=None, **kwargs):

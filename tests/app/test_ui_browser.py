@@ -21,9 +21,12 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 from playwright.sync_api import Page, sync_playwright
 from support.paths import ROOT
 
+from pnp.app.form import FORM_INPUTS
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; Playwright's own browser download is unreachable here
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
@@ -183,7 +186,8 @@ def test_generation_mode_shows_the_source_first(page):
     fast(page)
     outputs = run_and_wait(page, 2)
     assert outputs == [{"caption": "source: a house", "size": [128, 128]}, {"caption": "a castle", "size": [128, 128]}]
-    assert "seed 3" in page.inner_text("#status")
+    status = page.inner_text("#status")
+    assert status.startswith("1 translation in ") and "seed 3" in status
 
 
 def test_a_waiting_run_sees_its_place_in_the_queue_and_runs_once_the_first_is_stopped(app, browser, wide_image):
@@ -235,3 +239,49 @@ def test_the_features_tab_shows_the_last_runs_grids_and_the_finished_page(page, 
     page.get_by_role("tab", name="Translate").click()
     page.click(ADVANCED)  # closed again, so that the screenshot shows the outputs beside the form
     page.screenshot(path=screenshots / "pnp-ui.png", full_page=True)
+
+
+# --- The page's API, as a script calls it (gradio_client) ---
+
+
+@pytest.fixture(scope="module")
+def api(app):
+    return Client(app, verbose=False)
+
+
+def generate(api: Client, **inputs) -> tuple[list, str]:
+    """A 2-step generation at 128 px through the API, with ``inputs`` changed; the outputs and the status line."""
+    inputs = {"input_image": None, "generation_prompt": "a house", "seed": "3", "translation_prompts": "a cat",
+              "num_inference_steps": 2, "resolution": 128, **inputs}
+    outputs, status, _ = api.predict(api_name="/run", **inputs)
+    return outputs, status
+
+
+def test_the_api_calls_the_inputs_by_the_forms_names_and_describes_resolution_as_it_takes_it(api):
+    parameters = api.view_api(return_format="dict", print_info=False)["named_endpoints"]["/run"]["parameters"]
+    page_fields = {spec.name for spec in FORM_INPUTS} - {"disable_safety_checker", "lora_weights", "lora_scale"}
+    assert {p["parameter_name"] for p in parameters} == page_fields
+    resolution = next(p for p in parameters if p["parameter_name"] == "resolution")
+    # Gradio describes every drop-down choice as text: the choices are text, and numbers are taken too (below).
+    assert resolution["type"] == {"type": "string", "enum": ["0", "128", "192", *resolution["type"]["enum"][3:]]}
+    assert resolution["python_type"]["type"].startswith("Literal['0', '128', '192'")
+    assert resolution["parameter_default"] == "0"
+
+
+@pytest.mark.parametrize("resolution", [128, "128"], ids=["integer", "text"])
+def test_the_api_takes_resolution_as_described_and_as_text(api, resolution):
+    outputs, status = generate(api, resolution=resolution)
+    with Image.open(outputs[1]["image"]) as image:
+        assert image.size == (128, 128)
+    assert status.startswith("1 translation in ")
+
+
+def test_the_api_refuses_values_naming_the_input(api, tmp_path):
+    with pytest.raises(AppError, match="^resolution: 64 is out of range"):
+        generate(api, resolution="64")
+    with pytest.raises(AppError, match="^translation_prompts: 5 is not text"):
+        generate(api, translation_prompts=5)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    with pytest.raises(AppError, match="^input_image: notes.txt is not a readable image"):
+        generate(api, input_image=handle_file(str(notes)), generation_prompt="")

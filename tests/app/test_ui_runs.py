@@ -27,6 +27,12 @@ def form(**values):
     return {**defaults, **BLANK, **FAST, **values}
 
 
+def sent(values):
+    """The form's values as the page sends them to its handler, unprocessed: an image as Gradio's file data."""
+    image = values.get("input_image")
+    return {**values, "input_image": None if image is None else {"path": image, "meta": {"_type": "gradio.FileData"}}}
+
+
 @pytest.fixture
 def photo_file(tmp_path, photo):
     path = tmp_path / "photo.png"
@@ -108,10 +114,29 @@ def test_bad_values_name_the_field_to_change(photo_file, values, field, hint):
     assert hint in caught.value.reason
 
 
+@pytest.mark.parametrize("values, message", [
+    ({"translation_prompts": 5}, "translation_prompts: 5 is not text"),
+    ({"output_format": 3}, "output_format: 3 is not text"),
+    ({"feature_maps": "yes"}, "feature_maps: 'yes' is neither true nor false"),
+    ({"resolution": "64"}, "resolution: 64 is out of range"),
+])
+def test_values_of_the_wrong_kind_name_the_field(values, message):
+    """The page's API hands values over unchecked (the page sends the right kinds)."""
+    with pytest.raises(ConfigError) as caught:
+        read_form(form(generation_prompt="a house", **values))
+    assert str(caught.value).startswith(message)
+
+
+def test_choices_come_as_text_too():
+    request = read_form(form(generation_prompt="a house", resolution="192", negative_prompt_schedule="exp"))
+    assert (request.config.resolution, request.config.negative_prompt_schedule) == (192, "exp")
+
+
 def test_a_file_that_is_not_an_image_names_input_image(tmp_path):
     path = tmp_path / "notes.png"
     path.write_text("not an image")
-    with pytest.raises(ConfigError, match="^input_image: .*not a readable image"):
+    # Called by its name: the page's uploads sit in Gradio's temporary folder.
+    with pytest.raises(ConfigError, match="^input_image: notes.png is not a readable image"):
         read_form(form(input_image=str(path)))
 
 
@@ -148,7 +173,7 @@ def test_outputs_are_files_captioned_with_their_prompts_the_generated_source_fir
     result, _ = run(runner, form(generation_prompt="a house", translation_prompts="a castle\na tent", seed="3"))
     assert [p.name for p in result.files] == ["00-source.png", "01-a-castle.png", "02-a-tent.png"]
     assert result.captions == ["source: a house", "a castle", "a tent"]
-    assert "seed 3" in result.status
+    assert result.status.startswith("2 translations in ") and "seed 3" in result.status
     assert "generating the source with seed 3" in pnp_log.messages
     source = pixels(result.files[0])
     again, _ = run(runner, form(generation_prompt="a house", translation_prompts="a tent", seed="3"))
@@ -156,6 +181,7 @@ def test_outputs_are_files_captioned_with_their_prompts_the_generated_source_fir
     # The seed was used: the same source, up to rounding (fused into a translation of other prompts,
     # the generation runs in other batches; see tests/test_cache.py's BATCH_TOLERANCE).
     assert np.abs(pixels(again.files[0]) - source).max() <= 1
+    assert again.status.startswith("1 translation in ")  # one prompt: singular
     as_jpg, _ = run(runner, form(generation_prompt="a house", translation_prompts="a castle", output_format="jpg"))
     assert [p.name for p in as_jpg.files] == ["00-source.jpg", "01-a-castle.jpg"]
 
@@ -179,7 +205,6 @@ def test_a_stopped_run_leaves_the_model_clean_and_the_next_run_is_unchanged(runn
 def test_cancelling_the_pages_run_stops_the_model_before_the_queue_moves_on(runner, photo_file):
     """Gradio's Stop cancels the task awaiting the run; the task ends only once the model is clean."""
     values = form(input_image=photo_file, num_inference_steps=20)
-    names = list(values)
     unet = runner.pipe.unet
     calls = []
     started = threading.Event()
@@ -189,7 +214,7 @@ def test_cancelling_the_pages_run_stops_the_model_before_the_queue_moves_on(runn
         started.set()
 
     async def cancel_during_the_run():
-        task = asyncio.ensure_future(run_handler(runner, names)(*values.values()))
+        task = asyncio.ensure_future(run_handler(runner)(**sent(values)))
         await asyncio.get_running_loop().run_in_executor(None, started.wait)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -237,7 +262,7 @@ def test_a_failing_run_shows_its_first_line_logs_the_traceback_and_leaves_the_mo
     handle = runner.pipe.unet.register_forward_hook(out_of_memory)
     try:
         with pytest.raises(gr.Error) as caught:
-            asyncio.run(run_handler(runner, list(values))(*values.values()))
+            asyncio.run(run_handler(runner)(**sent(values)))
     finally:
         handle.remove()
     assert caught.value.message == "The run failed: CUDA out of memory. The terminal shows the details."
@@ -250,5 +275,5 @@ def test_a_failing_run_shows_its_first_line_logs_the_traceback_and_leaves_the_mo
 def test_bad_input_is_shown_as_a_message_naming_the_field(runner):
     values = form()  # no source
     with pytest.raises(gr.Error) as caught:
-        asyncio.run(run_handler(runner, list(values))(*values.values()))
+        asyncio.run(run_handler(runner)(**sent(values)))
     assert caught.value.message == "input_image: give an input image or a generation prompt"

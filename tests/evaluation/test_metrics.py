@@ -118,6 +118,16 @@ def test_both_input_scales_are_imagenet_normalised(variant, full_scale):
         np.testing.assert_allclose(tensor[0, channel].numpy(), expected[channel], rtol=1e-5)
 
 
+def test_the_resize_is_bilinear_without_antialiasing():
+    """Halving a side, bilinear interpolation without antialiasing (align_corners=False) samples halfway between
+    each pair of pixels: the mean of each 2x2 block. Antialiasing, bicubic or nearest weigh other pixels."""
+    pixels = np.random.default_rng(0).integers(0, 256, size=(448, 448, 3), dtype=np.uint8)
+    tensor = preprocess(Image.fromarray(pixels), "splice")
+    blocks = pixels.astype(np.float64).reshape(224, 2, 224, 2, 3).mean(axis=(1, 3)) / 255
+    expected = (blocks - IMAGENET_MEAN) / IMAGENET_STD
+    np.testing.assert_allclose(tensor[0].permute(1, 2, 0).numpy(), expected, rtol=0, atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def dino(dino_model_dir):
     return load_dino(str(dino_model_dir), "cpu")

@@ -5,12 +5,10 @@ import torch
 from support.hooks import Capture, all_hooks
 
 from pnp.method import engine as translate_module
-from pnp.method.injection import SD_LAYERS, FeatureInjector
+from pnp.method.injection import FeatureInjector
 from pnp.method.plan import Row, RowKind
 
-ATTENTION_LAYERS = SD_LAYERS.attention
-[RESIDUAL_LAYER] = SD_LAYERS.residual
-
+RESIDUAL_LAYER = "up_blocks.1.resnets.1.conv2"
 # The paper's decoder layers 4-11, written out from the method's description (not from the code).
 EXPECTED_ATTENTION = {
     "up_blocks.1.attentions.1.transformer_blocks.0.attn1",
@@ -22,12 +20,15 @@ EXPECTED_ATTENTION = {
     "up_blocks.3.attentions.1.transformer_blocks.0.attn1",
     "up_blocks.3.attentions.2.transformer_blocks.0.attn1",
 }
+ATTENTION_LAYERS = sorted(EXPECTED_ATTENTION)
 
 
 def test_layers_are_the_papers(pipe):
     modules = dict(pipe.unet.named_modules())
-    assert set(ATTENTION_LAYERS) == EXPECTED_ATTENTION
-    assert RESIDUAL_LAYER == "up_blocks.1.resnets.1.conv2"
+    layers = pipe.injection_layers
+    assert len(layers.attention) == len(EXPECTED_ATTENTION) and set(layers.attention) == EXPECTED_ATTENTION
+    assert layers.residual == (RESIDUAL_LAYER,)
+    assert FeatureInjector(pipe.unet).layers == layers  # the injector's default: the UNet's architecture's set
     for name in [RESIDUAL_LAYER, *ATTENTION_LAYERS]:
         assert name in modules
     assert type(modules[ATTENTION_LAYERS[0]]).__name__ == "Attention"

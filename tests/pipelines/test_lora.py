@@ -4,11 +4,13 @@ cache tells adapters and their scales apart, and the command line and predictor 
 import base64
 import re
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from support.cli import FAST as CLI_FAST
 from support.cli import run_cli
-from support.models import load_tiny, safetensors_bytes, save_random_lora
+from support.models import INSTANCE_TOLERANCE, load_tiny, safetensors_bytes, save_random_lora
 from support.predictor import fetched_from, run, sent_as
 
 from pnp.config import ConfigError
@@ -133,7 +135,8 @@ def test_an_adapter_under_another_name_loads_as_under_its_own(own, lora_file, tm
     renamed = tmp_path / "tmpabcdefghfile.bin"
     renamed.write_bytes(lora_file.read_bytes())
     load_loras(own, [(renamed, 1.0)])
-    assert torch.equal(own(image=photo, **SETTINGS).images, expected)
+    # Each load makes a new copy of the adapter's weights (INSTANCE_TOLERANCE); the adapter moves them by > 1e-2.
+    torch.testing.assert_close(own(image=photo, **SETTINGS).images, expected, **INSTANCE_TOLERANCE)
     assert list(tmp_path.iterdir()) == [renamed]  # the link diffusers read it through is gone
 
 
@@ -221,13 +224,22 @@ def test_the_predictor_knows_an_adapter_by_its_content(predictor, lora_file, tmp
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     inputs = dict(generation_prompt="a house", translation_prompts="a cat", seed=5, lora_scale=1.0)
     named = fetched_from("https://example.com/adapters/style.safetensors", lora_file.read_bytes())
-    expected = [p.read_bytes() for p in run(predictor, lora_weights=named, **inputs)]
+    expected = [_pixels(p) for p in run(predictor, lora_weights=named, **inputs)]
     if sent == "data URI":
         other = sent_as("data:application/octet-stream;base64," + base64.b64encode(lora_file.read_bytes()).decode())
         assert other.name.endswith("file.bin")
     else:
         other = fetched_from("https://example.com/adapters/download?id=3", lora_file.read_bytes())
-    assert [p.read_bytes() for p in run(predictor, lora_weights=other, **inputs)] == expected
+    # Each load makes a new copy of the adapter's weights (tests/helpers.py's INSTANCE_TOLERANCE): a pixel may
+    # move by one level.
+    got = [_pixels(p) for p in run(predictor, lora_weights=other, **inputs)]
+    assert [g.shape for g in got] == [e.shape for e in expected]
+    assert all(np.abs(g - e).max() <= 1 for g, e in zip(got, expected, strict=True))
+
+
+def _pixels(path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image, dtype=int)
 
 
 @pytest.mark.parametrize("kind,message", [

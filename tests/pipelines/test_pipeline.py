@@ -1,9 +1,7 @@
 """PnPPipeline as a diffusers pipeline: loading and saving, arguments, outputs, callbacks, and what diffusers offers."""
 
 import logging
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +10,7 @@ from support.models import load_tiny
 from diffusers import DiffusionPipeline, StableDiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from support.hooks import all_hooks
+from support.models import INSTANCE_TOLERANCE
 
 import pnp.pipelines.pipeline_pnp
 from pnp.config import ConfigError
@@ -30,7 +29,9 @@ def latents(pipe, **settings):
 # --- The engine before the pipeline ---
 
 # What PnPEditor, the engine the pipeline replaced, computed (tests/data/engine-v0-latents.npz,
-# written by it before the change on this machine's CPU with torch 2.13.0 and one thread).
+# written by it before the change on an Intel Xeon with torch 2.13.0 and one thread). Another
+# process, and on CI possibly another processor under the same name (virtual machines report
+# "Intel(R) Xeon(R) Processor" for several generations): within INSTANCE_TOLERANCE, not bit for bit.
 ENGINE_V0_CASES = {
     "real": dict(prompt=["a cat", "a red car"], num_inference_steps=6, num_inversion_steps=6, resolution=128,
                  negative_prompt="ugly", negative_prompt_alpha=0.5),
@@ -42,7 +43,7 @@ ENGINE_V0_CASES = {
 
 
 @pytest.mark.parametrize("case", ENGINE_V0_CASES)
-def test_outputs_are_bit_identical_to_the_engine_before_the_pipeline(pipe, photo, case):
+def test_outputs_match_the_engine_before_the_pipeline(pipe, photo, case):
     stored = np.load(DATA / "engine-v0-latents.npz")
     settings = ENGINE_V0_CASES[case]
     pipe.fuse_generation = False  # the engine generated the source first, then translated
@@ -52,18 +53,7 @@ def test_outputs_are_bit_identical_to_the_engine_before_the_pipeline(pipe, photo
     finally:
         pipe.fuse_generation = True
     ours = result.images if result.source_image is None else torch.cat([result.source_image[None], result.images])
-    if str(stored["cpu"]) == _cpu_name():
-        assert np.array_equal(ours.numpy(), stored[f"{case}_latents"])
-    else:
-        # Another processor family may order float32 sums differently (see test_translate's BATCH_TOLERANCE).
-        np.testing.assert_allclose(ours.numpy(), stored[f"{case}_latents"], rtol=0, atol=5e-4)
-
-
-def _cpu_name():
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+    torch.testing.assert_close(ours, torch.from_numpy(stored[f"{case}_latents"]), **INSTANCE_TOLERANCE)
 
 
 # --- Loading and saving ---
@@ -90,7 +80,7 @@ def test_save_pretrained_round_trips(pipe, tmp_path, photo):
         before, after = getattr(pipe, name).state_dict(), getattr(again, name).state_dict()
         assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before), name
     settings = dict(prompt="a cat", image=photo, **FAST)
-    assert torch.equal(latents(again, **settings), latents(pipe, **settings))
+    torch.testing.assert_close(latents(again, **settings), latents(pipe, **settings), **INSTANCE_TOLERANCE)
 
 
 def test_diffusers_loads_the_pipeline_file_as_a_community_pipeline(tiny_model_dir, pipe, photo):
@@ -99,7 +89,7 @@ def test_diffusers_loads_the_pipeline_file_as_a_community_pipeline(tiny_model_di
     assert type(loaded).__name__ == "PnPPipeline" and type(loaded) is not PnPPipeline
     loaded.set_progress_bar_config(disable=True)
     settings = dict(prompt="a cat", image=photo, **FAST)
-    assert torch.equal(latents(loaded, **settings), latents(pipe, **settings))
+    torch.testing.assert_close(latents(loaded, **settings), latents(pipe, **settings), **INSTANCE_TOLERANCE)
 
 
 # --- Arguments and outputs ---
@@ -267,9 +257,10 @@ def own_pipe(tiny_model_dir):
     return load_tiny(tiny_model_dir)
 
 
-# Different attention kernels (math vs SDPA) or a fused projection sum in a different order;
-# measured differences on the tiny model over 3 steps stay below 2e-5.
-KERNEL_TOLERANCE = dict(rtol=0, atol=1e-4)
+# Different attention kernels (math vs SDPA) or a fused projection sum in a different order.
+# Measured on the tiny model over 3 steps: below 2e-5 on an Intel Xeon, 6.2e-5 (math vs SDPA) on
+# an AMD EPYC, on latents up to 5.1; the injection's effect is 0.85. As INSTANCE_TOLERANCE.
+KERNEL_TOLERANCE = INSTANCE_TOLERANCE
 
 
 def test_other_attention_processors_and_fused_projections_are_injected_alike(own_pipe, photo):
@@ -315,18 +306,23 @@ def test_model_cpu_offload_hooks_coexist_with_the_injection(own_pipe, pipe, phot
     reference = latents(pipe, **settings)
     own_pipe.enable_model_cpu_offload(device="cpu")  # accelerate's hooks, without moving anything here
     assert hasattr(own_pipe.unet, "_hf_hook")
-    assert torch.equal(latents(own_pipe, **settings), reference)
+    # The hooks copy every weight to new memory: equal weights at another alignment (INSTANCE_TOLERANCE).
+    torch.testing.assert_close(latents(own_pipe, **settings), reference, **INSTANCE_TOLERANCE)
 
 
 def test_vae_slicing_tiling_and_dtype_moves(own_pipe, pipe, photo):
     # diffusers 0.42 removed the pipelines' enable_vae_slicing/tiling in favour of the VAE's own methods.
     settings = dict(prompt=["a cat", "a dog"], image=photo, **FAST)
-    reference = np.stack([np.asarray(i) for i in pipe(**settings).images])
+    def pixels(pipeline):
+        return np.stack([np.asarray(i) for i in pipeline(**settings).images]).astype(int)
+
+    reference = pixels(pipe)
     own_pipe.vae.enable_slicing()
-    assert np.array_equal(np.stack([np.asarray(i) for i in own_pipe(**settings).images]), reference)
+    # Another instance (INSTANCE_TOLERANCE): its latents may move the 8-bit pixels by one level.
+    assert np.abs(pixels(own_pipe) - reference).max() <= 1
     own_pipe.vae.enable_tiling()  # tiles of the tiny VAE's 64 px sample size, blended
-    tiled = np.stack([np.asarray(i) for i in own_pipe(**settings).images])
-    assert tiled.shape == reference.shape and not np.array_equal(tiled, reference)
+    tiled = pixels(own_pipe)
+    assert tiled.shape == reference.shape and np.abs(tiled - reference).max() > 1
     own_pipe.vae.disable_tiling()
     own_pipe.to("cpu", torch.bfloat16)
     assert own_pipe.unet.dtype == torch.bfloat16
