@@ -11,11 +11,10 @@ import sys
 
 from pnp.config import NEGATIVE_SCHEDULES, ConfigError, PnPConfig
 from pnp.devices import DTYPE_NAMES
+from pnp.method.layers import LAYER_SETS
 from pnp.pipelines.loading import DEFAULT_MODEL, RANDOM_MODELS
 from pnp.pipelines.lora import DEFAULT_LORA_SCALE, LORA_SCALE_RANGE, parse_lora
 
-# The injection layer sets by name (pnp.method.injection.LAYER_SETS, which needs torch; tests check they agree).
-LAYER_SET_NAMES = ("sd", "sdxl", "sdxl-first-block")
 
 
 def add_translate_options(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +54,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora", action="append", default=None, metavar="PATH[:SCALE]",
                         help=f"a LoRA adapter (.safetensors file, or a folder holding one) and its scale "
                              f"({LORA_SCALE_RANGE[0]:g}-{LORA_SCALE_RANGE[1]:g}, default {DEFAULT_LORA_SCALE:g}); repeat for several")
-    parser.add_argument("--injection-layers", default=None, choices=LAYER_SET_NAMES,
+    parser.add_argument("--injection-layers", default=None, choices=list(LAYER_SETS),
                         help="where the source's features are injected (default: the model's own set, sd or sdxl; "
                              "sdxl-first-block: only the first transformer block of each SDXL attention)")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")

@@ -22,7 +22,8 @@ from PIL import Image
 from torch.utils.weak import WeakIdKeyDictionary
 
 from pnp.config import ConfigError
-from pnp.method.injection import InjectedFeatures, InjectionLayers
+from pnp.method.injection import InjectedFeatures
+from pnp.method.layers import InjectionLayers
 from pnp.method.trajectory import Trajectory
 
 # Default budgets: a share of the device's memory.

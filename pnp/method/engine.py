@@ -31,7 +31,8 @@ from pnp.method.cache import SourceCache
 from pnp.method.ddim import DDIMSchedule, StepEnd, ddim_step
 from pnp.method.generation import generate
 from pnp.method.guidance import guided_noise
-from pnp.method.injection import FeatureInjector, InjectedFeatures, InjectionLayers
+from pnp.method.injection import FeatureInjector, InjectedFeatures
+from pnp.method.layers import InjectionLayers
 from pnp.method.inversion import invert
 from pnp.method.noise_predictor import NoisePredictor
 from pnp.method.plan import Row, RowKind, TranslationStep, UNetCall, translation_plan

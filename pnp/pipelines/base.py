@@ -30,7 +30,8 @@ from pnp.images import resize_for_model
 from pnp.method.cache import SourceCache, SourceKey, generation_digest, image_digest
 from pnp.method.ddim import DDIMSchedule, StepEnd
 from pnp.method.engine import EngineRun, Metrics, Observer
-from pnp.method.injection import FeatureInjector, InjectionLayers, architecture_layers, injection_layers
+from pnp.method.injection import FeatureInjector
+from pnp.method.layers import InjectionLayers, architecture_layers, injection_layers
 from pnp.method.noise_predictor import NoisePredictor
 from pnp.method.sources import SourceGroup
 from pnp.method.text import Prompts, TextEmbeddings

@@ -17,9 +17,9 @@ from support.predictor import run
 
 from predict import Predictor
 
-from pnp.app.options import LAYER_SET_NAMES
 from pnp.config import PnPConfig
-from pnp.method.injection import LAYER_SETS, FeatureInjector, InjectionLayers, injection_layers
+from pnp.method.injection import FeatureInjector
+from pnp.method.layers import InjectionLayers, injection_layers
 from pnp.method.plan import Row, RowKind, inversion_rows, translation_rows
 from pnp.method.vae import decode, encode, image_to_tensor, needs_float32
 from pnp.pipelines.random_models import build_random_pipeline
@@ -51,7 +51,6 @@ def square(photo):
 
 def test_the_sdxl_layers_are_the_mapped_modules(xl):
     assert xl.injection_layers == InjectionLayers((RESIDUAL,), tuple(ATTENTION)) == injection_layers("sdxl", xl.unet)
-    assert LAYER_SET_NAMES == tuple(LAYER_SETS)  # the command line's torch-free copy of the names
     first = injection_layers("sdxl-first-block", xl.unet)
     assert first == InjectionLayers((RESIDUAL,), tuple(n for n in ATTENTION if ".transformer_blocks.0." in n))
     modules = dict(xl.unet.named_modules())
