@@ -33,6 +33,7 @@ from pnp.images import ImageError  # noqa: E402
 from pnp.method.generation import noise_generator  # noqa: E402
 from pnp.pipelines.lora import load_loras  # noqa: E402
 from pnp.outputs import write_outputs  # noqa: E402
+from pnp.pipelines.loading import NO_SAFETY_CHECKER  # noqa: E402
 from pnp.pipelines.pipeline_pnp import PnPPipeline  # noqa: E402
 from pnp.pipelines.weights import locate_weights  # noqa: E402
 
@@ -75,7 +76,7 @@ class Predictor(BasePredictor):
         # The same weights without the checker, for predictions that turn it off. from_pipe casts the
         # shared weights to its dtype argument (float32 by default), so it is given theirs.
         self.unchecked = self.pipe if self.pipe.safety_checker is None else PnPPipeline.from_pipe(
-            self.pipe, safety_checker=None, feature_extractor=None, dtype=self.pipe.unet.dtype
+            self.pipe, **NO_SAFETY_CHECKER, dtype=self.pipe.unet.dtype
         )
         checker = "absent from the weights" if self.pipe.safety_checker is None else "on (disable_safety_checker turns it off)"
         print(f"Safety checker: {checker}")
