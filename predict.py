@@ -68,17 +68,25 @@ class Predictor(BasePredictor):
         except ConfigError as err:
             raise ConfigError(SETUP_ENV.get(err.param, err.param), err.reason) from None
         dtype = dtype_name(self.pipe.unet.dtype)
-        print(f"Loaded {folder} ({type(self.pipe).__name__}, {self.pipe.default_resolution} px by default) on "
-              f"{self.pipe.device} as {dtype} in {time.perf_counter() - start:.1f} s")
+        print(
+            f"Loaded {folder} ({type(self.pipe).__name__}, {self.pipe.default_resolution} px by default) on "
+            f"{self.pipe.device} as {dtype} in {time.perf_counter() - start:.1f} s"
+        )
         self.pipe.set_source_cache(_env_bytes(SOURCE_CACHE_ENV))
         if os.environ.get(COMPILE_ENV, "").strip() == "1":
             self._compile()
         # The same weights without the checker, for predictions that turn it off. from_pipe casts the
         # shared weights to its dtype argument (float32 by default), so it is given theirs.
-        self.unchecked = self.pipe if self.pipe.safety_checker is None else PnPPipeline.from_pipe(
-            self.pipe, **NO_SAFETY_CHECKER, dtype=self.pipe.unet.dtype
+        self.unchecked = (
+            self.pipe
+            if self.pipe.safety_checker is None
+            else PnPPipeline.from_pipe(self.pipe, **NO_SAFETY_CHECKER, dtype=self.pipe.unet.dtype)
         )
-        checker = "absent from the weights" if self.pipe.safety_checker is None else "on (disable_safety_checker turns it off)"
+        checker = (
+            "absent from the weights"
+            if self.pipe.safety_checker is None
+            else "on (disable_safety_checker turns it off)"
+        )
         print(f"Safety checker: {checker}")
         self.output_dir = None
 
@@ -234,8 +242,11 @@ class Predictor(BasePredictor):
             return None
         path, name = request_lora_file(lora_weights)
         if self.pipe._injector is not None:
-            raise ConfigError("lora_weights", f"{name}: this predictor runs a compiled UNet ({COMPILE_ENV}=1), whose "
-                                              "modules cannot change; run it without compiling to use LoRA adapters")
+            raise ConfigError(
+                "lora_weights",
+                f"{name}: this predictor runs a compiled UNet ({COMPILE_ENV}=1), whose "
+                "modules cannot change; run it without compiling to use LoRA adapters",
+            )
         print(f"LoRA adapter {name} at scale {lora_scale:g}")
         return path, lora_scale, name
 
@@ -277,5 +288,7 @@ def _env_bytes(name: str) -> int | None:
     if not value:
         return None
     if not value.isdigit():
-        raise ValueError(f"{name}={value!r} is not a whole number of bytes; set it to 0 to turn the cache off, or unset it")
+        raise ValueError(
+            f"{name}={value!r} is not a whole number of bytes; set it to 0 to turn the cache off, or unset it"
+        )
     return int(value)

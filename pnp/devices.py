@@ -46,5 +46,5 @@ def parse_dtype(name: str):
 
 
 def dtype_name(dtype) -> str:
-    """"float16" for torch.float16, and so on."""
+    """ "float16" for torch.float16, and so on."""
     return str(dtype).removeprefix("torch.")

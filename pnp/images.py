@@ -121,8 +121,9 @@ def _check_regular_file(path: str | os.PathLike, name: object) -> None:
     """Refuse what is not a file of bytes on disk: opening a FIFO waits for a writer for ever, a device never ends."""
     mode = os.stat(path).st_mode
     if not stat.S_ISREG(mode):
-        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
-                else "a device or socket")
+        kind = (
+            "a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device or socket"
+        )
         raise ImageError("image", f"{name} is {kind}, not an image file; name an image file")
 
 
@@ -149,9 +150,7 @@ def working_size(width: int, height: int, resolution: int) -> tuple[int, int]:
 
 def _check_aspect(width: int, height: int) -> None:
     if max(width, height) > MAX_ASPECT * min(width, height):
-        raise ImageError(
-            "image", f"{width}x{height} is more than {MAX_ASPECT} times longer than wide; crop it first"
-        )
+        raise ImageError("image", f"{width}x{height} is more than {MAX_ASPECT} times longer than wide; crop it first")
 
 
 def resize_for_model(image: Image.Image, resolution: int) -> Image.Image:

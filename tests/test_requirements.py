@@ -53,9 +53,11 @@ def cog_build_problems(build: dict, pins: dict[str, str]) -> list[str]:
     if cuda is None:
         return [f"gpu: true with torch=={torch} pinned needs cuda: Cog cannot derive it from a torch it does not know"]
     if not isinstance(cuda, str) or not re.fullmatch(r"\d+\.\d+", cuda):
-        return [f"cuda: {cuda!r} must be a quoted major.minor version, e.g. \"13.0\""]
+        return [f'cuda: {cuda!r} must be a quoted major.minor version, e.g. "13.0"']
     if torch not in TORCH_WHEEL_CUDA:
-        return [f"torch=={torch}: look up the CUDA its PyPI wheels are built for (README) and add it to TORCH_WHEEL_CUDA"]
+        return [
+            f"torch=={torch}: look up the CUDA its PyPI wheels are built for (README) and add it to TORCH_WHEEL_CUDA"
+        ]
     if cuda != TORCH_WHEEL_CUDA[torch]:
         return [f"cuda: {cuda!r}, but torch=={torch}'s PyPI wheels are built for CUDA {TORCH_WHEEL_CUDA[torch]}"]
     return []
@@ -100,8 +102,11 @@ def setup_steps(script: str) -> list[str]:
         if not line or line == "fi" or line.startswith(("set ", "cd ")) or re.fullmatch(r"if .*; then", line):
             continue
         for step in line.split("&&"):
-            words = [w for w in step.split() if w not in ("sudo", "--quiet", "-q", "-qq", ">/dev/null")
-                     and not w.startswith("DEBIAN_FRONTEND=")]
+            words = [
+                w
+                for w in step.split()
+                if w not in ("sudo", "--quiet", "-q", "-qq", ">/dev/null") and not w.startswith("DEBIAN_FRONTEND=")
+            ]
             steps.append(" ".join(words).replace("python -m pip ", "pip ").replace(".venv-ci", ".venv"))
     return steps
 
@@ -109,9 +114,9 @@ def setup_steps(script: str) -> list[str]:
 def test_the_readmes_test_section_installs_what_ci_does():
     """Whoever follows README's Test section gets what `.ci/run` installs, chromium for the browser tests included."""
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("\n## Test\n"):]
+    section = readme[readme.index("\n## Test\n") :]
     start = section.index("```bash\n") + len("```bash\n")
-    block = section[start:section.index("```", start)]
+    block = section[start : section.index("```", start)]
     ci = setup_steps((ROOT / ".ci" / "run").read_text())
     assert setup_steps(block) == ci
     assert "apt-get install -y chromium" in ci and ci[-1] == "python -m pytest -n 2 --dist loadfile"

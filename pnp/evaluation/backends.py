@@ -65,9 +65,12 @@ def parse_backend(text: str) -> BackendSpec:
     if text == LOCAL:
         return BackendSpec(LOCAL)
     if text.startswith(REPLICATE_PREFIX):
-        model = text[len(REPLICATE_PREFIX):]
+        model = text[len(REPLICATE_PREFIX) :]
         if not _REPLICATE_REF.match(model):
-            raise ConfigError("backend", f"{model!r} is not a Replicate model: use replicate:OWNER/MODEL or replicate:OWNER/MODEL:VERSION")
+            raise ConfigError(
+                "backend",
+                f"{model!r} is not a Replicate model: use replicate:OWNER/MODEL or replicate:OWNER/MODEL:VERSION",
+            )
         return BackendSpec("replicate", model=model)
     urls = tuple(url.strip().rstrip("/") for url in text.split(","))
     for url in urls:
@@ -85,9 +88,14 @@ def make_job(source: Source, base: PnPConfig) -> Job:
     generation = source.generation
     if generation is None:
         return Job(source, replace(base, prompt=source.prompts), seed=0)
-    config = replace(base, prompt=source.prompts, generation_prompt=generation.prompt,
-                     generation_guidance_scale=generation.scale, num_inference_steps=generation.steps,
-                     num_inversion_steps=None)
+    config = replace(
+        base,
+        prompt=source.prompts,
+        generation_prompt=generation.prompt,
+        generation_guidance_scale=generation.scale,
+        num_inference_steps=generation.steps,
+        num_inversion_steps=None,
+    )
     return Job(source, config, generation.seed)
 
 

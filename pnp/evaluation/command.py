@@ -29,27 +29,54 @@ PLACEHOLDER_PROMPT = "checked per source"
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """The evaluate command's own arguments (the translate options are added beside them)."""
-    parser.add_argument("benchmark", metavar="BENCHMARK",
-                        help="a TI2I yaml file, or a PIE-Bench folder holding mapping_file.json and annotation_images/")
-    parser.add_argument("--out", required=True,
-                        help="folder for outputs, scores and the contact sheet; rerunning into it resumes the run")
+    parser.add_argument(
+        "benchmark",
+        metavar="BENCHMARK",
+        help="a TI2I yaml file, or a PIE-Bench folder holding mapping_file.json and annotation_images/",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="folder for outputs, scores and the contact sheet; rerunning into it resumes the run",
+    )
     parser.add_argument("--overwrite", action="store_true", help="delete another run's files in --out first")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N sources")
-    parser.add_argument("--backend", default=LOCAL,
-                        help="where to translate: local (default), http://HOST:PORT[,http://HOST2:PORT...] (Cog "
-                             "servers running predict.py) or replicate:OWNER/MODEL[:VERSION] (needs REPLICATE_API_TOKEN)")
-    parser.add_argument("--images-per-call", type=int, default=IMAGES_PER_CALL,
-                        help="with the local backend, real images that share their prompts and settings are "
-                             f"translated together, this many at most (default {IMAGES_PER_CALL}; 1: one at a time)")
-    parser.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL,
-                        help=f"predictions in flight at once with the replicate backend (default {DEFAULT_PARALLEL})")
-    parser.add_argument("--clip-model", default=None,
-                        help=f"CLIP model-hub id or folder (default {DEFAULT_CLIP_MODEL}; '{RANDOM}' with a random --model)")
-    parser.add_argument("--dino-model", default=None,
-                        help=f"DINO ViT model-hub id or folder (default {DEFAULT_DINO_MODEL}; '{RANDOM}' with a random --model)")
-    parser.add_argument("--structure-variant", default=BOTH, choices=(*STRUCTURE_VARIANTS, BOTH),
-                        help="structure distance on images in 0..1 (splice) or 0..255 as PIE-Bench's code does "
-                             "(pie-bench), or both (default)")
+    parser.add_argument(
+        "--backend",
+        default=LOCAL,
+        help="where to translate: local (default), http://HOST:PORT[,http://HOST2:PORT...] (Cog "
+        "servers running predict.py) or replicate:OWNER/MODEL[:VERSION] (needs REPLICATE_API_TOKEN)",
+    )
+    parser.add_argument(
+        "--images-per-call",
+        type=int,
+        default=IMAGES_PER_CALL,
+        help="with the local backend, real images that share their prompts and settings are "
+        f"translated together, this many at most (default {IMAGES_PER_CALL}; 1: one at a time)",
+    )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=DEFAULT_PARALLEL,
+        help=f"predictions in flight at once with the replicate backend (default {DEFAULT_PARALLEL})",
+    )
+    parser.add_argument(
+        "--clip-model",
+        default=None,
+        help=f"CLIP model-hub id or folder (default {DEFAULT_CLIP_MODEL}; '{RANDOM}' with a random --model)",
+    )
+    parser.add_argument(
+        "--dino-model",
+        default=None,
+        help=f"DINO ViT model-hub id or folder (default {DEFAULT_DINO_MODEL}; '{RANDOM}' with a random --model)",
+    )
+    parser.add_argument(
+        "--structure-variant",
+        default=BOTH,
+        choices=(*STRUCTURE_VARIANTS, BOTH),
+        help="structure distance on images in 0..1 (splice) or 0..255 as PIE-Bench's code does "
+        "(pie-bench), or both (default)",
+    )
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -93,9 +120,15 @@ def _plan(args: argparse.Namespace):
         backend = _remote_backend(spec, args)
         backend.check()
     settings = {k: v for k, v in base.as_kwargs().items() if k not in ("prompt", "generation_prompt")}
-    manifest = {"benchmark": str(benchmark.path.resolve()), "kind": benchmark.kind, "model": args.model,
-                "settings": settings, "clip_model": args.clip_model, "dino_model": args.dino_model,
-                "structure_variants": list(_variants(args))}
+    manifest = {
+        "benchmark": str(benchmark.path.resolve()),
+        "kind": benchmark.kind,
+        "model": args.model,
+        "settings": settings,
+        "clip_model": args.clip_model,
+        "dino_model": args.dino_model,
+        "structure_variants": list(_variants(args)),
+    }
     out = Path(args.out)
     check_folder(out, manifest, args.overwrite)  # written once the models have loaded, by the run
     return Plan(benchmark, jobs, out, manifest), backend
@@ -129,4 +162,3 @@ def _variants(args: argparse.Namespace) -> tuple[str, ...]:
 
 def _warner():
     return lambda message: print(f"warning: {message}", file=sys.stderr)
-

@@ -51,7 +51,9 @@ class MetricSuite:
     lpips: object | None = None
     unavailable: dict[str, str] = field(default_factory=dict)  # metric -> why it is not computed
 
-    def score(self, source: Source, source_image: Image.Image, outputs: list[Image.Image]) -> list[dict[str, float | None]]:
+    def score(
+        self, source: Source, source_image: Image.Image, outputs: list[Image.Image]
+    ) -> list[dict[str, float | None]]:
         """The scores of each output (one per prompt of ``source``), in prompt order."""
         from pnp.evaluation.background import background_scores
         from pnp.evaluation.clip import clip_score, masked

@@ -51,7 +51,9 @@ def check_folder(out: Path, manifest: dict, overwrite: bool) -> None:
     previous = _manifest(out)
     if previous is not None and previous != manifest and not overwrite:
         name = next((k for k in manifest if previous.get(k) != manifest[k]), None) or "the run"
-        refuse_earlier_run(out, f"holds an evaluation with other {name} ({previous.get(name)!r}, now {manifest.get(name)!r})")
+        refuse_earlier_run(
+            out, f"holds an evaluation with other {name} ({previous.get(name)!r}, now {manifest.get(name)!r})"
+        )
 
 
 def start_folder(out: Path, manifest: dict) -> None:

@@ -42,8 +42,9 @@ def preprocess(image: Image.Image, variant: str) -> torch.Tensor:
     pixels = pixels * (_FULL_SCALE[variant] / 255.0)
     # Bilinear without antialiasing: what torchvision's Resize did to tensors in Splice's and
     # PIE-Bench's environments (torchvision before 0.17).
-    pixels = torch.nn.functional.interpolate(pixels, size=resized_size(*pixels.shape[-2:]), mode="bilinear",
-                                             align_corners=False, antialias=False)
+    pixels = torch.nn.functional.interpolate(
+        pixels, size=resized_size(*pixels.shape[-2:]), mode="bilinear", align_corners=False, antialias=False
+    )
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (pixels - mean) / std
@@ -59,7 +60,9 @@ class StructureDistance:
         """MSE between the key self-similarity matrices of ``source`` and ``output``."""
         a, b = self.self_similarity(source, variant), self.self_similarity(output, variant)
         if a.shape != b.shape:
-            raise ValueError(f"structure distance: the images have {a.shape[0]} and {b.shape[0]} tokens; give same-size images")
+            raise ValueError(
+                f"structure distance: the images have {a.shape[0]} and {b.shape[0]} tokens; give same-size images"
+            )
         return torch.nn.functional.mse_loss(b, a).item()
 
     @torch.inference_mode()

@@ -80,8 +80,10 @@ class SourceCache:
     def max_bytes(self, value: int | None) -> None:
         # Checked when set: a bad budget would otherwise surface only in ``put``, after a whole translation.
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0):
-            raise ConfigError("max_bytes", f"expected a whole number of bytes from 0 (off) up, or None (the device's "
-                                           f"default), got {value!r}")
+            raise ConfigError(
+                "max_bytes",
+                f"expected a whole number of bytes from 0 (off) up, or None (the device's default), got {value!r}",
+            )
         self._max_bytes = None if value is None else int(value)
 
     def get(self, key: SourceKey) -> SourceEntry | None:

@@ -99,7 +99,9 @@ class FeatureInjector:
         if self._active["residual"] or self._active["attention"]:
             missing = [j for j in targets if j not in self._source_rows and j not in self._features]
             if missing:
-                raise InjectionError(f"no source features for image {missing[0]} in this step: its source row must come first")
+                raise InjectionError(
+                    f"no source features for image {missing[0]} in this step: its source row must come first"
+                )
 
     def _install(self) -> None:
         modules = dict(self.unet.named_modules())
@@ -117,7 +119,10 @@ class FeatureInjector:
             if fused is not None:
                 # Fused projections compute [q | k | v] in one matrix product: inject its first two thirds.
                 third = fused.out_features // 3
-                slots = [(attention_feature(layer, "q"), slice(0, third)), (attention_feature(layer, "k"), slice(third, 2 * third))]
+                slots = [
+                    (attention_feature(layer, "q"), slice(0, third)),
+                    (attention_feature(layer, "k"), slice(third, 2 * third)),
+                ]
                 self._hook(fused, f"{layer}.to_qkv", "attention", slots)
         device = next(self.unet.parameters()).device
         self._fired = torch.zeros(len(self._hook_names), dtype=torch.int32, device=device)

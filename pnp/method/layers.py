@@ -123,7 +123,9 @@ def injection_layers(layers: str | InjectionLayers, unet: torch.nn.Module) -> In
         layers = LAYER_SETS[layers].layers(unet)
     missing = missing_modules(layers, unet)
     if missing:
-        raise ValueError(f"injection layers: this UNet has no module {missing[0]} (is it the layer set for another architecture?)")
+        raise ValueError(
+            f"injection layers: this UNet has no module {missing[0]} (is it the layer set for another architecture?)"
+        )
     return layers
 
 

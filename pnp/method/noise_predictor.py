@@ -49,7 +49,9 @@ class NoisePredictor:
         timestep = torch.tensor(t, device=latents.device)
         dtype = self.unet.dtype
         output = self.unet(
-            latents.to(dtype), timestep, encoder_hidden_states=text.hidden.to(dtype),
+            latents.to(dtype),
+            timestep,
+            encoder_hidden_states=text.hidden.to(dtype),
             added_cond_kwargs=self._added_conditions(latents, text),
         ).sample.float()
         if self.schedule is None:

@@ -41,7 +41,9 @@ def check_single_file(model: str | Path, allow_pickle: bool = False) -> Path:
             f"{SAFETENSORS_SUFFIX}, or pass --allow-pickle (allow_pickle=True) if you trust its source"
         )
     if suffix != SAFETENSORS_SUFFIX and not is_pickled_name(path):
-        raise ModelError(f"model file {path}: a checkpoint file must end in {SAFETENSORS_SUFFIX} (or, allowed explicitly, .ckpt)")
+        raise ModelError(
+            f"model file {path}: a checkpoint file must end in {SAFETENSORS_SUFFIX} (or, allowed explicitly, .ckpt)"
+        )
     return path
 
 
@@ -82,7 +84,9 @@ def load_single_file(cls, path: Path, config: str | Path | None, dtype, has_safe
                 "SDXL checkpoint (stable-diffusion-v1-5/stable-diffusion-v1-5 for SD 1.x, "
                 "stabilityai/stable-diffusion-2-1 for SD 2.x)"
             ) from None
-        raise ModelError(f"model file {path} does not load with the configuration {config} ({first_line(err)})") from None
+        raise ModelError(
+            f"model file {path} does not load with the configuration {config} ({first_line(err)})"
+        ) from None
 
 
 def _base_config(config: str | Path | None) -> str | None:

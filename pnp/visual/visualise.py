@@ -59,7 +59,9 @@ def feature_maps(
         raise TypeError(f"feature_maps() sets {', '.join(fixed)} itself; leave it out")
     image = None if image is None else as_pil(image)
     prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt or ())
-    config = run_config(prompts, **{k: v for k, v in kwargs.items() if k in _CONFIG_FIELDS}).resolved(pipe.default_resolution)
+    config = run_config(prompts, **{k: v for k, v in kwargs.items() if k in _CONFIG_FIELDS}).resolved(
+        pipe.default_resolution
+    )
     request = _request(pipe, config, timesteps, layers)
     n = 1 + len(prompts)
     with ModuleCapture(pipe.unet, request.modules, request.timesteps, n) as capture:

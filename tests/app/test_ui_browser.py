@@ -27,9 +27,16 @@ from playwright.sync_api import Page, sync_playwright
 from support.paths import ROOT
 
 from pnp.app.form import FORM_INPUTS
+
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; Playwright's own browser download is unreachable here
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 START_TIMEOUT_S = 180  # importing torch, diffusers and Gradio and building the tiny model, on a busy 2-core machine
 RUN_TIMEOUT_MS = 60_000  # a 2-step run at 128 px takes about 2 s; the margin is for a busy machine
 VIEWPORT = {"width": 1280, "height": 900}
@@ -43,14 +50,37 @@ def app(tmp_path_factory):
     port = _free_port()
     temp = folder / "tmp"
     temp.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           "GRADIO_TEMP_DIR": str(folder / "gradio"), "TMPDIR": str(temp), "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "GRADIO_TEMP_DIR": str(folder / "gradio"),
+        "TMPDIR": str(temp),
+        "PYTHONPATH": str(ROOT),
+    }
     log_path = folder / "app.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pnp", "ui", "--model", "tiny", "--port", str(port), "--device", "cpu",
-             "--dtype", "float32"],
-            cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "pnp",
+                "ui",
+                "--model",
+                "tiny",
+                "--port",
+                str(port),
+                "--device",
+                "cpu",
+                "--dtype",
+                "float32",
+            ],
+            cwd=folder,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -143,7 +173,8 @@ def outputs(page: Page, images: int) -> list[dict]:
     page.wait_for_function(
         """n => { const imgs = [...document.querySelectorAll('#gallery .thumbnail-item img')];
                   return imgs.length === n && imgs.every(i => i.complete && i.naturalWidth > 0); }""",
-        arg=images, timeout=RUN_TIMEOUT_MS,
+        arg=images,
+        timeout=RUN_TIMEOUT_MS,
     )
     return page.eval_on_selector_all(
         "#gallery .thumbnail-item",
@@ -218,8 +249,10 @@ def test_the_features_tab_shows_the_last_runs_grids_and_the_finished_page(page, 
     page.wait_for_selector("#input_image img")
     fast(page)
     translations = run_and_wait(page, 2)
-    assert [o["caption"] for o in translations] == ["a photo of a wooden cabin in a snowy forest",
-                                                    "a watercolor painting of a cottage"]
+    assert [o["caption"] for o in translations] == [
+        "a photo of a wooden cabin in a snowy forest",
+        "a watercolor painting of a cottage",
+    ]
     assert translations[0]["size"] == [192, 128]  # the 512x384 sample at resolution 128: 171 rounded to 192
 
     page.get_by_role("tab", name="Features").click()
@@ -227,8 +260,12 @@ def test_the_features_tab_shows_the_last_runs_grids_and_the_finished_page(page, 
     grids.first.locator("img").wait_for()
     attn1 = "up_blocks.1.attentions.1.transformer_blocks.0.attn1"
     assert grids.locator(".caption-label").all_inner_texts() == [
-        "up_blocks.1.resnets.1.conv1", "up_blocks.1.resnets.1.conv2", f"{attn1}.to_q", f"{attn1}.to_k",
-        f"{attn1}.attention"]
+        "up_blocks.1.resnets.1.conv1",
+        "up_blocks.1.resnets.1.conv2",
+        f"{attn1}.to_q",
+        f"{attn1}.to_k",
+        f"{attn1}.attention",
+    ]
     for src in grids.locator("img").evaluate_all("imgs => imgs.map(i => i.src)"):  # served, whether shown yet or not
         with Image.open(io.BytesIO(page.request.get(src).body())) as grid:
             # A row per image (source and two outputs) under a title line; a column per timestep after the image.
@@ -251,8 +288,15 @@ def api(app):
 
 def generate(api: Client, **inputs) -> tuple[list, str]:
     """A 2-step generation at 128 px through the API, with ``inputs`` changed; the outputs and the status line."""
-    inputs = {"input_image": None, "generation_prompt": "a house", "seed": "3", "translation_prompts": "a cat",
-              "num_inference_steps": 2, "resolution": 128, **inputs}
+    inputs = {
+        "input_image": None,
+        "generation_prompt": "a house",
+        "seed": "3",
+        "translation_prompts": "a cat",
+        "num_inference_steps": 2,
+        "resolution": 128,
+        **inputs,
+    }
     outputs, status, _ = api.predict(api_name="/run", **inputs)
     return outputs, status
 

@@ -76,8 +76,9 @@ def test_prompts_are_lines_and_blank_fields_take_their_defaults(photo_file):
 
 
 def test_numbers_come_as_floats_or_text(photo_file):
-    request = read_form(form(input_image=photo_file, num_inference_steps=3.0, num_inversion_steps=" 3 ",
-                              output_quality=75.0))
+    request = read_form(
+        form(input_image=photo_file, num_inference_steps=3.0, num_inversion_steps=" 3 ", output_quality=75.0)
+    )
     assert (request.config.num_inference_steps, request.config.num_inversion_steps) == (3, 3)
     assert request.options.output_quality == 75 and isinstance(request.options.output_quality, int)
 
@@ -85,7 +86,10 @@ def test_numbers_come_as_floats_or_text(photo_file):
 def test_generation_mode_uses_the_seed_and_says_the_image_was_ignored(photo_file):
     request = read_form(form(input_image=photo_file, generation_prompt="a house", seed="42"))
     assert request.seed == 42 and request.image is None
-    assert request.notes == ("The source image is generated with seed 42", "input_image is ignored: generation_prompt is set")
+    assert request.notes == (
+        "The source image is generated with seed 42",
+        "input_image is ignored: generation_prompt is set",
+    )
 
 
 @pytest.mark.parametrize(
@@ -93,8 +97,11 @@ def test_generation_mode_uses_the_seed_and_says_the_image_was_ignored(photo_file
     [
         ({}, "input_image", "generation prompt"),
         ({"generation_prompt": "a house", "translation_prompts": "\n \n"}, "translation_prompts", "at least one"),
-        ({"generation_prompt": "a house", "translation_prompts": "\n".join(["a cat"] * 17)},
-         "translation_prompts", "at most 16"),
+        (
+            {"generation_prompt": "a house", "translation_prompts": "\n".join(["a cat"] * 17)},
+            "translation_prompts",
+            "at most 16",
+        ),
         ({"generation_prompt": "a house", "scale": 60.0}, "scale", "0 to 50"),
         ({"generation_prompt": "a house", "seed": "-1"}, "seed", "0 to 4294967295"),
         ({"generation_prompt": "a house", "seed": "lucky"}, "seed", "whole number"),
@@ -114,12 +121,15 @@ def test_bad_values_name_the_field_to_change(photo_file, values, field, hint):
     assert hint in caught.value.reason
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"translation_prompts": 5}, "translation_prompts: 5 is not text"),
-    ({"output_format": 3}, "output_format: 3 is not text"),
-    ({"feature_maps": "yes"}, "feature_maps: 'yes' is neither true nor false"),
-    ({"resolution": "64"}, "resolution: 64 is out of range"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"translation_prompts": 5}, "translation_prompts: 5 is not text"),
+        ({"output_format": 3}, "output_format: 3 is not text"),
+        ({"feature_maps": "yes"}, "feature_maps: 'yes' is neither true nor false"),
+        ({"resolution": "64"}, "resolution: 64 is out of range"),
+    ],
+)
 def test_values_of_the_wrong_kind_name_the_field(values, message):
     """The page's API hands values over unchecked (the page sends the right kinds)."""
     with pytest.raises(ConfigError) as caught:
@@ -159,8 +169,14 @@ def test_progress_follows_the_source_then_the_translation(runner, photo_file):
     _, steps = run(runner, form(input_image=photo_file, num_inference_steps=3))
     # 3 sampling steps: 3 inversion steps reach the first sampling timestep, then 3 translation
     # steps; every report counts all 6.
-    assert steps == [("inversion", 1, 6), ("inversion", 2, 6), ("inversion", 3, 6),
-                     ("translation", 4, 6), ("translation", 5, 6), ("translation", 6, 6)]
+    assert steps == [
+        ("inversion", 1, 6),
+        ("inversion", 2, 6),
+        ("inversion", 3, 6),
+        ("translation", 4, 6),
+        ("translation", 5, 6),
+        ("translation", 6, 6),
+    ]
 
 
 def test_a_generated_source_is_made_in_the_translation_steps(runner):
@@ -245,8 +261,13 @@ def test_feature_maps_come_with_unchanged_outputs_and_a_stopped_one_leaves_the_m
     assert all(np.array_equal(a, pixels(b)) for a, b in zip(expected, with_maps.files, strict=True))
     # The default maps (issue 9): a residual block's two convs, then a self-attention layer's Q, K and attention.
     attn1 = "up_blocks.1.attentions.1.transformer_blocks.0.attn1"
-    assert with_maps.maps == ["up_blocks.1.resnets.1.conv1", "up_blocks.1.resnets.1.conv2",
-                              f"{attn1}.to_q", f"{attn1}.to_k", f"{attn1}.attention"]
+    assert with_maps.maps == [
+        "up_blocks.1.resnets.1.conv1",
+        "up_blocks.1.resnets.1.conv2",
+        f"{attn1}.to_q",
+        f"{attn1}.to_k",
+        f"{attn1}.attention",
+    ]
     assert [p.suffix for p in with_maps.grids] == [".png"] * 5 and all(p.exists() for p in with_maps.grids)
 
     with pytest.raises(Stopped):

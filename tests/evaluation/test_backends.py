@@ -28,8 +28,20 @@ from pnp.evaluation.metrics import METRICS
 PIE = SAMPLES / "pie-bench"
 SERVER_ENV = {"PNP_DEVICE": "cpu", "PNP_DTYPE": "float32", "HF_HUB_OFFLINE": "1"}
 # Fast, and away from the defaults, so that every setting must reach the servers to match.
-SETTINGS = ["--steps", "2", "--resolution", "128", "--scale", "7.5", "--negative-prompt", "blurry",
-            "--negative-prompt-alpha", "0.5", "--feature-injection-threshold", "0.5"]
+SETTINGS = [
+    "--steps",
+    "2",
+    "--resolution",
+    "128",
+    "--scale",
+    "7.5",
+    "--negative-prompt",
+    "blurry",
+    "--negative-prompt-alpha",
+    "0.5",
+    "--feature-injection-threshold",
+    "0.5",
+]
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +66,27 @@ def servers(tmp_path_factory, tiny_model_dir):
 @pytest.fixture(scope="module")
 def evaluate(tiny_model_dir, clip_model_dir, dino_model_dir):
     def run(benchmark, out, *extra):
-        return main(["evaluate", str(benchmark), "--out", str(out), "--model", str(tiny_model_dir),
-                     "--clip-model", str(clip_model_dir), "--dino-model", str(dino_model_dir),
-                     "--device", "cpu", "--dtype", "float32", "--quiet", *SETTINGS, *extra])
+        return main(
+            [
+                "evaluate",
+                str(benchmark),
+                "--out",
+                str(out),
+                "--model",
+                str(tiny_model_dir),
+                "--clip-model",
+                str(clip_model_dir),
+                "--dino-model",
+                str(dino_model_dir),
+                "--device",
+                "cpu",
+                "--dtype",
+                "float32",
+                "--quiet",
+                *SETTINGS,
+                *extra,
+            ]
+        )
 
     return run
 
@@ -83,8 +113,25 @@ def local_ti2i(ti2i, tmp_path_factory):
     equal those of runs that load the fixtures' models.
     """
     out = tmp_path_factory.mktemp("local-ti2i")
-    assert main(["evaluate", str(ti2i), "--out", str(out), "--model", "tiny", "--device", "cpu", "--dtype", "float32",
-                 "--quiet", *SETTINGS]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(ti2i),
+                "--out",
+                str(out),
+                "--model",
+                "tiny",
+                "--device",
+                "cpu",
+                "--dtype",
+                "float32",
+                "--quiet",
+                *SETTINGS,
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "run.json").read_text())["clip_model"] == "tiny"
     return out
 
@@ -142,7 +189,12 @@ def test_an_interrupted_local_run_resumes_without_redoing_finished_sources(local
     out, first = local_pie
     assert (out / "records" / "000000000000.json").stat().st_mtime_ns == first  # reused, not rewritten
     summary = json.loads((out / "results.json").read_text())
-    assert (summary["name"], summary["benchmark"], summary["sources"], summary["pairs"]) == ("pie-bench", str(PIE), 3, 3)
+    assert (summary["name"], summary["benchmark"], summary["sources"], summary["pairs"]) == (
+        "pie-bench",
+        str(PIE),
+        3,
+        3,
+    )
     assert set(summary["means_by_editing_type"]) == {"6 change color", "9 change style"}
     rows = summary["rows"]
     assert [row["setting_guidance_scale"] for row in rows] == [7.5] * 3
@@ -160,7 +212,10 @@ def test_the_results_keep_what_the_benchmark_says_of_each_source(local_ti2i, loc
     for row in json.loads((local_pie[0] / "results.json").read_text())["rows"]:
         entry = mapping[row["source"]]
         assert [row[k] for k in ("original_prompt", "editing_instruction", "blended_word")] == [
-            entry["original_prompt"], entry["editing_instruction"], entry["blended_word"]]
+            entry["original_prompt"],
+            entry["editing_instruction"],
+            entry["blended_word"],
+        ]
 
 
 def test_a_folder_holding_another_run_is_refused_before_work(local_pie, evaluate, capsys):
@@ -182,8 +237,10 @@ def test_a_server_killed_mid_run_loses_no_pair(servers, evaluate, local_pie, tmp
     survivor, victim = servers[1], servers[2]
     out = tmp_path / "killed"
     status = {}
-    run = threading.Thread(target=lambda: status.setdefault(
-        "exit", evaluate(PIE, out, "--backend", f"{victim.url},{survivor.url}")), daemon=True)
+    run = threading.Thread(
+        target=lambda: status.setdefault("exit", evaluate(PIE, out, "--backend", f"{victim.url},{survivor.url}")),
+        daemon=True,
+    )
     run.start()
     deadline = time.monotonic() + 60
     while requests.get(f"{victim.url}/health-check", timeout=10).json()["status"] != "BUSY":
@@ -197,8 +254,9 @@ def test_a_server_killed_mid_run_loses_no_pair(servers, evaluate, local_pie, tmp
     assert f"warning: {victim.url} stopped answering" in capsys.readouterr().err
 
 
-def test_replicate_predictions_give_the_local_results(servers, evaluate, local_pie, ti2i, local_ti2i, tmp_path,
-                                                      monkeypatch, capsys):
+def test_replicate_predictions_give_the_local_results(
+    servers, evaluate, local_pie, ti2i, local_ti2i, tmp_path, monkeypatch, capsys
+):
     fake = FakeReplicate(servers[0].url)
     try:
         monkeypatch.setenv("REPLICATE_BASE_URL", fake.url)
@@ -214,10 +272,16 @@ def test_replicate_predictions_give_the_local_results(servers, evaluate, local_p
         first = fake.created[0]["input"]
         assert first["input_image"].startswith("data:image/png;base64,")
         assert (first["scale"], first["negative_prompt"], first["negative_prompt_alpha"], first["output_format"]) == (
-            7.5, "blurry", 0.5, "png")
+            7.5,
+            "blurry",
+            0.5,
+            "png",
+        )
 
         version = "5c7d5dc6dd8bf75c1acaa8565735e7986bc5b66206b55cca93cb72c9bf15ccaa"
-        assert evaluate(ti2i, tmp_path / "version", "--backend", f"replicate:someone/pnp:{version}", "--limit", "1") == 0
+        assert (
+            evaluate(ti2i, tmp_path / "version", "--backend", f"replicate:someone/pnp:{version}", "--limit", "1") == 0
+        )
         assert_same_results(results(tmp_path / "version"), results(local_ti2i)[:2])  # the first source's two prompts
         assert fake.created[-1]["version"] == version
     finally:

@@ -143,7 +143,9 @@ def test_injected_step_counts_are_int_of_n_times_threshold(pipe, photo, monkeypa
     class RecordingInjector(translate_module.FeatureInjector):
         def __enter__(self):
             super().__enter__()
-            self.capture = Capture(self.unet, [RESIDUAL_LAYER, f"{ATTENTION_LAYERS[-1]}.to_q", f"{ATTENTION_LAYERS[0]}.to_k"])
+            self.capture = Capture(
+                self.unet, [RESIDUAL_LAYER, f"{ATTENTION_LAYERS[-1]}.to_q", f"{ATTENTION_LAYERS[0]}.to_k"]
+            )
             self.capture.handles.append(
                 self.unet.register_forward_hook(lambda *_: records.append(dict(self.capture.outputs)))
             )
@@ -154,8 +156,15 @@ def test_injected_step_counts_are_int_of_n_times_threshold(pipe, photo, monkeypa
             super().__exit__(*exc)
 
     monkeypatch.setattr(translate_module, "FeatureInjector", RecordingInjector)
-    pipe(prompt="a cat", image=photo, num_inference_steps=steps, resolution=128,
-         feature_injection_threshold=f, attention_injection_threshold=a, output_type="latent")
+    pipe(
+        prompt="a cat",
+        image=photo,
+        num_inference_steps=steps,
+        resolution=128,
+        feature_injection_threshold=f,
+        attention_injection_threshold=a,
+        output_type="latent",
+    )
     assert all_hooks(pipe.unet) == []
     assert len(records) == steps
     residual = [_rows_equal_source(r[RESIDUAL_LAYER]) and r[RESIDUAL_LAYER].shape[0] == 3 for r in records]

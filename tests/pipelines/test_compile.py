@@ -15,8 +15,14 @@ from pnp.method.injection import InjectionError
 
 # Five steps with both windows closing: one graph per kind of UNet call (inversion; residual and
 # attention; residual only; neither), each compiled once, however many steps there are.
-SETTINGS = dict(prompt=["a cat", "a dog"], num_inference_steps=5, resolution=128, output_type="latent",
-                feature_injection_threshold=0.8, attention_injection_threshold=0.4)
+SETTINGS = dict(
+    prompt=["a cat", "a dog"],
+    num_inference_steps=5,
+    resolution=128,
+    output_type="latent",
+    feature_injection_threshold=0.8,
+    attention_injection_threshold=0.4,
+)
 
 
 @pytest.fixture
@@ -42,7 +48,9 @@ def test_a_compiled_translation_equals_the_eager_one_and_steps_add_no_compilatio
     assert first <= 4
     fresh(image=photo, **{**SETTINGS, "num_inference_steps": 10})
     assert compilations() == first
-    uninjected = pipe(image=photo, **{**SETTINGS, "feature_injection_threshold": 0, "attention_injection_threshold": 0}).images
+    uninjected = pipe(
+        image=photo, **{**SETTINGS, "feature_injection_threshold": 0, "attention_injection_threshold": 0}
+    ).images
     assert (uninjected - compiled).abs().max() > 0.1  # the injection did happen in the compiled UNet
 
 
@@ -61,7 +69,9 @@ def test_hooks_added_after_compiling_are_not_silently_dropped(fresh):
         unet(latents, torch.tensor(401), encoder_hidden_states=text)  # compiled here, with no hooks
         with FeatureInjector(unet) as injector:
             injector.start_step(True, True)
-            injector.set_call((Row(RowKind.SOURCE), Row(RowKind.TARGET_UNCOND, 0), Row(RowKind.TARGET_COND, 0)), latents.device)
+            injector.set_call(
+                (Row(RowKind.SOURCE), Row(RowKind.TARGET_UNCOND, 0), Row(RowKind.TARGET_COND, 0)), latents.device
+            )
             unet(latents, torch.tensor(401), encoder_hidden_states=text)
             with pytest.raises(InjectionError, match="0 times"):
                 injector.check_call()

@@ -41,8 +41,9 @@ def _state(unet):
 
 
 @pytest.mark.parametrize("kind", ["tiny", "tiny-sdxl"])
-def test_an_adapter_changes_the_output_and_unloading_restores_the_unet_bit_for_bit(kind, tiny_model_dir,
-                                                                                     tiny_sdxl_model_dir, photo, tmp_path):
+def test_an_adapter_changes_the_output_and_unloading_restores_the_unet_bit_for_bit(
+    kind, tiny_model_dir, tiny_sdxl_model_dir, photo, tmp_path
+):
     pipe = load_tiny(tiny_model_dir if kind == "tiny" else tiny_sdxl_model_dir)
     modules, state = dict(pipe.unet.named_modules()), _state(pipe.unet)
     before = pipe(image=photo, **SETTINGS).images
@@ -90,8 +91,11 @@ def test_specs_and_files_are_checked(lora_file, tmp_path):
     assert parse_lora(str(lora_file.parent)) == (lora_file.parent, 1.0)
     pickled = tmp_path / "adapter.bin"
     pickled.write_bytes(b"never read")
-    for spec, message in ((f"{lora_file}:1.5", "1.5 is out of range"), (str(tmp_path / "none.safetensors"), "no file at"),
-                          (str(pickled), "pickled file, which is not loaded by default")):
+    for spec, message in (
+        (f"{lora_file}:1.5", "1.5 is out of range"),
+        (str(tmp_path / "none.safetensors"), "no file at"),
+        (str(pickled), "pickled file, which is not loaded by default"),
+    ):
         with pytest.raises(ConfigError, match=message) as error:
             parse_lora(spec)
         assert error.value.param == "lora"
@@ -120,7 +124,7 @@ def test_safetensors_are_known_by_their_content_not_their_name(lora_file, tmp_pa
         "short.safetensors": "is not a safetensors file (it does not start with a safetensors header)",
         "list.safetensors": "is not a safetensors file (its header is not a JSON object)",
         "cut.safetensors": f"is cut short: its header describes {header} bytes of tensors, the file holds "
-                           f"{header - 100}",
+        f"{header - 100}",
     }
     # The command line checks the content before the model loads; a safetensors file named .bin is no pickle.
     assert parse_lora(str(tmp_path / "adapter.bin")) == (tmp_path / "adapter.bin", 1.0)
@@ -151,7 +155,9 @@ def test_an_adapter_for_another_architecture_is_refused_with_the_reason_and_noth
         r"pytorch_lora_weights\.safetensors cannot be loaded into this model as a LoRA adapter \(\d+ of its layers "
         r"have other shapes than this model's, e\.g\. down_blocks\.1\.attentions\.0\.transformer_blocks\.0\.attn1\."
         r"to_q\.lora_A\.weight: \[4, 64\] in the adapter, \[4, 32\] in the model; it was made for another "
-        r"architecture\)", error.value.reason), error.value.reason
+        r"architecture\)",
+        error.value.reason,
+    ), error.value.reason
     assert own.unet.state_dict().keys() == state.keys()
 
 
@@ -171,20 +177,47 @@ def test_load_errors_call_the_file_by_its_label_not_where_it_lies(own, tmp_path)
         assert own.unet.state_dict().keys() == state.keys()
     assert reasons[0].startswith("lora_weights: odd.safetensors cannot be loaded into this model as a LoRA adapter (")
     assert str(tmp_path) not in reasons[0] and "tmpabcdefgh" not in reasons[0]
-    assert reasons[1] == ("lora_weights: empty.safetensors holds no LoRA layer of this model's UNet or text encoders: "
-                          "it is empty, or was made for another kind of model")
+    assert reasons[1] == (
+        "lora_weights: empty.safetensors holds no LoRA layer of this model's UNet or text encoders: "
+        "it is empty, or was made for another kind of model"
+    )
 
 
 def test_cli_takes_adapters_with_scales(tmp_path, photo, lora_file):
     photo.save(tmp_path / "in.png")
-    done = run_cli("translate", "--image", "in.png", "--prompt", "a cat", "--out", "out", *CLI_FAST,
-                   "--lora", f"{lora_file}:0.8", cwd=tmp_path)
+    done = run_cli(
+        "translate",
+        "--image",
+        "in.png",
+        "--prompt",
+        "a cat",
+        "--out",
+        "out",
+        *CLI_FAST,
+        "--lora",
+        f"{lora_file}:0.8",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
-    assert "LoRA pytorch_lora_weights.safetensors at 0.8" in done.stderr and (tmp_path / "out" / "00-a-cat.png").exists()
-    done = run_cli("translate", "--image", "in.png", "--prompt", "a cat", "--out", "bad", *CLI_FAST,
-                   "--lora", f"{lora_file}:2", cwd=tmp_path)
+    assert (
+        "LoRA pytorch_lora_weights.safetensors at 0.8" in done.stderr and (tmp_path / "out" / "00-a-cat.png").exists()
+    )
+    done = run_cli(
+        "translate",
+        "--image",
+        "in.png",
+        "--prompt",
+        "a cat",
+        "--out",
+        "bad",
+        *CLI_FAST,
+        "--lora",
+        f"{lora_file}:2",
+        cwd=tmp_path,
+    )
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
-        "error: --lora: 2.0 is out of range, use a value from 0 to 1"]
+        "error: --lora: 2.0 is out of range, use a value from 0 to 1"
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -193,8 +226,12 @@ def predictor(tiny_model_dir):
 
     with pytest.MonkeyPatch.context() as mp:
         # The source cache off: predictions are compared bit for bit (test_predict's fixture does the same).
-        for name, value in (("PNP_WEIGHTS", str(tiny_model_dir)), ("PNP_DEVICE", "cpu"), ("PNP_DTYPE", "float32"),
-                            ("PNP_SOURCE_CACHE_BYTES", "0")):
+        for name, value in (
+            ("PNP_WEIGHTS", str(tiny_model_dir)),
+            ("PNP_DEVICE", "cpu"),
+            ("PNP_DTYPE", "float32"),
+            ("PNP_SOURCE_CACHE_BYTES", "0"),
+        ):
             mp.setenv(name, value)
         model = Predictor()
         model.setup()
@@ -242,21 +279,30 @@ def _pixels(path) -> np.ndarray:
         return np.asarray(image, dtype=int)
 
 
-@pytest.mark.parametrize("kind,message", [
-    ("server path", "lora_weights: only a file the request brings is read"),
-    ("pickle", "lora_weights: adapter.bin is not a safetensors file (it does not start with a safetensors header); "
-               "send the LoRA adapter as a .safetensors file"),
-    ("wrong model", "lora_weights: style.safetensors cannot be loaded into this model as a LoRA adapter ("),
-])
-def test_the_predictor_refuses_adapters_it_must_not_or_cannot_read(predictor, lora_file, tmp_path, monkeypatch, kind,
-                                                                   message):
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("server path", "lora_weights: only a file the request brings is read"),
+        (
+            "pickle",
+            "lora_weights: adapter.bin is not a safetensors file (it does not start with a safetensors header); "
+            "send the LoRA adapter as a .safetensors file",
+        ),
+        ("wrong model", "lora_weights: style.safetensors cannot be loaded into this model as a LoRA adapter ("),
+    ],
+)
+def test_the_predictor_refuses_adapters_it_must_not_or_cannot_read(
+    predictor, lora_file, tmp_path, monkeypatch, kind, message
+):
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     if kind == "server path":
         sent = str(lora_file)
     elif kind == "pickle":
         sent = fetched_from("https://example.com/adapter.bin", b"never read")
     else:
-        sent = fetched_from("https://example.com/style.safetensors", save_random_lora("tiny-sdxl", tmp_path).read_bytes())
+        sent = fetched_from(
+            "https://example.com/style.safetensors", save_random_lora("tiny-sdxl", tmp_path).read_bytes()
+        )
     with pytest.raises(ConfigError) as error:
         run(predictor, generation_prompt="a house", seed=1, lora_weights=sent)
     assert str(error.value).startswith(message)

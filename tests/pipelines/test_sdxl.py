@@ -28,7 +28,8 @@ from pnp.pipelines.random_models import build_random_pipeline
 # SDXL's up_blocks.0 (1/32) and up_blocks.1 (1/16), in every transformer block (10 and 2 of them).
 RESIDUAL = "up_blocks.0.resnets.1.conv2"
 ATTENTION = [f"up_blocks.0.attentions.{a}.transformer_blocks.{b}.attn1" for a in (1, 2) for b in range(10)] + [
-    f"up_blocks.1.attentions.{a}.transformer_blocks.{b}.attn1" for a in (0, 1, 2) for b in range(2)]
+    f"up_blocks.1.attentions.{a}.transformer_blocks.{b}.attn1" for a in (0, 1, 2) for b in range(2)
+]
 UNTOUCHED = [
     "up_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",  # SD's up_blocks.1.attentions.0 is not injected either
     "up_blocks.0.attentions.1.transformer_blocks.0.attn2.to_k",  # cross-attention
@@ -72,7 +73,9 @@ def test_targets_get_the_sources_qk_and_residual_on_the_mapped_modules_but_not_v
     projections = [f"{layer}.{p}" for layer in ATTENTION for p in ("to_q", "to_k", "to_v")]
     with torch.inference_mode(), FeatureInjector(xl.unet, xl.injection_layers) as injector:
         injector.start_step(True, True)
-        injector.set_call((Row(RowKind.SOURCE), Row(RowKind.TARGET_UNCOND, 0), Row(RowKind.TARGET_COND, 0)), latents.device)
+        injector.set_call(
+            (Row(RowKind.SOURCE), Row(RowKind.TARGET_UNCOND, 0), Row(RowKind.TARGET_COND, 0)), latents.device
+        )
         capture = Capture(xl.unet, [RESIDUAL, *projections, *UNTOUCHED])
         xl.unet(latents, 401, **conditions)
         capture.remove()
@@ -90,8 +93,10 @@ def test_targets_get_the_sources_qk_and_residual_on_the_mapped_modules_but_not_v
 DEPTHS = {
     "3 blocks per attention": (dict(transformer_layers_per_block=(1, 2, 3)), {0: (3, 3, 3), 1: (2, 2, 2)}),
     "blocks differ between attentions": (
-        dict(transformer_layers_per_block=((1, 1), (2, 1), (3, 2)),
-             reverse_transformer_layers_per_block=((1, 3, 2), (2, 1, 1), (1, 1, 1))),
+        dict(
+            transformer_layers_per_block=((1, 1), (2, 1), (3, 2)),
+            reverse_transformer_layers_per_block=((1, 3, 2), (2, 1, 1), (1, 1, 1)),
+        ),
         {0: (1, 3, 2), 1: (2, 1, 1)},
     ),
 }
@@ -113,9 +118,12 @@ def other_depth(request, tmp_path_factory):
 
 def test_the_sdxl_layers_are_every_block_of_the_mapped_attentions_at_any_depth(other_depth):
     pipe, blocks = other_depth
-    expected = [f"up_blocks.{block}.attentions.{a}.transformer_blocks.{n}.attn1"
-                for block, attentions in ((0, (1, 2)), (1, (0, 1, 2)))
-                for a in attentions for n in range(blocks[block][a])]
+    expected = [
+        f"up_blocks.{block}.attentions.{a}.transformer_blocks.{n}.attn1"
+        for block, attentions in ((0, (1, 2)), (1, (0, 1, 2)))
+        for a in attentions
+        for n in range(blocks[block][a])
+    ]
     assert pipe.injection_layers == InjectionLayers((RESIDUAL,), tuple(expected)) == injection_layers("sdxl", pipe.unet)
     first = injection_layers("sdxl-first-block", pipe.unet)
     assert first == InjectionLayers((RESIDUAL,), tuple(n for n in expected if ".transformer_blocks.0." in n))
@@ -132,7 +140,9 @@ def test_the_sdxl_layers_are_every_block_of_the_mapped_attentions_at_any_depth(o
     projections = [f"{layer}.{p}" for layer in expected for p in ("to_q", "to_k", "to_v")]
     with torch.inference_mode(), FeatureInjector(pipe.unet, pipe.injection_layers) as injector:
         injector.start_step(True, True)
-        injector.set_call((Row(RowKind.SOURCE), Row(RowKind.TARGET_UNCOND, 0), Row(RowKind.TARGET_COND, 0)), latents.device)
+        injector.set_call(
+            (Row(RowKind.SOURCE), Row(RowKind.TARGET_UNCOND, 0), Row(RowKind.TARGET_COND, 0)), latents.device
+        )
         capture = Capture(pipe.unet, [RESIDUAL, *projections])
         pipe.unet(latents, 401, **conditions)
         capture.remove()
@@ -149,12 +159,21 @@ def test_a_translation_at_another_depth_runs_every_hook_once_per_call(other_dept
     layers = pipe.injection_layers
     names = [*layers.residual, *(f"{a}.{p}" for a in layers.attention for p in ("to_q", "to_k"))]
     fired, calls = Counter(), []
-    handles = [modules[name].register_forward_hook(lambda module, args, output, name=name: fired.update([name]))
-               for name in names]
+    handles = [
+        modules[name].register_forward_hook(lambda module, args, output, name=name: fired.update([name]))
+        for name in names
+    ]
     handles.append(pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(1)))
     try:
-        pipe(prompt=["a cat", "a dog"], image=square, num_inference_steps=2, resolution=128, output_type="latent",
-             feature_injection_threshold=1.0, attention_injection_threshold=1.0)
+        pipe(
+            prompt=["a cat", "a dog"],
+            image=square,
+            num_inference_steps=2,
+            resolution=128,
+            output_type="latent",
+            feature_injection_threshold=1.0,
+            attention_injection_threshold=1.0,
+        )
     finally:
         for handle in handles:
             handle.remove()
@@ -162,8 +181,13 @@ def test_a_translation_at_another_depth_runs_every_hook_once_per_call(other_dept
 
 
 def test_rows_are_exactly_the_plan(xl, photo):
-    settings = dict(prompt=["a cat", "a dog"], num_inference_steps=STEPS, resolution=128,
-                    feature_injection_threshold=0.5, attention_injection_threshold=0.25)
+    settings = dict(
+        prompt=["a cat", "a dog"],
+        num_inference_steps=STEPS,
+        resolution=128,
+        feature_injection_threshold=0.5,
+        attention_injection_threshold=0.25,
+    )
     calls = []
     handle = xl.unet.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
     try:
@@ -183,22 +207,32 @@ def test_without_injection_a_translation_is_plain_ddim_with_sdxls_added_conditio
     force_zeros_for_empty_prompt says) and makes the time ids; DDIMInverseScheduler inverts with the
     empty prompt, DDIMScheduler samples each prompt with guidance. Nothing from pnp but the pipeline."""
     prompts, scale = ["a cat", "a dog"], 7.5
-    ours = xl(prompt=prompts, image=square, num_inference_steps=STEPS, resolution=128, guidance_scale=scale,
-              feature_injection_threshold=0.0, attention_injection_threshold=0.0, output_type="latent").images
+    ours = xl(
+        prompt=prompts,
+        image=square,
+        num_inference_steps=STEPS,
+        resolution=128,
+        guidance_scale=scale,
+        feature_injection_threshold=0.0,
+        attention_injection_threshold=0.0,
+        output_type="latent",
+    ).images
 
     ref = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_model_dir)
     with torch.inference_mode():
         cond, uncond, pooled, uncond_pooled = ref.encode_prompt(prompts, device="cpu", do_classifier_free_guidance=True)
         assert not uncond.any() and not uncond_pooled.any()  # force_zeros_for_empty_prompt
-        time_ids = ref._get_add_time_ids((128, 128), (0, 0), (128, 128), torch.float32,
-                                         ref.text_encoder_2.config.projection_dim)
+        time_ids = ref._get_add_time_ids(
+            (128, 128), (0, 0), (128, 128), torch.float32, ref.text_encoder_2.config.projection_dim
+        )
         pixels = torch.from_numpy(np.asarray(square, dtype="float32") / 127.5 - 1).permute(2, 0, 1)[None]
         z = ref.vae.encode(pixels).latent_dist.mean * ref.vae.config.scaling_factor
 
         def unet(x, t, hidden, text_embeds):
             ids = time_ids.expand(len(x), -1)
-            return ref.unet(x, t, encoder_hidden_states=hidden,
-                            added_cond_kwargs={"text_embeds": text_embeds, "time_ids": ids}).sample
+            return ref.unet(
+                x, t, encoder_hidden_states=hidden, added_cond_kwargs={"text_embeds": text_embeds, "time_ids": ids}
+            ).sample
 
         # SDXL ships an Euler scheduler config, which says nothing of clipping; diffusers' DDIM
         # schedulers then clip x0 to [-1, 1] by default, which suits pixels, not latents: off, as
@@ -213,8 +247,12 @@ def test_without_injection_a_translation_is_plain_ddim_with_sdxls_added_conditio
         for p in range(len(prompts)):
             x = z
             for t in sampler.timesteps:
-                both = unet(torch.cat([x, x]), t, torch.cat([uncond[p:p + 1], cond[p:p + 1]]),
-                            torch.cat([uncond_pooled[p:p + 1], pooled[p:p + 1]]))
+                both = unet(
+                    torch.cat([x, x]),
+                    t,
+                    torch.cat([uncond[p : p + 1], cond[p : p + 1]]),
+                    torch.cat([uncond_pooled[p : p + 1], pooled[p : p + 1]]),
+                )
                 eps_u, eps_c = both.chunk(2)
                 x = sampler.step(eps_u + scale * (eps_c - eps_u), t, x, eta=0.0).prev_sample
             finals.append(x)
@@ -250,8 +288,23 @@ def test_the_vae_runs_in_float32_where_float16_overflows_and_goes_back(xl):
 
 def test_cli_translates_with_sdxl_at_its_own_size(tmp_path, photo):
     photo.save(tmp_path / "in.png")
-    done = run_cli("translate", "--model", "tiny-sdxl", "--image", "in.png", "--prompt", "a cat", "--out", "out",
-                   "--steps", "2", "--dtype", "float32", "--quiet", cwd=tmp_path)
+    done = run_cli(
+        "translate",
+        "--model",
+        "tiny-sdxl",
+        "--image",
+        "in.png",
+        "--prompt",
+        "a cat",
+        "--out",
+        "out",
+        "--steps",
+        "2",
+        "--dtype",
+        "float32",
+        "--quiet",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert "PnPXLPipeline" in done.stderr and "256 px by default" in done.stderr
     with Image.open(tmp_path / "out" / "00-a-cat.png") as image:

@@ -41,8 +41,9 @@ def test_a_single_file_holds_its_folders_weights_and_translates_alike(pipe, chec
         ours, theirs = getattr(single, name).state_dict(), getattr(pipe, name).state_dict()
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), name
     # The same values from another file: each weight sits at another alignment (INSTANCE_TOLERANCE).
-    torch.testing.assert_close(single(image=photo, **SETTINGS).images, pipe(image=photo, **SETTINGS).images,
-                               **INSTANCE_TOLERANCE)
+    torch.testing.assert_close(
+        single(image=photo, **SETTINGS).images, pipe(image=photo, **SETTINGS).images, **INSTANCE_TOLERANCE
+    )
 
 
 def test_pickled_checkpoints_load_only_when_allowed(checkpoint, tiny_model_dir, tmp_path):
@@ -64,14 +65,28 @@ def test_offline_without_a_configuration_the_error_says_what_to_pass(checkpoint)
 
 def test_cli_loads_a_single_file_with_its_configuration(checkpoint, tiny_model_dir, tmp_path, photo):
     photo.save(tmp_path / "in.png")
-    args = ["translate", "--image", "in.png", "--prompt", "a cat", "--steps", "2", "--resolution", "128",
-            "--dtype", "float32", "--quiet"]
+    args = [
+        "translate",
+        "--image",
+        "in.png",
+        "--prompt",
+        "a cat",
+        "--steps",
+        "2",
+        "--resolution",
+        "128",
+        "--dtype",
+        "float32",
+        "--quiet",
+    ]
     done = run_cli(*args, "--out", "out", "--model", str(checkpoint), "--config", str(tiny_model_dir), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out" / "00-a-cat.png").exists()
     for extra, message in (
-        (["--model", "tiny", "--config", str(tiny_model_dir)], "error: --config: a base configuration is only for a "
-                                                               "single-file --model"),
+        (
+            ["--model", "tiny", "--config", str(tiny_model_dir)],
+            "error: --config: a base configuration is only for a single-file --model",
+        ),
         (["--model", str(tmp_path / "missing.safetensors")], "error: model file"),
         (["--model", str(tmp_path / "in.ckpt")], "does not exist"),
     ):

@@ -69,8 +69,9 @@ def save_random_lora(kind: str, folder: str | Path, seed: int = 1, rank: int = 4
     pipe = build_random_pipeline(kind)
     torch.manual_seed(seed)
     # Random up and down matrices (peft starts "up" at zero, which would change nothing).
-    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
-                        init_lora_weights=False)
+    config = LoraConfig(
+        r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False
+    )
     pipe.unet.add_adapter(config)
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
     type(pipe).save_lora_weights(folder, unet_lora_layers=layers)
