@@ -24,18 +24,18 @@ from pnp.environment import configure_libraries, log_to
 # Before diffusers and transformers load: their import-time advice would fill the setup logs.
 configure_libraries()
 
-from pnp.config import ConfigError  # noqa: E402
-from pnp.devices import dtype_name  # noqa: E402
-from pnp.visual import visualise  # noqa: E402
 from pnp.app.feature_files import write_feature_grids  # noqa: E402
 from pnp.app.form import form_name, parse_form  # noqa: E402
+from pnp.config import ConfigError  # noqa: E402
+from pnp.devices import dtype_name  # noqa: E402
 from pnp.images import ImageError  # noqa: E402
 from pnp.method.generation import noise_generator  # noqa: E402
-from pnp.pipelines.lora import load_loras  # noqa: E402
 from pnp.outputs import write_outputs  # noqa: E402
 from pnp.pipelines.loading import NO_SAFETY_CHECKER  # noqa: E402
+from pnp.pipelines.lora import load_loras  # noqa: E402
 from pnp.pipelines.pipeline_pnp import PnPPipeline  # noqa: E402
 from pnp.pipelines.weights import locate_weights  # noqa: E402
+from pnp.visual import visualise  # noqa: E402
 
 WEIGHTS_DIR = LocalPath(__file__).resolve().parent / "weights"
 SOURCE_CACHE_ENV = "PNP_SOURCE_CACHE_BYTES"

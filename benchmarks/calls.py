@@ -19,12 +19,12 @@ import torch
 
 from pnp.devices import DTYPE_NAMES, default_dtype, dtype_name
 from pnp.method.injection import FeatureInjector
-from pnp.pipelines.pipeline_pnp import PnPPipeline
-from pnp.method.text import TextEmbeddings
 from pnp.method.noise_predictor import NoisePredictor
+from pnp.method.text import TextEmbeddings
+from pnp.pipelines.pipeline_pnp import PnPPipeline
 
-from .replay import TIMESTEP, BareReplay, timed
 from .machine import add_machine_options, check_machine_options, model_folder
+from .replay import TIMESTEP, BareReplay, timed
 from .report import markdown_table
 
 

@@ -16,9 +16,9 @@ import diffusers
 import torch
 import transformers
 
+from pnp.devices import default_device
 from pnp.pipelines import random_models
 from pnp.pipelines.loading import RANDOM_MODELS
-from pnp.devices import default_device
 
 from .memory import MemoryTracker
 

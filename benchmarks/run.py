@@ -28,8 +28,8 @@ from PIL import Image
 from pnp.config import ConfigError, PnPConfig
 from pnp.devices import DTYPE_NAMES, default_dtype, dtype_name
 from pnp.images import load_image, resize_for_model
-from pnp.pipelines.pipeline_pnp import PnPPipeline
 from pnp.method.plan import inversion_rows, translation_rows
+from pnp.pipelines.pipeline_pnp import PnPPipeline
 
 from .machine import OtherLoad, add_machine_options, check_machine_options, environment, model_folder
 from .memory import MemoryTracker

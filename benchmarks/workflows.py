@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def settings(args, prompts: int, first: int = 0, **extra) -> dict:
-    """A translation's arguments: ``prompts`` of the benchmark's prompts (from the ``first``), its steps and resolution."""
+    """A translation's arguments: ``prompts`` of the benchmark's prompts (from the ``first``), its steps and
+    resolution."""
     return dict(
         prompt=[PROMPTS[(first + i) % len(PROMPTS)] for i in range(prompts)],
         num_inference_steps=args.steps,

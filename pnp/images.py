@@ -92,7 +92,8 @@ def _name(source, name: str | None) -> object:
 
 @contextmanager
 def _opened(source: str | Path | BinaryIO, name: object):
-    """The image opened (its header read and its pixel count checked); every failure as an ImageError naming ``name``."""
+    """The image opened (its header read and its pixel count checked); every failure as an ImageError naming
+    ``name``."""
     try:
         if isinstance(source, (str, os.PathLike)):
             _check_regular_file(source, name)

@@ -7,6 +7,7 @@ two modules that cannot be understood one without the other.
 import ast
 
 import pytest
+
 from support.paths import ROOT
 
 PACKAGE = ROOT / "pnp"

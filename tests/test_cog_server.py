@@ -24,14 +24,12 @@ import pytest
 import requests
 from PIL import Image
 
-from support.cog_server import FAST, FORM_ORDER, CogServer, data_uri, decode_data_uri, sample_photo, write_schema
-from support.local_http import LocalServer, QuietHandler
-from support.models import safetensors_bytes
-
 from cog_outputs import PREFIX
 from pnp.config import MAX_RESOLUTION, MAX_SAMPLING_STEPS, MIN_RESOLUTION, NEGATIVE_SCHEDULES
 from pnp.outputs import OUTPUT_FORMATS
-from support.models import save_random_lora
+from support.cog_server import FAST, FORM_ORDER, CogServer, data_uri, decode_data_uri, sample_photo, write_schema
+from support.local_http import LocalServer, QuietHandler
+from support.models import safetensors_bytes, save_random_lora
 
 SERVER_ENV = {"PNP_DEVICE": "cpu", "PNP_DTYPE": "float32", "HF_HUB_OFFLINE": "1"}
 # coglet 0.23.1 writes "Prediction failed: " twice before an exception from predict(): predict_worker
@@ -284,7 +282,9 @@ def test_urls_are_fetched_and_errors_name_files_as_the_user_sent_them(server, we
         f"{web.url}/albums/notes.txt": "notes.txt is not a readable image",
         "data:text/plain;base64,aGVsbG8=": "the uploaded file is not a readable image",
         # Python's base64 decoder drops characters outside the alphabet: the file Cog writes is empty.
-        "data:image/png;base64,@@@": "the uploaded file is empty: no bytes arrived (with a data: URI, check its base64)",
+        "data:image/png;base64,@@@": (
+            "the uploaded file is empty: no bytes arrived (with a data: URI, check its base64)"
+        ),
     }
     for value, message in errors.items():
         prediction = server.predict({"input_image": value, **FAST}).json()

@@ -11,9 +11,7 @@ from cog import CancelationException, Path
 from PIL import Image
 
 import predict
-from support.cog_server import FORM_ORDER, data_uri, sample_photo
-from support.predictor import PREDICT_PARAMETERS, fetched_from, run, sent_as
-from support.hooks import all_hooks
+from pnp.app.form import MODEL_RESOLUTION, config_resolution
 from pnp.config import (
     MAX_PROMPTS,
     MAX_RESOLUTION,
@@ -27,13 +25,15 @@ from pnp.config import (
     check_seed,
     describe_ranges,
 )
-from pnp.app.form import MODEL_RESOLUTION, config_resolution
 from pnp.images import ImageError
-from pnp.pipelines.lora import LORA_SCALE_RANGE
-from pnp.pipelines.loading import ModelError
-from pnp.outputs import OUTPUT_FORMATS, OutputOptions
 from pnp.method.timesteps import MAX_INVERSION_STEPS, valid_inversion_steps
+from pnp.outputs import OUTPUT_FORMATS, OutputOptions
+from pnp.pipelines.loading import ModelError
+from pnp.pipelines.lora import LORA_SCALE_RANGE
 from predict import Predictor
+from support.cog_server import FORM_ORDER, data_uri, sample_photo
+from support.hooks import all_hooks
+from support.predictor import PREDICT_PARAMETERS, fetched_from, run, sent_as
 
 # Form input -> the pipeline parameter (PnPConfig field, seed, or OutputOptions field) it sets as it is.
 ENGINE_FIELDS = {

@@ -14,8 +14,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from pnp.config import ConfigError, PnPConfig, check_seed
-from pnp.evaluation.command import add_evaluate_arguments, run_evaluate
+from pnp.app.feature_files import check_feature_folder, write_feature_maps
 from pnp.app.options import (
     add_model_options,
     add_translate_options,
@@ -24,11 +23,12 @@ from pnp.app.options import (
     translation_config,
     translation_settings,
 )
-from pnp.app.feature_files import check_feature_folder, write_feature_maps
-from pnp.visual.maps import DEFAULT_LAYERS, LAYER_HELP, map_request, run_config
+from pnp.config import ConfigError, PnPConfig, check_seed
+from pnp.evaluation.command import add_evaluate_arguments, run_evaluate
 from pnp.images import ImageError, check_image, load_image
-from pnp.pipelines.loading import DEFAULT_MODEL, ModelError
 from pnp.outputs import OUTPUT_FORMATS, OutputOptions, check_output_folder, write_outputs
+from pnp.pipelines.loading import DEFAULT_MODEL, ModelError
+from pnp.visual.maps import DEFAULT_LAYERS, LAYER_HELP, map_request, run_config
 
 EXIT_USAGE = 2
 # Flags whose name is not the parameter's own ("--" + name with dashes).

@@ -25,11 +25,11 @@ import traceback
 
 import gradio as gr
 
-from pnp.config import MAX_PROMPTS, ConfigError
 from pnp.app.form import FORM_INPUTS, FormInput, form_input
-from pnp.messages import first_line
 from pnp.app.samples import write_samples
 from pnp.app.ui_runs import Runner, RunResult, read_form
+from pnp.config import MAX_PROMPTS, ConfigError
+from pnp.messages import first_line
 
 logger = logging.getLogger("pnp.ui")
 
@@ -193,7 +193,8 @@ def _main_fields() -> dict:
 
 
 def _field(spec: FormInput, info: str | None = None) -> gr.components.Component:
-    """The page's field for a form input: its name as label, its description (or ``info``) as help, its default and range."""
+    """The page's field for a form input: its name as label, its description (or ``info``) as help, its default and
+    range."""
     common = {"label": spec.name, "info": info or spec.description, "value": spec.default, "elem_id": spec.name}
     if spec.choices is not None:
         # As text, as Gradio describes every choice to API clients ('128'); the form's check reads the numbers.

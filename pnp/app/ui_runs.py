@@ -17,11 +17,11 @@ from pathlib import Path
 
 from pnp.app.feature_files import write_feature_grids
 from pnp.app.form import Request, parse_form
-from pnp.messages import plural
-from pnp.visual.visualise import feature_maps
 from pnp.images import load_image
+from pnp.messages import plural
 from pnp.method.generation import noise_generator
 from pnp.outputs import OutputOptions, write_outputs
+from pnp.visual.visualise import feature_maps
 
 logger = logging.getLogger("pnp.ui")
 

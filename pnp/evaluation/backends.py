@@ -78,13 +78,15 @@ def parse_backend(text: str) -> BackendSpec:
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ConfigError(
                 "backend",
-                f"{url!r} is not a server URL; use local, http://HOST:PORT[,http://HOST2:PORT...] or replicate:OWNER/MODEL[:VERSION]",
+                f"{url!r} is not a server URL; use local, http://HOST:PORT[,http://HOST2:PORT...] or "
+                "replicate:OWNER/MODEL[:VERSION]",
             )
     return BackendSpec("http", urls=urls)
 
 
 def make_job(source: Source, base: PnPConfig) -> Job:
-    """The job of ``source`` under the run's settings; a generated source brings its own prompt, scale, steps and seed."""
+    """The job of ``source`` under the run's settings; a generated source brings its own prompt, scale, steps and
+    seed."""
     generation = source.generation
     if generation is None:
         return Job(source, replace(base, prompt=source.prompts), seed=0)

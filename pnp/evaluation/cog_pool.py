@@ -16,9 +16,8 @@ from collections.abc import Callable, Iterable, Iterator
 
 import requests
 
-from pnp.config import ConfigError
 from pnp.app.form import form_inputs
-from pnp.messages import first_line
+from pnp.config import ConfigError
 from pnp.evaluation.backends import (
     BackendError,
     Job,
@@ -28,6 +27,7 @@ from pnp.evaluation.backends import (
     read_output,
     split_outputs,
 )
+from pnp.messages import first_line
 
 HEALTH_TIMEOUT_S = 10
 BUSY_POLL_S = 0.1

@@ -12,15 +12,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from pnp.app.form import form_inputs
 from pnp.app.options import load_pipeline, translation_config
 from pnp.config import check_int
-from pnp.app.form import form_inputs
-from pnp.pipelines.loading import RANDOM_MODELS
 from pnp.evaluation.backends import IMAGES_PER_CALL, LOCAL, BackendError, make_job, parse_backend
+from pnp.evaluation.load import load_benchmark
 from pnp.evaluation.metric_models import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL, RANDOM
 from pnp.evaluation.metrics import STRUCTURE_VARIANTS
 from pnp.evaluation.records import Plan, check_folder
-from pnp.evaluation.load import load_benchmark
+from pnp.pipelines.loading import RANDOM_MODELS
 
 BOTH = "both"
 DEFAULT_PARALLEL = 8

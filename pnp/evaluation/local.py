@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from pnp.evaluation.backends import IMAGES_PER_CALL, LOCAL, Job, Translation
 from pnp.images import load_image
 from pnp.method.generation import noise_generator
-from pnp.evaluation.backends import IMAGES_PER_CALL, LOCAL, Job, Translation
 
 
 class LocalBackend:

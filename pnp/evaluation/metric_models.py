@@ -100,7 +100,8 @@ class MetricUnavailable(RuntimeError):
 def load_metric_suite(
     kind: str, clip_model: str, dino_model: str, variants: tuple[str, ...], device: str, warn
 ) -> MetricSuite:
-    """Load the models a benchmark of ``kind`` needs; LPIPS (PIE-Bench only) is skipped with a warning where unavailable."""
+    """Load the models a benchmark of ``kind`` needs; LPIPS (PIE-Bench only) is skipped with a warning where
+    unavailable."""
     from pnp.evaluation.clip import ClipSimilarity
     from pnp.evaluation.structure import StructureDistance
 

@@ -18,7 +18,8 @@ from PIL import Image
 
 from pnp.evaluation.benchmarks import Source
 
-# The structure distance's two input scales (see ``structure``): images in 0..1, or in 0..255 as PIE-Bench's code feeds them.
+# The structure distance's two input scales (see ``structure``): images in 0..1, or in 0..255 as PIE-Bench's
+# code feeds them.
 SPLICE_INPUT = "splice"
 PIE_BENCH_INPUT = "pie-bench"
 STRUCTURE_VARIANTS = (SPLICE_INPUT, PIE_BENCH_INPUT)

@@ -15,10 +15,10 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import requests
 
-from pnp.config import ConfigError
 from pnp.app.form import form_inputs
-from pnp.messages import first_line
+from pnp.config import ConfigError
 from pnp.evaluation.backends import BackendError, Job, Translation, decode_image, read_output, split_outputs
+from pnp.messages import first_line
 
 TOKEN_ENV = "REPLICATE_API_TOKEN"
 ATTEMPTS = 3  # network failures on the way to Replicate are retried; failed predictions are not

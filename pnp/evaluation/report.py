@@ -93,9 +93,8 @@ def summary_table(summary_means: dict[str, dict]) -> list[str]:
     for name, value in summary_means.items():
         scale, higher_better = METRICS[name]
         arrow = "higher is better" if higher_better else "lower is better"
-        lines.append(
-            f"{name:<30} {value['mean']:>10.4g} {scale:>7g} {value['mean'] * scale:>14.2f} {value['pairs']:>6}   {arrow}"
-        )
+        mean = value["mean"]
+        lines.append(f"{name:<30} {mean:>10.4g} {scale:>7g} {mean * scale:>14.2f} {value['pairs']:>6}   {arrow}")
     return lines
 
 

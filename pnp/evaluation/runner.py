@@ -15,15 +15,15 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pnp.images import load_image
-from pnp.outputs import OutputOptions, output_names, save_image
 from pnp.evaluation.backends import Translation
+from pnp.evaluation.benchmarks import PIE_BENCH
 from pnp.evaluation.contact_sheet import write_contact_sheet
 from pnp.evaluation.metrics import MetricSuite, finite_or_none
 from pnp.evaluation.piebench import decode_mask
 from pnp.evaluation.records import IMAGES, Plan, finished, record_path, start_folder, write_json
 from pnp.evaluation.report import means, means_by_editing_type, rows_of, summary_table, write_results
-from pnp.evaluation.benchmarks import PIE_BENCH
+from pnp.images import load_image
+from pnp.outputs import OutputOptions, output_names, save_image
 
 LOSSLESS = OutputOptions("png")
 

@@ -26,7 +26,8 @@ SHORT_SIDE, MAX_LONG_SIDE = 224, 480
 
 
 def resized_size(height: int, width: int) -> tuple[int, int]:
-    """(height, width) with the short side 224 and the long side at most 480, rounded down as torchvision's Resize does."""
+    """(height, width) with the short side 224 and the long side at most 480, rounded down as torchvision's Resize
+    does."""
     short, long = sorted((height, width))
     new_short, new_long = SHORT_SIDE, int(SHORT_SIDE * long / short)
     if new_long > MAX_LONG_SIDE:
@@ -84,7 +85,8 @@ class StructureDistance:
 
 
 def _last_key_projection(model) -> torch.nn.Module:
-    """The last block's key projection: ``layers[-1].attention.k_proj`` in transformers 5, ``encoder.layer[-1]...key`` in 4."""
+    """The last block's key projection: ``layers[-1].attention.k_proj`` in transformers 5, ``encoder.layer[-1]...key``
+    in 4."""
     if hasattr(model, "layers"):
         return model.layers[-1].attention.k_proj
     return model.encoder.layer[-1].attention.attention.key

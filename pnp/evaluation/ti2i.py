@@ -14,10 +14,10 @@ from __future__ import annotations
 import numbers
 from pathlib import Path
 
-from pnp.messages import first_line
 from pnp.config import RANGES, ConfigError, check_float, check_int, check_seed
-from pnp.outputs import slug
 from pnp.evaluation.benchmarks import TI2I, Benchmark, Generation, Source, check_image, check_prompts
+from pnp.messages import first_line
+from pnp.outputs import slug
 
 REAL_KEYS = ("init_img", "target_prompts")
 GENERATED_KEYS = ("source_prompt", "seed", "scale", "ddim_steps", "target_prompts")

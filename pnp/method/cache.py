@@ -46,7 +46,8 @@ class SourceKey:
 
 @dataclass
 class SourceEntry:
-    """A source's trajectory, its generated image's clean latent (generation mode), and its injected features per timestep."""
+    """A source's trajectory, its generated image's clean latent (generation mode), and its injected features per
+    timestep."""
 
     trajectory: Trajectory
     clean: torch.Tensor | None = None

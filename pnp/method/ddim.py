@@ -29,7 +29,8 @@ class DDIMSchedule:
 
     @classmethod
     def from_config(cls, scheduler_config) -> "DDIMSchedule":
-        """Build from any Stable Diffusion scheduler config (DDIM, PNDM, Euler, ... share the betas and prediction type)."""
+        """Build from any Stable Diffusion scheduler config (DDIM, PNDM, Euler, ... share the betas and prediction
+        type)."""
         scheduler = DDIMScheduler.from_config(scheduler_config)
         return cls(
             scheduler.alphas_cumprod,

@@ -32,8 +32,8 @@ from pnp.method.ddim import DDIMSchedule, StepEnd, ddim_step
 from pnp.method.generation import generate
 from pnp.method.guidance import guided_noise
 from pnp.method.injection import FeatureInjector, InjectedFeatures
-from pnp.method.layers import InjectionLayers
 from pnp.method.inversion import invert
+from pnp.method.layers import InjectionLayers
 from pnp.method.noise_predictor import NoisePredictor
 from pnp.method.plan import Row, RowKind, TranslationStep, UNetCall, translation_plan
 from pnp.method.sources import SourceGroup
@@ -86,7 +86,8 @@ class Metrics:
 
 @dataclass
 class Translated:
-    """A group's translation: the targets' final latents, in (image, prompt) order, and the features its source rows computed."""
+    """A group's translation: the targets' final latents, in (image, prompt) order, and the features its source rows
+    computed."""
 
     latents: torch.Tensor
     injected: dict[int, dict[int, InjectedFeatures]] = field(default_factory=dict)  # source -> timestep -> features
@@ -114,7 +115,8 @@ class EngineRun:
         return self.callbacks.stopped
 
     def steps(self, group: SourceGroup) -> int:
-        """The steps a group takes: the inversion of its uncached images (or a separate generation), then the translation."""
+        """The steps a group takes: the inversion of its uncached images (or a separate generation), then the
+        translation."""
         steps = self.config.num_inference_steps
         if not group.misses or group.fused:
             return steps
@@ -265,7 +267,8 @@ class EngineRun:
         t_next: int | None,
         group: SourceGroup,
     ) -> torch.Tensor:
-        """Guidance per target from its rows of ``eps``, then the DDIM step to ``t_next`` of the call's targets (and generation)."""
+        """Guidance per target from its rows of ``eps``, then the DDIM step to ``t_next`` of the call's targets (and
+        generation)."""
         t = step.timestep
         parts = _by_kind(call, eps)
         guided = guided_noise(

@@ -133,7 +133,8 @@ class FeatureInjector:
         self._handles.append(module.register_forward_hook(partial(self._inject, index, kind, slots)))
 
     def check_call(self) -> None:
-        """Raise InjectionError unless every active injection happened exactly once in the UNet call since ``set_call``."""
+        """Raise InjectionError unless every active injection happened exactly once in the UNet call since
+        ``set_call``."""
         fired = dict(zip(self._hook_names, self._fired.tolist()))
         if self._active["residual"]:
             for name in self.layers.residual:

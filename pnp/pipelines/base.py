@@ -1,4 +1,5 @@
-"""The diffusers shell of both PnP pipelines: loading, ``check_inputs``, ``__call__`` in numbered phases, post-processing.
+"""The diffusers shell of both PnP pipelines: loading, ``check_inputs``, ``__call__`` in numbered phases,
+post-processing.
 
 ``PnPPipeline`` (Stable Diffusion 1.x/2.x, ``pnp.pipelines.pipeline_pnp``) and ``PnPXLPipeline`` (SDXL,
 ``pnp.pipelines.pipeline_pnp_xl``) share everything here and differ in their components and text
@@ -138,7 +139,8 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
         allow_pickle: bool = False,
         **kwargs,
     ):
-        """Load a single-file checkpoint (``.safetensors``, the format of community fine-tunes) onto ``device`` in ``dtype``.
+        """Load a single-file checkpoint (``.safetensors``, the format of community fine-tunes) onto ``device`` in
+        ``dtype``.
 
         ``config`` is the base configuration of its architecture, a diffusers folder or model-hub id
         (needed offline); called on PnPPipeline, an SDXL file comes back as ``PnPXLPipeline``.
@@ -161,7 +163,8 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
 
     @classmethod
     def _class_of_checkpoint(cls, path: Path, config: str | Path | None) -> type[PnPBasePipeline]:
-        """The pipeline class that loads the checkpoint file ``path``: this one (PnPPipeline also answers for SDXL's)."""
+        """The pipeline class that loads the checkpoint file ``path``: this one (PnPPipeline also answers for
+        SDXL's)."""
         return cls
 
     @classmethod
@@ -180,11 +183,13 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
 
     @property
     def default_resolution(self) -> int:
-        """The model's own image size in pixels: its UNet's sample size times the VAE's factor (512 SD 1.x, 768 SD 2.1, 1024 SDXL)."""
+        """The model's own image size in pixels: its UNet's sample size times the VAE's factor (512 SD 1.x, 768 SD 2.1,
+        1024 SDXL)."""
         return self.unet.config.sample_size * self.vae_scale_factor
 
     def set_injection_layers(self, layers: str | InjectionLayers) -> None:
-        """Inject into another layer set: a name of ``pnp.method.layers.LAYER_SETS`` or an ``InjectionLayers`` of module names.
+        """Inject into another layer set: a name of ``pnp.method.layers.LAYER_SETS`` or an ``InjectionLayers`` of
+        module names.
 
         The default is the architecture's set ("sd" or "sdxl"). Raises ValueError if the UNet
         lacks a module, or if ``compile_unet`` has already installed the hooks of another set.
@@ -243,7 +248,8 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
         callback_on_step_end=None,
         **settings,
     ) -> PnPConfig:
-        """Validate every argument before any work; returns the configuration. Raises ConfigError naming the argument."""
+        """Validate every argument before any work; returns the configuration. Raises ConfigError naming the
+        argument."""
         config = PnPConfig(**settings).resolved(self.default_resolution)
         generators = generator if isinstance(generator, list) else [generator]
         if generator is not None and (len(generators) != 1 or not isinstance(generators[0], torch.Generator)):
@@ -442,7 +448,8 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
         return Prompts(targets, uncond, negative if config.negative_prompt else None), source
 
     def _embed(self, texts: list[str], device) -> TextEmbeddings:
-        """The text encoders' embeddings of ``texts``, one row each (diffusers' encode_prompt: LoRA and textual inversion apply)."""
+        """The text encoders' embeddings of ``texts``, one row each (diffusers' encode_prompt: LoRA and textual
+        inversion apply)."""
         raise NotImplementedError
 
     def _unconditional(self, empty: TextEmbeddings) -> TextEmbeddings:

@@ -16,7 +16,8 @@ def listed(image) -> list:
 
 
 def as_pil(image) -> PIL.Image.Image:
-    """A PIL image from a PIL image, an (H, W, 3) array (uint8, or floats in [0, 1]) or a (1,) 3 x H x W tensor in [0, 1]."""
+    """A PIL image from a PIL image, an (H, W, 3) array (uint8, or floats in [0, 1]) or a (1,) 3 x H x W tensor in [0,
+    1]."""
     if isinstance(image, PIL.Image.Image):
         return to_rgb(image)
     if isinstance(image, torch.Tensor):

@@ -29,7 +29,8 @@ _MAX_REASON_CHARS = 400
 
 
 def parse_lora(spec: str, allow_pickle: bool = False) -> tuple[Path, float]:
-    """``PATH`` or ``PATH:SCALE`` as (an existing LoRA file or folder, its scale); ConfigError("lora", ...) otherwise."""
+    """``PATH`` or ``PATH:SCALE`` as (an existing LoRA file or folder, its scale); ConfigError("lora", ...)
+    otherwise."""
     path, sep, scale = spec.rpartition(":")
     if not sep or not _is_number(scale):
         path, scale = spec, DEFAULT_LORA_SCALE
@@ -37,7 +38,8 @@ def parse_lora(spec: str, allow_pickle: bool = False) -> tuple[Path, float]:
 
 
 def check_lora_file(path: str | Path, param: str, allow_pickle: bool = False, name: str | None = None) -> Path:
-    """``path`` if it is a LoRA file (safetensors, or a pickle where allowed) or a folder holding one; ConfigError naming ``param``.
+    """``path`` if it is a LoRA file (safetensors, or a pickle where allowed) or a folder holding one; ConfigError
+    naming ``param``.
 
     A file named as a pickle (``PICKLED_SUFFIXES``) is one unless its content is safetensors; any
     other file must hold safetensors (``safetensors_problem``).
@@ -65,7 +67,8 @@ def check_lora_file(path: str | Path, param: str, allow_pickle: bool = False, na
 def load_loras(
     pipe, loras: list[tuple[Path, float]], param: str = "lora", labels: list[str] | None = None
 ) -> list[str]:
-    """Load each (file, scale) of ``loras`` into ``pipe`` as adapters ``<param>0``, ``<param>1``, ... weighed by their scales.
+    """Load each (file, scale) of ``loras`` into ``pipe`` as adapters ``<param>0``, ``<param>1``, ... weighed by their
+    scales.
 
     Returns the adapter names. A file the model cannot take raises ConfigError naming ``param``
     and the file (by its ``labels`` entry, default its name), after unloading every adapter: a

@@ -28,7 +28,6 @@ from transformers import (
 
 from pnp.pipelines.loading import RANDOM_MODELS
 
-
 _CROSS_DOWN = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
 _CROSS_UP = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
 # Stable Diffusion's noise schedule (1.x, 2.x and XL share it).

@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.hub import unreachable_hub_env
 from PIL import Image
+
 from support.cli import FAST, run_cli
+from support.hub import unreachable_hub_env
 from support.paths import ROOT
 
 

@@ -1,4 +1,5 @@
-"""The form table (pnp.app.form) is what predict.py's Input() literals say, so the predictor and the web UI cannot drift.
+"""The form table (pnp.app.form) is what predict.py's Input() literals say, so the predictor and the web UI cannot
+drift.
 
 predict.py is read as cog build reads it, by parsing its source, not by importing it.
 """
@@ -17,7 +18,8 @@ KIND_ANNOTATIONS = {"image": "Path", "file": "Path", "text": "str", "int": "int"
 
 
 def predictor_inputs() -> list[dict]:
-    """Each parameter of Predictor.predict as cog build sees it: name, annotation, optional, and the Input() keywords."""
+    """Each parameter of Predictor.predict as cog build sees it: name, annotation, optional, and the Input()
+    keywords."""
     tree = ast.parse(PREDICT.read_text())
     method = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "predict")
     inputs = []

@@ -1,4 +1,5 @@
-"""The web UI in a real browser: `python -m pnp ui --model tiny` in a subprocess, driven by Playwright and Debian's chromium.
+"""The web UI in a real browser: `python -m pnp ui --model tiny` in a subprocess, driven by Playwright and Debian's
+chromium.
 
 One app serves the whole module (starting it is most of the time); each test opens its own
 page, so its session is fresh. The finished page is saved as a screenshot under the pytest
@@ -20,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from PIL import Image
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from PIL import Image
 from playwright.sync_api import Page, sync_playwright
-from support.paths import ROOT
 
 from pnp.app.form import FORM_INPUTS
+from support.paths import ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; Playwright's own browser download is unreachable here
 CHROMIUM_ARGS = [
@@ -45,7 +46,8 @@ ADVANCED = "#advanced .label-wrap"  # the Advanced section's header, which opens
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    """The app's URL: `python -m pnp ui --model tiny` on 127.0.0.1 and a free port, stopped as a service manager stops it."""
+    """The app's URL: `python -m pnp ui --model tiny` on 127.0.0.1 and a free port, stopped as a service manager stops
+    it."""
     folder = tmp_path_factory.mktemp("ui-app")
     port = _free_port()
     temp = folder / "tmp"
@@ -179,7 +181,8 @@ def outputs(page: Page, images: int) -> list[dict]:
     return page.eval_on_selector_all(
         "#gallery .thumbnail-item",
         """items => items.map(item => ({caption: item.querySelector('.caption-label').textContent.trim(),
-                                         size: [item.querySelector('img').naturalWidth, item.querySelector('img').naturalHeight]}))""",
+                                         size: [item.querySelector('img').naturalWidth,
+                                                item.querySelector('img').naturalHeight]}))""",
     )
 
 

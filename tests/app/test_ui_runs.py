@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from support.hooks import all_hooks
-from pnp.config import ConfigError
 from pnp.app.form import FORM_INPUTS
 from pnp.app.ui import run_handler
 from pnp.app.ui_runs import Runner, Stopped, read_form
+from pnp.config import ConfigError
+from support.hooks import all_hooks
 
 # The form as it opens, with the fields left blank that the page shows blank, and fast settings.
 BLANK = {"seed": "", "num_inversion_steps": ""}

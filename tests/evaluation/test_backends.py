@@ -18,12 +18,11 @@ import pytest
 import requests
 from PIL import Image
 
+from pnp.app.cli import main
+from pnp.evaluation.metrics import METRICS
 from support.cog_server import CogServer, write_schema
 from support.fake_replicate import TOKEN, FakeReplicate
 from support.paths import SAMPLES
-
-from pnp.app.cli import main
-from pnp.evaluation.metrics import METRICS
 
 PIE = SAMPLES / "pie-bench"
 SERVER_ENV = {"PNP_DEVICE": "cpu", "PNP_DTYPE": "float32", "HF_HUB_OFFLINE": "1"}

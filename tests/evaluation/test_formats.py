@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pnp.app.form import form_inputs
 from pnp.config import ConfigError, PnPConfig
 from pnp.evaluation.backends import make_job, parse_backend
-from pnp.evaluation.piebench import decode_mask, decode_runs
 from pnp.evaluation.benchmarks import PIE_BENCH, TI2I
 from pnp.evaluation.load import load_benchmark
-from pnp.app.form import form_inputs
+from pnp.evaluation.piebench import decode_mask, decode_runs
 from support.paths import ROOT, SAMPLES
 
 

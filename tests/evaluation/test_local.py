@@ -7,8 +7,8 @@ from PIL import Image
 
 from pnp.config import PnPConfig
 from pnp.evaluation.backends import make_job
-from pnp.evaluation.local import LocalBackend, batches
 from pnp.evaluation.benchmarks import Generation, Source
+from pnp.evaluation.local import LocalBackend, batches
 
 BASE = PnPConfig(prompt="unused", num_inference_steps=3, resolution=128)
 

@@ -1,4 +1,5 @@
-"""The metrics against hand-worked cases, on tiny random CLIP and DINO-ViT models built from the transformers classes."""
+"""The metrics against hand-worked cases, on tiny random CLIP and DINO-ViT models built from the transformers
+classes."""
 
 import math
 

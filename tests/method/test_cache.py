@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 import torch
-from support.models import load_tiny
 from PIL import Image
 
-from pnp.method.cache import SourceCache, SourceEntry, default_budget
 from pnp.config import ConfigError, PnPConfig
-from pnp.method.trajectory import Trajectory
+from pnp.method.cache import SourceCache, SourceEntry, default_budget
 from pnp.method.plan import inversion_rows, translation_plan, translation_rows
 from pnp.method.text import TextEmbeddings
+from pnp.method.trajectory import Trajectory
+from support.models import load_tiny
 
 FAST = dict(num_inference_steps=5, resolution=128)
 # Cached features were computed in a batch of another composition (with the source row, other

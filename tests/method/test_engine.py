@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from support.hooks import all_hooks
 
+from support.hooks import all_hooks
 from support.models import load_tiny
 
 

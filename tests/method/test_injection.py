@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from support.hooks import Capture, all_hooks
 
 from pnp.method import engine as translate_module
 from pnp.method.injection import FeatureInjector
 from pnp.method.plan import Row, RowKind
+from support.hooks import Capture, all_hooks
 
 RESIDUAL_LAYER = "up_blocks.1.resnets.1.conv2"
 # The paper's decoder layers 4-11, written out from the method's description (not from the code).

@@ -5,16 +5,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from support.models import load_tiny
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 
 from pnp.method.ddim import DDIMSchedule, ddim_step
-from pnp.method.prediction import noise_from_output
 from pnp.method.generation import generate
 from pnp.method.inversion import invert
-from pnp.method.text import TextEmbeddings
 from pnp.method.noise_predictor import NoisePredictor
+from pnp.method.prediction import noise_from_output
+from pnp.method.text import TextEmbeddings
 from pnp.method.vae import encode, image_to_tensor
+from support.models import load_tiny
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +206,8 @@ def test_v_parametrised_round_trip_error_is_small_and_falls_with_steps(schedule)
 
 
 def test_a_v_model_inverts_exactly_as_its_noise_model(schedule):
-    """Parametrisation-free: the v oracle's inverted latents are the noise oracle's (up to the UNet output's float32 rounding).
+    """Parametrisation-free: the v oracle's inverted latents are the noise oracle's (up to the UNet output's float32
+    rounding).
 
     Planted: reading v as noise, a wrong sign, or converting at the latent's level instead of
     the UNet's timestep each move the latents by more than 1e-3.

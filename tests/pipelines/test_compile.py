@@ -8,10 +8,10 @@ runs the traced graphs without generating code, so these tests take seconds; the
 import pytest
 import torch
 import torch._dynamo
-from support.models import load_tiny
 from torch._dynamo.utils import counters
 
 from pnp.method.injection import InjectionError
+from support.models import load_tiny
 
 # Five steps with both windows closing: one graph per kind of UNet call (inversion; residual and
 # attention; residual only; neither), each compiled once, however many steps there are.

@@ -7,15 +7,15 @@ import sys
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
-from support.hub import unreachable_hub_env
-from support.paths import ROOT
 
 from pnp import devices
-from pnp.devices import default_dtype
 from pnp.config import ConfigError
+from pnp.devices import default_dtype
 from pnp.pipelines.loading import ModelError
 from pnp.pipelines.pipeline_pnp import PnPPipeline
 from pnp.pipelines.random_models import build_random_pipeline
+from support.hub import unreachable_hub_env
+from support.paths import ROOT
 
 
 def load_pipeline(model, **kwargs):
@@ -146,7 +146,8 @@ def test_sdxl_loads_as_the_xl_pipeline_with_its_size(tiny_sdxl_model_dir, tiny_v
 
 
 def test_without_a_resolution_each_model_works_at_its_own_size(pipe, tiny_v_model_dir, photo):
-    """160x128 at the tiny model's 128 px is 192x128 (160 rounds up to 192); at tiny-v's 192 px, 256x192 (240 rounds to 256)."""
+    """160x128 at the tiny model's 128 px is 192x128 (160 rounds up to 192); at tiny-v's 192 px, 256x192 (240 rounds to
+    256)."""
     v_pipe = PnPPipeline.from_pretrained(tiny_v_model_dir, device="cpu", dtype="float32")
     v_pipe.set_progress_bar_config(disable=True)
     assert pipe(prompt="a cat", image=photo, num_inference_steps=2).images[0].size == (192, 128)

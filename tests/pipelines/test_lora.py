@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from support.cli import FAST as CLI_FAST
-from support.cli import run_cli
-from support.models import INSTANCE_TOLERANCE, load_tiny, safetensors_bytes, save_random_lora
-from support.predictor import fetched_from, run, sent_as
 
 from pnp.config import ConfigError
 from pnp.pipelines.lora import load_loras, parse_lora
 from pnp.pipelines.weight_files import safetensors_problem
+from support.cli import FAST as CLI_FAST
+from support.cli import run_cli
+from support.models import INSTANCE_TOLERANCE, load_tiny, safetensors_bytes, save_random_lora
+from support.predictor import fetched_from, run, sent_as
 
 SETTINGS = dict(prompt="a cat", num_inference_steps=3, resolution=128, output_type="latent")
 

@@ -6,17 +6,16 @@ import time
 import numpy as np
 import pytest
 import torch
-from support.models import load_tiny
 from diffusers import DiffusionPipeline, StableDiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-from support.hooks import all_hooks
-from support.models import INSTANCE_TOLERANCE
 
 import pnp.pipelines.pipeline_pnp
 from pnp.config import ConfigError
 from pnp.method.injection import InjectionError
 from pnp.pipelines.base import PnPPipelineOutput
 from pnp.pipelines.pipeline_pnp import PnPPipeline
+from support.hooks import all_hooks
+from support.models import INSTANCE_TOLERANCE, load_tiny
 from support.paths import DATA
 
 FAST = dict(num_inference_steps=3, resolution=128)
@@ -320,7 +319,8 @@ def test_other_attention_processors_and_fused_projections_are_injected_alike(own
 
 
 class BypassingProcessor:
-    """Plain attention that computes its keys from to_k's weights without calling the module, as some custom kernels do."""
+    """Plain attention that computes its keys from to_k's weights without calling the module, as some custom kernels
+    do."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states

@@ -8,14 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from support.models import load_tiny
 from diffusers import DDIMInverseScheduler, DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from PIL import Image
-from support.cli import run_cli
-from support.hooks import Capture
-from support.predictor import run
-
-from predict import Predictor
 
 from pnp.config import PnPConfig
 from pnp.method.injection import FeatureInjector
@@ -23,6 +17,11 @@ from pnp.method.layers import InjectionLayers, injection_layers
 from pnp.method.plan import Row, RowKind, inversion_rows, translation_rows
 from pnp.method.vae import decode, encode, image_to_tensor, needs_float32
 from pnp.pipelines.random_models import build_random_pipeline
+from predict import Predictor
+from support.cli import run_cli
+from support.hooks import Capture
+from support.models import load_tiny
+from support.predictor import run
 
 # The issue's mapping, written out here: SD 1.x's residual at 1/32 and Q/K at 1/32 and 1/16 move to
 # SDXL's up_blocks.0 (1/32) and up_blocks.1 (1/16), in every transformer block (10 and 2 of them).
@@ -61,7 +60,8 @@ def test_the_sdxl_layers_are_the_mapped_modules(xl):
 
 
 def _unet_call(xl, rows_text):
-    """One UNet call on three rows (the source, a target's unconditional and conditional rows) with SDXL's conditions."""
+    """One UNet call on three rows (the source, a target's unconditional and conditional rows) with SDXL's
+    conditions."""
     latents = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     hidden, _, pooled, _ = xl.encode_prompt(rows_text, device="cpu", do_classifier_free_guidance=False)
     time_ids = torch.tensor([[128.0, 128, 0, 0, 128, 128]]).expand(3, -1)

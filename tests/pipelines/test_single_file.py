@@ -8,13 +8,13 @@ writes the file itself, in the original key layout.
 
 import pytest
 import torch
-from support.ldm_checkpoint import write_ldm_checkpoint
-from support.models import INSTANCE_TOLERANCE, load_tiny
 from safetensors.torch import load_file
-from support.cli import run_cli
 
 from pnp.pipelines.loading import ModelError
 from pnp.pipelines.pipeline_pnp import PnPPipeline
+from support.cli import run_cli
+from support.ldm_checkpoint import write_ldm_checkpoint
+from support.models import INSTANCE_TOLERANCE, load_tiny
 
 SETTINGS = dict(prompt=["a cat", "a dog"], num_inference_steps=3, resolution=128, output_type="latent")
 

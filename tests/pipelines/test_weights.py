@@ -15,8 +15,8 @@ import torch
 from pnp.pipelines.loading import ModelError
 from pnp.pipelines.pipeline_pnp import PnPPipeline
 from pnp.pipelines.random_models import build_random_pipeline
-from support.models import build_random_safety_checker
 from pnp.pipelines.weights import SAFETY_CHECKER, download_weights, locate_weights, select_files
+from support.models import build_random_safety_checker
 
 # The layout of CompVis/stable-diffusion-v1-4 on the hub (main branch), file names only.
 SD14_FILES = [
@@ -101,7 +101,8 @@ def test_a_repository_without_safetensors_is_refused():
 
 
 def stored_on_hub(kind: str, repo: Path) -> Path:
-    """Random model ``kind`` stored as a hub repository: full and float16 weights, as Stable Diffusion's repositories have."""
+    """Random model ``kind`` stored as a hub repository: full and float16 weights, as Stable Diffusion's repositories
+    have."""
     pipe = build_random_pipeline(kind)
     pipe.save_pretrained(repo)
     pipe.to(torch.float16).save_pretrained(repo, variant="fp16")

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import requests
 from PIL import Image
+
 from support.paths import ROOT
 
 PORT_LINE = re.compile(r"Starting coglet server on 127\.0\.0\.1:(\d+)")

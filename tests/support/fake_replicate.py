@@ -16,6 +16,7 @@ import threading
 import time
 
 import requests
+
 from support.local_http import LocalServer, QuietHandler
 
 TOKEN = "r8_fake_token_for_tests"

@@ -14,7 +14,6 @@ from transformers import CLIPConfig, CLIPImageProcessor
 from pnp.pipelines.pipeline_pnp import PnPPipeline
 from pnp.pipelines.random_models import build_random_pipeline
 
-
 # Equal weights in two model instances are not bit-identical in use. Where a weight sits in memory
 # depends on how it was loaded (a view into one file or another, or a copy: accelerate's offload
 # hooks re-allocate every weight), and the CPU's matrix kernels choose their SIMD paths by the

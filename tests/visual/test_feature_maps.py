@@ -3,22 +3,22 @@
 import numpy as np
 import pytest
 import torch
-from support.hooks import all_hooks
 from PIL import Image
 
-from pnp.visual.capture import ModuleCapture
 from pnp.config import ConfigError
+from pnp.method.injection import FeatureInjector
+from pnp.method.noise_predictor import NoisePredictor
+from pnp.method.plan import RowKind, TranslationStep, UNetCall
+from pnp.method.timesteps import sampling_timesteps
+from pnp.visual.capture import ModuleCapture
 from pnp.visual.maps import (
     DEFAULT_LAYERS,
     default_timesteps,
-    map_request,
     map_names,
+    map_request,
 )
-from pnp.method.injection import FeatureInjector
-from pnp.method.plan import RowKind, TranslationStep, UNetCall
-from pnp.method.timesteps import sampling_timesteps
-from pnp.method.noise_predictor import NoisePredictor
 from pnp.visual.visualise import feature_maps
+from support.hooks import all_hooks
 
 BLOCK = "up_blocks.1.resnets.1"
 ATTN1 = "up_blocks.1.attentions.1.transformer_blocks.0.attn1"
