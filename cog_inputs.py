@@ -105,7 +105,7 @@ def display_name(name: str, limit: int = MAX_NAME_CHARS) -> str:
     if len(name) <= limit:
         return name
     tail = limit // 4
-    return f"{name[:limit - tail - 3]}...{name[-tail:]}"
+    return f"{name[: limit - tail - 3]}...{name[-tail:]}"
 
 
 def _request_file_name(value: object, refused: ConfigError) -> str:

@@ -70,7 +70,10 @@ def remove_when_this_process_ends() -> int:
     read, write = os.pipe()  # neither end is inherited by processes started later (PEP 446)
     watcher = subprocess.Popen(
         [sys.executable, "-I", "-c", _WATCHER, tempfile.gettempdir(), f"{PREFIX}{os.getpid()}-"],
-        stdin=read, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdin=read,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     os.close(read)  # ``write`` is never closed: the kernel closes it when this process ends
     return watcher.pid

@@ -24,17 +24,18 @@ from pnp.environment import configure_libraries, log_to
 # Before diffusers and transformers load: their import-time advice would fill the setup logs.
 configure_libraries()
 
-from pnp.config import ConfigError  # noqa: E402
-from pnp.devices import dtype_name  # noqa: E402
-from pnp.visual import visualise  # noqa: E402
 from pnp.app.feature_files import write_feature_grids  # noqa: E402
 from pnp.app.form import form_name, parse_form  # noqa: E402
+from pnp.config import ConfigError  # noqa: E402
+from pnp.devices import dtype_name  # noqa: E402
 from pnp.images import ImageError  # noqa: E402
 from pnp.method.generation import noise_generator  # noqa: E402
-from pnp.pipelines.lora import load_loras  # noqa: E402
 from pnp.outputs import write_outputs  # noqa: E402
+from pnp.pipelines.loading import NO_SAFETY_CHECKER  # noqa: E402
+from pnp.pipelines.lora import load_loras  # noqa: E402
 from pnp.pipelines.pipeline_pnp import PnPPipeline  # noqa: E402
 from pnp.pipelines.weights import locate_weights  # noqa: E402
+from pnp.visual import visualise  # noqa: E402
 
 WEIGHTS_DIR = LocalPath(__file__).resolve().parent / "weights"
 SOURCE_CACHE_ENV = "PNP_SOURCE_CACHE_BYTES"
@@ -67,17 +68,25 @@ class Predictor(BasePredictor):
         except ConfigError as err:
             raise ConfigError(SETUP_ENV.get(err.param, err.param), err.reason) from None
         dtype = dtype_name(self.pipe.unet.dtype)
-        print(f"Loaded {folder} ({type(self.pipe).__name__}, {self.pipe.default_resolution} px by default) on "
-              f"{self.pipe.device} as {dtype} in {time.perf_counter() - start:.1f} s")
+        print(
+            f"Loaded {folder} ({type(self.pipe).__name__}, {self.pipe.default_resolution} px by default) on "
+            f"{self.pipe.device} as {dtype} in {time.perf_counter() - start:.1f} s"
+        )
         self.pipe.set_source_cache(_env_bytes(SOURCE_CACHE_ENV))
         if os.environ.get(COMPILE_ENV, "").strip() == "1":
             self._compile()
         # The same weights without the checker, for predictions that turn it off. from_pipe casts the
         # shared weights to its dtype argument (float32 by default), so it is given theirs.
-        self.unchecked = self.pipe if self.pipe.safety_checker is None else PnPPipeline.from_pipe(
-            self.pipe, safety_checker=None, feature_extractor=None, dtype=self.pipe.unet.dtype
+        self.unchecked = (
+            self.pipe
+            if self.pipe.safety_checker is None
+            else PnPPipeline.from_pipe(self.pipe, **NO_SAFETY_CHECKER, dtype=self.pipe.unet.dtype)
         )
-        checker = "absent from the weights" if self.pipe.safety_checker is None else "on (disable_safety_checker turns it off)"
+        checker = (
+            "absent from the weights"
+            if self.pipe.safety_checker is None
+            else "on (disable_safety_checker turns it off)"
+        )
         print(f"Safety checker: {checker}")
         self.output_dir = None
 
@@ -233,8 +242,11 @@ class Predictor(BasePredictor):
             return None
         path, name = request_lora_file(lora_weights)
         if self.pipe._injector is not None:
-            raise ConfigError("lora_weights", f"{name}: this predictor runs a compiled UNet ({COMPILE_ENV}=1), whose "
-                                              "modules cannot change; run it without compiling to use LoRA adapters")
+            raise ConfigError(
+                "lora_weights",
+                f"{name}: this predictor runs a compiled UNet ({COMPILE_ENV}=1), whose "
+                "modules cannot change; run it without compiling to use LoRA adapters",
+            )
         print(f"LoRA adapter {name} at scale {lora_scale:g}")
         return path, lora_scale, name
 
@@ -276,5 +288,7 @@ def _env_bytes(name: str) -> int | None:
     if not value:
         return None
     if not value.isdigit():
-        raise ValueError(f"{name}={value!r} is not a whole number of bytes; set it to 0 to turn the cache off, or unset it")
+        raise ValueError(
+            f"{name}={value!r} is not a whole number of bytes; set it to 0 to turn the cache off, or unset it"
+        )
     return int(value)

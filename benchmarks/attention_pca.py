@@ -28,8 +28,7 @@ MIB = 2**20
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.attention_pca",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.attention_pca", description=__doc__.split("\n\n")[0])
     parser.add_argument("--resolution", type=int, default=512, help="working image side in pixels")
     parser.add_argument("--images", type=int, default=3, help="images shown together (the source and the prompts)")
     parser.add_argument("--device", default="cpu")
@@ -54,11 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - start
 
     rows, columns = maps.shape
-    print(f"{args.images} images at {args.resolution} px: maps {rows} x {columns} "
-          f"({HEADS} heads of {positions} positions)")
+    print(
+        f"{args.images} images at {args.resolution} px: maps {rows} x {columns} "
+        f"({HEADS} heads of {positions} positions)"
+    )
     print(f"PCA working memory {peak.working / MIB:.1f} MiB ({tracker.method}), {seconds:.1f} s, {len(passes)} passes")
-    print(f"all maps at once would take {rows * columns * 4 / MIB:.1f} MiB, "
-          f"a Gram matrix of all rows {rows * rows * 4 / MIB:.1f} MiB")
+    print(
+        f"all maps at once would take {rows * columns * 4 / MIB:.1f} MiB, "
+        f"a Gram matrix of all rows {rows * rows * 4 / MIB:.1f} MiB"
+    )
     return 0
 
 

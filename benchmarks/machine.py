@@ -16,9 +16,9 @@ import diffusers
 import torch
 import transformers
 
+from pnp.devices import default_device
 from pnp.pipelines import random_models
 from pnp.pipelines.loading import RANDOM_MODELS
-from pnp.devices import default_device
 
 from .memory import MemoryTracker
 
@@ -26,15 +26,21 @@ from .memory import MemoryTracker
 def add_machine_options(parser: argparse.ArgumentParser) -> None:
     """The model, device and thread options that every benchmark command shares."""
     parser.add_argument(
-        "--model", default="random-sd15",
+        "--model",
+        default="random-sd15",
         help="random-sd15 (Stable Diffusion 1.5 shapes, random weights, built once into --cache-dir), "
         "tiny (a small random model for tests), or a diffusers folder of real weights",
     )
-    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "pnp",
-                        help="where a random model is saved on first use (random-sd15 takes 4 GB)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path.home() / ".cache" / "pnp",
+        help="where a random model is saved on first use (random-sd15 takes 4 GB)",
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: torch's own choice, one per core)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for torch (default: torch's own choice, one per core)"
+    )
 
 
 def check_machine_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

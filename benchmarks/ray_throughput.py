@@ -38,14 +38,19 @@ from .machine import model_folder
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ray_throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="random-sd15", help="a random model's name or a diffusers folder")
-    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "pnp",
-                        help="where a random model is saved on first use (random-sd15 takes 4 GB)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path.home() / ".cache" / "pnp",
+        help="where a random model is saved on first use (random-sd15 takes 4 GB)",
+    )
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--actors", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2,
-                        help="the local process's torch threads, and the cluster's CPUs")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="the local process's torch threads, and the cluster's CPUs"
+    )
     args = parser.parse_args(argv)
 
     folder = model_folder(args.model, args.cache_dir)
@@ -55,16 +60,24 @@ def main(argv: list[str] | None = None) -> int:
         local_times, local_images = run_local(folder, jobs, args.threads)
         ray_times, ray_images = run_ray(folder, jobs, args.actors, args.threads, Path(tmp) / "ray")
         after = os.getloadavg()
-    worst = max(np.abs(np.asarray(image, float) - np.asarray(ray_images[key], float)).max()
-                for key, image in local_images.items())
+    worst = max(
+        np.abs(np.asarray(image, float) - np.asarray(ray_images[key], float)).max()
+        for key, image in local_images.items()
+    )
     local_rate, ray_rate = steady_rate(local_times), steady_rate(ray_times)
-    print(f"model {args.model}, {args.rows} rows of one prompt at {args.resolution} px, {args.steps} steps, "
-          f"float32 on the CPU")
+    print(
+        f"model {args.model}, {args.rows} rows of one prompt at {args.resolution} px, {args.steps} steps, "
+        f"float32 on the CPU"
+    )
     print(f"load average before {load[0]:.2f} ({load[1]:.2f} over 5 min), after {after[0]:.2f}")
-    print(f"local, 1 process x {args.threads} threads: {local_rate:.3f} rows/s once started; all rows "
-          f"{local_times[-1][0]:.1f} s after the model load began")
-    print(f"ray, {args.actors} actors x {args.threads // args.actors} thread(s): {ray_rate:.3f} rows/s once started; "
-          f"all rows {ray_times[-1][0]:.1f} s after the cluster's start began")
+    print(
+        f"local, 1 process x {args.threads} threads: {local_rate:.3f} rows/s once started; all rows "
+        f"{local_times[-1][0]:.1f} s after the model load began"
+    )
+    print(
+        f"ray, {args.actors} actors x {args.threads // args.actors} thread(s): {ray_rate:.3f} rows/s once started; "
+        f"all rows {ray_times[-1][0]:.1f} s after the cluster's start began"
+    )
     print(f"ratio ray / local: {ray_rate / local_rate:.2f}; outputs differ by at most {worst:.0f} levels of 255")
     return 0
 
@@ -77,8 +90,9 @@ def make_jobs(folder: Path, rows: int, steps: int, resolution: int) -> list[Job]
         pixels = np.stack([(x + 17 * k) % 256, y * 255 // max(resolution - 1, 1), np.full_like(x, 40 * k % 256)], -1)
         path = folder / f"photo-{k}.png"
         Image.fromarray(pixels.astype(np.uint8)).save(path)
-        config = PnPConfig(prompt=f"a painting of a landscape, number {k}", num_inference_steps=steps,
-                           resolution=resolution)
+        config = PnPConfig(
+            prompt=f"a painting of a landscape, number {k}", num_inference_steps=steps, resolution=resolution
+        )
         jobs.append(Job(Source(f"row-{k}", config.prompt, path), config, 0))
     return jobs
 
@@ -108,13 +122,34 @@ def run_ray(folder: Path, jobs: list[Job], actors: int, cpus: int, temp: Path) -
 
     temp.mkdir()
     start = time.perf_counter()
-    ray.init(address="local", num_cpus=cpus, num_gpus=0, include_dashboard=False, logging_level=logging.WARNING,
-             _temp_dir=str(temp), _node_ip_address="127.0.0.1")
+    ray.init(
+        address="local",
+        num_cpus=cpus,
+        num_gpus=0,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        _temp_dir=str(temp),
+        _node_ip_address="127.0.0.1",
+    )
     try:
-        model = {"model": str(folder), "config": None, "allow_pickle": False, "injection_layers": None,
-                 "device": "cpu", "dtype": "float32"}
-        backend = RayBackend(None, model, [], images_per_call=1, actors=actors, gpus_per_actor=0,
-                             cpus_per_actor=cpus // actors, warn=lambda message: print(message, file=sys.stderr))
+        model = {
+            "model": str(folder),
+            "config": None,
+            "allow_pickle": False,
+            "injection_layers": None,
+            "device": "cpu",
+            "dtype": "float32",
+        }
+        backend = RayBackend(
+            None,
+            model,
+            [],
+            images_per_call=1,
+            actors=actors,
+            gpus_per_actor=0,
+            cpus_per_actor=cpus // actors,
+            warn=lambda message: print(message, file=sys.stderr),
+        )
         backend.check()
         times, images = [], {}
         for translation in backend.translate(jobs):

@@ -102,10 +102,16 @@ class PnPConfig:
         set_("prompt", _prompts(self.prompt))
         set_("generation_prompt", _optional_text("generation_prompt", self.generation_prompt))
         set_("negative_prompt", _optional_text("negative_prompt", self.negative_prompt))
-        set_("num_inference_steps", check_int("num_inference_steps", self.num_inference_steps, *RANGES["num_inference_steps"]))
+        set_(
+            "num_inference_steps",
+            check_int("num_inference_steps", self.num_inference_steps, *RANGES["num_inference_steps"]),
+        )
         if self.num_inversion_steps is None:
             set_("num_inversion_steps", self.num_inference_steps)
-        set_("num_inversion_steps", check_int("num_inversion_steps", self.num_inversion_steps, *RANGES["num_inversion_steps"]))
+        set_(
+            "num_inversion_steps",
+            check_int("num_inversion_steps", self.num_inversion_steps, *RANGES["num_inversion_steps"]),
+        )
         if not self.generation_prompt and not inversion_reaches(self.num_inversion_steps, self.num_inference_steps):
             raise ConfigError(
                 "num_inversion_steps",
@@ -113,10 +119,18 @@ class PnPConfig:
                 f"{self.num_inference_steps} sampling timesteps; with {self.num_inference_steps} sampling steps "
                 f"use one of {describe_ranges(valid_inversion_steps(self.num_inference_steps))}",
             )
-        for name in ("guidance_scale", "generation_guidance_scale", "feature_injection_threshold",
-                     "attention_injection_threshold", "negative_prompt_alpha"):
+        for name in (
+            "guidance_scale",
+            "generation_guidance_scale",
+            "feature_injection_threshold",
+            "attention_injection_threshold",
+            "negative_prompt_alpha",
+        ):
             set_(name, check_float(name, getattr(self, name), *RANGES[name]))
-        set_("negative_prompt_schedule", check_choice("negative_prompt_schedule", self.negative_prompt_schedule, NEGATIVE_SCHEDULES))
+        set_(
+            "negative_prompt_schedule",
+            check_choice("negative_prompt_schedule", self.negative_prompt_schedule, NEGATIVE_SCHEDULES),
+        )
         if self.resolution is not None:
             set_("resolution", check_int("resolution", self.resolution, *RANGES["resolution"]))
             if self.resolution % RESOLUTION_MULTIPLE:
@@ -147,7 +161,8 @@ class PnPConfig:
             return replace(self, resolution=model_resolution)
         except ConfigError as err:
             raise ConfigError(
-                "resolution", f"the model's own size, {model_resolution} px, cannot be used ({err.reason}); give a resolution"
+                "resolution",
+                f"the model's own size, {model_resolution} px, cannot be used ({err.reason}); give a resolution",
             ) from None
 
     def as_kwargs(self) -> dict:
@@ -204,14 +219,20 @@ def check_text(name: str, text: str, label: str) -> str:
     """
     text = text.strip()
     if len(text) > MAX_PROMPT_LENGTH:
-        raise ConfigError(name, f"{label} is {len(text)} characters long, more than the {MAX_PROMPT_LENGTH} "
-                                "allowed; the text encoder reads only its first 77 tokens (a few hundred "
-                                "characters): shorten it")
+        raise ConfigError(
+            name,
+            f"{label} is {len(text)} characters long, more than the {MAX_PROMPT_LENGTH} "
+            "allowed; the text encoder reads only its first 77 tokens (a few hundred "
+            "characters): shorten it",
+        )
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as err:
-        raise ConfigError(name, f"{label} is not valid text: character {err.start + 1} is {text[err.start]!r}, a "
-                                "lone surrogate, as bytes that are not UTF-8 become; give the text in UTF-8") from None
+        raise ConfigError(
+            name,
+            f"{label} is not valid text: character {err.start + 1} is {text[err.start]!r}, a "
+            "lone surrogate, as bytes that are not UTF-8 become; give the text in UTF-8",
+        ) from None
     return text
 
 

@@ -99,8 +99,9 @@ def load_image_at(location: str | Path, resolution: int | None = None) -> Image.
     except (OSError, ValueError) as err:  # URLError and timeouts are OSErrors
         raise ImageError("image", f"could not fetch {location} ({getattr(err, 'reason', None) or err})") from None
     if len(data) > MAX_DOWNLOAD_BYTES:
-        raise ImageError("image", f"{location} is larger than {MAX_DOWNLOAD_BYTES // 2**20} MB: "
-                                  "not an image to translate")
+        raise ImageError(
+            "image", f"{location} is larger than {MAX_DOWNLOAD_BYTES // 2**20} MB: not an image to translate"
+        )
     return load_image(io.BytesIO(data), resolution, name=location)
 
 
@@ -122,7 +123,8 @@ def _name(source, name: str | None) -> object:
 
 @contextmanager
 def _opened(source: str | Path | BinaryIO, name: object):
-    """The image opened (its header read and its pixel count checked); every failure as an ImageError naming ``name``."""
+    """The image opened (its header read and its pixel count checked); every failure as an ImageError naming
+    ``name``."""
     try:
         if isinstance(source, (str, os.PathLike)):
             _check_regular_file(source, name)
@@ -151,8 +153,9 @@ def _check_regular_file(path: str | os.PathLike, name: object) -> None:
     """Refuse what is not a file of bytes on disk: opening a FIFO waits for a writer for ever, a device never ends."""
     mode = os.stat(path).st_mode
     if not stat.S_ISREG(mode):
-        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
-                else "a device or socket")
+        kind = (
+            "a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device or socket"
+        )
         raise ImageError("image", f"{name} is {kind}, not an image file; name an image file")
 
 
@@ -179,9 +182,7 @@ def working_size(width: int, height: int, resolution: int) -> tuple[int, int]:
 
 def _check_aspect(width: int, height: int) -> None:
     if max(width, height) > MAX_ASPECT * min(width, height):
-        raise ImageError(
-            "image", f"{width}x{height} is more than {MAX_ASPECT} times longer than wide; crop it first"
-        )
+        raise ImageError("image", f"{width}x{height} is more than {MAX_ASPECT} times longer than wide; crop it first")
 
 
 def resize_for_model(image: Image.Image, resolution: int) -> Image.Image:

@@ -112,19 +112,23 @@ def check_writable_folder(folder: str | Path, what: str) -> Path:
     if not existing.is_dir():
         if existing == folder:
             raise ConfigError("out", f"{folder} is a file, not a folder; name a folder for the {what}")
-        raise ConfigError("out", f"{folder} cannot be made: {existing} is a file, not a folder; "
-                                 f"name a folder for the {what}")
+        raise ConfigError(
+            "out", f"{folder} cannot be made: {existing} is a file, not a folder; name a folder for the {what}"
+        )
     try:
         Path(tempfile.mkdtemp(prefix=".pnp-probe-", dir=existing)).rmdir()
     except OSError as err:
         made = "" if existing == folder else f"{folder} cannot be made: "
-        raise ConfigError("out", f"{made}nothing can be written into {existing} ({err.strerror or err}); "
-                                 f"choose a folder you can write to") from None
+        raise ConfigError(
+            "out",
+            f"{made}nothing can be written into {existing} ({err.strerror or err}); choose a folder you can write to",
+        ) from None
     return folder
 
 
-def write_outputs(result, prompts, folder: str | Path | OutputFolder, options: OutputOptions,
-                  images: list[str] | None = None) -> list[Path]:
+def write_outputs(
+    result, prompts, folder: str | Path | OutputFolder, options: OutputOptions, images: list[str] | None = None
+) -> list[Path]:
     """Write a pipeline result's generated source (if any) and translations (PIL images) into ``folder``, all or none.
 
     ``images`` labels the input images when there are several (see ``output_names``). ``folder`` is

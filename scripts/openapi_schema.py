@@ -44,7 +44,10 @@ def generate_schema(project: Path, sdk: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(sdk), str(project), os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run(
         [sys.executable, "-m", "cog.command.openapi_schema"],
-        cwd=project, env=env, capture_output=True, text=True,
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     if done.returncode != 0:
         raise SystemExit(f"schema generation failed in {project}:\n{done.stderr.strip()}")
@@ -60,8 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--project", type=Path, default=ROOT, help="folder with cog.yaml and predict.py")
     parser.add_argument("--out", type=Path, help="schema file (default: PROJECT/.cog/openapi_schema.json)")
-    parser.add_argument("--sdk", type=Path, default=ROOT / ".cog" / f"cog-{GENERATOR_VERSION}",
-                        help="where cog's schema generator is installed")
+    parser.add_argument(
+        "--sdk",
+        type=Path,
+        default=ROOT / ".cog" / f"cog-{GENERATOR_VERSION}",
+        help="where cog's schema generator is installed",
+    )
     args = parser.parse_args(argv)
     project = args.project.resolve()
     schema = generate_schema(project, generator_sdk(args.sdk))

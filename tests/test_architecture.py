@@ -7,6 +7,7 @@ two modules that cannot be understood one without the other.
 import ast
 
 import pytest
+
 from support.paths import ROOT
 
 PACKAGE = ROOT / "pnp"
@@ -39,7 +40,9 @@ def imported(name: str, path, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             # ``from pnp.pipelines import base`` imports the module pnp.pipelines.base.
             found |= {f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names}
     return {module for module in found if module in known and module != name}

@@ -17,17 +17,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def ended_pid() -> int:
     """The id of a process that has ended (and been reaped)."""
-    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True, check=True).stdout)
+    return int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+        ).stdout
+    )
 
 
 def test_folders_of_ended_processes_are_removed_and_no_others(tmp_path):
     live = subprocess.Popen(["sleep", "60"])  # another server's worker, say
     try:
         dead = ended_pid()
-        folders = [f"{PREFIX}{dead}-abcd1234", f"{PREFIX}{live.pid}-abcd1234", f"{PREFIX}{os.getpid()}-abcd1234",
-                   f"{PREFIX}k9nnybd8",  # an older version's name: no owner to ask, so kept
-                   "pnp-outputs", "other"]
+        folders = [
+            f"{PREFIX}{dead}-abcd1234",
+            f"{PREFIX}{live.pid}-abcd1234",
+            f"{PREFIX}{os.getpid()}-abcd1234",
+            f"{PREFIX}k9nnybd8",  # an older version's name: no owner to ask, so kept
+            "pnp-outputs",
+            "other",
+        ]
         for name in folders:
             (tmp_path / name).mkdir()
             (tmp_path / name / "00-a-cat.png").write_bytes(b"png")
@@ -39,7 +47,8 @@ def test_folders_of_ended_processes_are_removed_and_no_others(tmp_path):
     # This process's own: setup runs before it has made any, so they are an earlier process's with the same id.
     assert sorted(removed) == sorted([f"{PREFIX}{dead}-abcd1234", f"{PREFIX}{os.getpid()}-abcd1234"])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [f"{PREFIX}{live.pid}-abcd1234", f"{PREFIX}k9nnybd8", "pnp-outputs", "other", f"{PREFIX}{dead}-file"])
+        [f"{PREFIX}{live.pid}-abcd1234", f"{PREFIX}k9nnybd8", "pnp-outputs", "other", f"{PREFIX}{dead}-file"]
+    )
 
 
 OWNER = """
@@ -54,8 +63,9 @@ sys.stdin.read()
 @pytest.mark.parametrize("ending", ["SIGKILL", "SIGTERM", "exit"])
 def test_the_watcher_removes_a_process_folders_when_it_ends(tmp_path, ending):
     env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    owner = subprocess.Popen([sys.executable, "-c", OWNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                             env=env)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
     folders = [Path(name) for name in owner.stdout.readline().split()]
     other = tmp_path / f"{PREFIX}{os.getpid()}-abcd1234"  # another process's
     other.mkdir()

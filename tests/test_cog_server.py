@@ -19,18 +19,17 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 from PIL import Image
 
-from support.cog_server import FAST, FORM_ORDER, CogServer, data_uri, decode_data_uri, sample_photo, write_schema
-from support.local_http import LocalServer, QuietHandler
-from support.models import safetensors_bytes
-
 from cog_outputs import PREFIX
 from pnp.config import MAX_RESOLUTION, MAX_SAMPLING_STEPS, MIN_RESOLUTION, NEGATIVE_SCHEDULES
 from pnp.outputs import OUTPUT_FORMATS
-from support.models import save_random_lora
+from support.cog_server import FAST, FORM_ORDER, CogServer, data_uri, decode_data_uri, sample_photo, write_schema
+from support.local_http import LocalServer, QuietHandler
+from support.models import safetensors_bytes, save_random_lora
 
 SERVER_ENV = {"PNP_DEVICE": "cpu", "PNP_DTYPE": "float32", "HF_HUB_OFFLINE": "1"}
 # coglet 0.23.1 writes "Prediction failed: " twice before an exception from predict(): predict_worker
@@ -40,8 +39,10 @@ PREDICT_ERROR = "Prediction failed: Prediction failed: "
 # Errors raised while coglet fetches or decodes a file input, before predict() runs (cog's
 # input.rs prepare_input, mapped to PredictionError::InvalidInput): predict.py cannot word them.
 COG_INPUT_ERROR = "Input validation error: "
-REFUSED = ("ImageError: input_image: only a file the request brings is read: an upload, a data: URI or an "
-           "http(s) URL, not a path on the server")
+REFUSED = (
+    "ImageError: input_image: only a file the request brings is read: an upload, a data: URI or an "
+    "http(s) URL, not a path on the server"
+)
 
 
 @pytest.fixture(scope="module")
@@ -191,15 +192,21 @@ def test_an_image_sent_as_data_uri_is_translated(server, photo):
     assert prediction["status"] == "succeeded", prediction.get("error")
     images = decoded_images(prediction["output"])
     assert [(media_type, image.format, image.size) for media_type, image in images] == [
-        ("image/webp", "WEBP", (256, 128))] * 2
+        ("image/webp", "WEBP", (256, 128))
+    ] * 2
     metrics = prediction["metrics"]
     assert metrics["unet_rows"] > 0 and metrics["inversion_s"] > 0 and metrics["translation_s"] > 0
     assert "inversion:" in prediction["logs"] and "translation:" in prediction["logs"]
 
 
 def test_generation_mode_returns_the_source_first(server):
-    inputs = {"generation_prompt": "a house", "translation_prompts": "a castle", "seed": 5, "output_format": "jpg",
-              **FAST}
+    inputs = {
+        "generation_prompt": "a house",
+        "translation_prompts": "a castle",
+        "seed": 5,
+        "output_format": "jpg",
+        **FAST,
+    }
     prediction = server.predict(inputs).json()
     assert prediction["status"] == "succeeded", prediction.get("error")
     images = decoded_images(prediction["output"])
@@ -209,8 +216,16 @@ def test_generation_mode_returns_the_source_first(server):
 
 @pytest.mark.parametrize(
     "name, value",
-    [("scale", 60), ("feature_injection_threshold", 1.5), ("num_inference_steps", 0), ("num_inference_steps", 2.5),
-     ("seed", -1), ("resolution", 500), ("output_format", "gif"), ("negative_prompt_schedule", "cubic")],
+    [
+        ("scale", 60),
+        ("feature_injection_threshold", 1.5),
+        ("num_inference_steps", 0),
+        ("num_inference_steps", 2.5),
+        ("seed", -1),
+        ("resolution", 500),
+        ("output_format", "gif"),
+        ("negative_prompt_schedule", "cubic"),
+    ],
 )
 def test_values_outside_the_schema_are_answered_422(server, name, value):
     response = server.predict({"generation_prompt": "a house", name: value})
@@ -231,9 +246,13 @@ def test_whole_numbers_sent_as_floats_count_as_integers(server):
     def outputs(values):
         prediction = server.predict({"generation_prompt": "a house", "output_format": "jpg", **values}).json()
         assert prediction["status"] == "succeeded", prediction.get("error")
-        return [decode_data_uri(uri) for uri in prediction["output"]]
+        return prediction["metrics"]["cache_hits"], [decode_data_uri(uri) for uri in prediction["output"]]
 
-    assert outputs({name: float(value) for name, value in integers.items()}) == outputs(integers)
+    outputs(integers)  # the source, generated once and kept in the server's source cache
+    # Both from the cache (a hit: the same settings), so the same UNet calls on the same inputs: bit for bit.
+    # (A call that computes its source runs other batches, which may change the last bits: test_translate.)
+    from_floats, from_integers = outputs({name: float(value) for name, value in integers.items()}), outputs(integers)
+    assert from_floats == from_integers and from_integers[0] == 1
 
 
 def test_paths_on_the_server_are_never_read(server, tmp_path):
@@ -263,7 +282,9 @@ def test_urls_are_fetched_and_errors_name_files_as_the_user_sent_them(server, we
         f"{web.url}/albums/notes.txt": "notes.txt is not a readable image",
         "data:text/plain;base64,aGVsbG8=": "the uploaded file is not a readable image",
         # Python's base64 decoder drops characters outside the alphabet: the file Cog writes is empty.
-        "data:image/png;base64,@@@": "the uploaded file is empty: no bytes arrived (with a data: URI, check its base64)",
+        "data:image/png;base64,@@@": (
+            "the uploaded file is empty: no bytes arrived (with a data: URI, check its base64)"
+        ),
     }
     for value, message in errors.items():
         prediction = server.predict({"input_image": value, **FAST}).json()
@@ -276,8 +297,13 @@ def test_url_schemes_in_any_case_are_urls_and_names_are_repeated_harmlessly(serv
     and leaves no file behind. Names from URLs lose line breaks and markup (cog_inputs.display_name)."""
     buffer = io.BytesIO()
     photo.save(buffer, "PNG")
-    web.files.update({"/albums/horse.png": buffer.getvalue(), "/x%0D%0AInjected:%20line.png": b"text",
-                      "/%3Cscript%3Ealert(1)%3C%2Fscript%3E.png": b"text"})
+    web.files.update(
+        {
+            "/albums/horse.png": buffer.getvalue(),
+            "/x%0D%0AInjected:%20line.png": b"text",
+            "/%3Cscript%3Ealert(1)%3C%2Fscript%3E.png": b"text",
+        }
+    )
     host = web.url.removeprefix("http://")
     fetched = server.predict({"input_image": f"HTTP://{host}/albums/horse.png", **FAST}).json()
     assert fetched["status"] == "succeeded", fetched.get("error")
@@ -347,6 +373,9 @@ class WebhookReceiver:
 
 def test_a_cancelled_prediction_is_followed_by_a_successful_one(server, photo):
     inputs = {"input_image": data_uri(photo), "translation_prompts": "a cat; a dog", **FAST}
+    server.predict(inputs)  # the source, inverted once and kept in the server's source cache
+    # This prediction and the one after the cancel both take their source from the cache, so they
+    # run the same UNet calls on the same inputs and must agree bit for bit.
     before = server.predict(inputs).json()
     assert before["status"] == "succeeded", before.get("error")
 
@@ -355,7 +384,8 @@ def test_a_cancelled_prediction_is_followed_by_a_successful_one(server, photo):
         # Slow enough (1000 inversion steps) to be cancelled in the middle of the inversion.
         slow = {**inputs, "num_inference_steps": 50, "num_inversion_steps": 1000}
         started = server.start(
-            "cancel-me", {"input": slow, "webhook": webhook.url, "webhook_events_filter": ["start", "logs", "completed"]}
+            "cancel-me",
+            {"input": slow, "webhook": webhook.url, "webhook_events_filter": ["start", "logs", "completed"]},
         )
         assert started.status_code == 202
         webhook.wait_for(lambda update: "inversion:" in (update.get("logs") or ""))
@@ -366,6 +396,7 @@ def test_a_cancelled_prediction_is_followed_by_a_successful_one(server, photo):
 
     after = server.predict(inputs).json()
     assert after["status"] == "succeeded", after.get("error")
+    assert before["metrics"]["cache_hits"] == after["metrics"]["cache_hits"] == 1
     assert [decode_data_uri(uri) for uri in after["output"]] == [decode_data_uri(uri) for uri in before["output"]]
     # Only the latest prediction's outputs remain on the server's disk.
     leftovers = [p.name for p in (server.folder / "tmp").iterdir() if p.name.startswith("pnp-outputs-")]
@@ -377,13 +408,21 @@ def test_a_slow_download_holds_the_slot_and_cancelling_waits_for_it(server, web)
     and a cancel takes effect only once the download has ended (README: "Slow URLs")."""
     webhook = WebhookReceiver()
     try:
-        started = server.start("slow-url", {"input": {"input_image": f"{web.url}/slow.png", **FAST},
-                                            "webhook": webhook.url, "webhook_events_filter": ["completed"]})
+        started = server.start(
+            "slow-url",
+            {
+                "input": {"input_image": f"{web.url}/slow.png", **FAST},
+                "webhook": webhook.url,
+                "webhook_events_filter": ["completed"],
+            },
+        )
         assert started.status_code == 202
         assert web.first_byte.wait(timeout=30)
         busy = requests.post(f"{server.url}/predictions", json={"input": FAST}, timeout=10)
-        assert (busy.status_code, busy.json()) == (409, {"error": "At capacity - all prediction slots busy",
-                                                         "status": "failed"})
+        assert (busy.status_code, busy.json()) == (
+            409,
+            {"error": "At capacity - all prediction slots busy", "status": "failed"},
+        )
         assert requests.post(f"{server.url}/predictions/slow-url/cancel", timeout=10).status_code == 200
         webhook.wait_for(lambda update: update["status"] == "canceled")
         assert web.last_byte.is_set()  # the cancel waited for the whole download
@@ -400,13 +439,16 @@ def test_missing_weights_fail_setup_with_the_message_from_setup(tmp_path, schema
         assert f"PNP_WEIGHTS={missing} is not a folder" in health["setup"]["logs"]
         refused = failing.predict({"generation_prompt": "a house"})
         # Cog's words for every state but READY (coglet service.rs submit_prediction): README, "Failed setup".
-        assert (refused.status_code, refused.json()) == (503, {
-            "error": "Setup has not finished yet. Wait until it has finished, or GET /health-check for status.",
-            "status": "failed"})
+        assert (refused.status_code, refused.json()) == (
+            503,
+            {
+                "error": "Setup has not finished yet. Wait until it has finished, or GET /health-check for status.",
+                "status": "failed",
+            },
+        )
     finally:
         failing.stop()
     assert not failing.group_alive()  # the worker went with the server
-
 
 
 # --- LoRA adapters ---
@@ -416,28 +458,45 @@ def test_missing_weights_fail_setup_with_the_message_from_setup(tmp_path, schema
 def adapters(tmp_path_factory):
     """The bytes of a LoRA adapter for the server's tiny model, and of one for another architecture (tiny SDXL)."""
     folder = tmp_path_factory.mktemp("adapters")
-    return (save_random_lora("tiny", folder / "own").read_bytes(),
-            save_random_lora("tiny-sdxl", folder / "other").read_bytes())
+    return (
+        save_random_lora("tiny", folder / "own").read_bytes(),
+        save_random_lora("tiny-sdxl", folder / "other").read_bytes(),
+    )
 
 
 def test_lora_weights_are_known_by_their_content_and_refused_in_words_that_help(server, web, adapters):
     """An upload (Cog names it file.bin) or a URL of any name is an adapter if it holds safetensors; errors name the
     file as it was sent, never the server's temporary path, and say why in full."""
     own, other = adapters
-    web.files.update({"/adapters/download": own, "/adapters/style.safetensors": own,
-                      "/adapters/xl.safetensors": other,
-                      "/adapters/odd.safetensors": safetensors_bytes(
-                          {"a.lora_A.weight": {"dtype": "XX", "shape": [2], "data_offsets": [0, 8]}}, bytes(8))})
+    web.files.update(
+        {
+            "/adapters/download": own,
+            "/adapters/style.safetensors": own,
+            "/adapters/xl.safetensors": other,
+            "/adapters/odd.safetensors": safetensors_bytes(
+                {"a.lora_A.weight": {"dtype": "XX", "shape": [2], "data_offsets": [0, 8]}}, bytes(8)
+            ),
+        }
+    )
     inputs = {"generation_prompt": "a house", "translation_prompts": "a cat", "seed": 5, "lora_scale": 1.0, **FAST}
 
     def outputs(lora_weights=None):
         prediction = server.predict({**inputs, **({"lora_weights": lora_weights} if lora_weights else {})}).json()
         assert prediction["status"] == "succeeded", prediction.get("error")
-        return [decode_data_uri(uri) for uri in prediction["output"]]
+        return [
+            (media_type, np.asarray(image, dtype=int)) for media_type, image in decoded_images(prediction["output"])
+        ]
+
+    def same(ours, theirs):
+        """Each prediction loads a new copy of the adapter's weights (tests/helpers.py's INSTANCE_TOLERANCE)."""
+        return [(m, a.shape) for m, a in ours] == [(m, a.shape) for m, a in theirs] and all(
+            np.abs(a - b).max() <= 1 for (_, a), (_, b) in zip(ours, theirs)
+        )
 
     uploaded = outputs(f"data:application/octet-stream;base64,{base64.b64encode(own).decode()}")
-    assert uploaded != outputs()  # applied
-    assert uploaded == outputs(f"{web.url}/adapters/style.safetensors") == outputs(f"{web.url}/adapters/download?id=3")
+    assert not same(uploaded, outputs())  # applied
+    assert same(uploaded, outputs(f"{web.url}/adapters/style.safetensors"))
+    assert same(uploaded, outputs(f"{web.url}/adapters/download?id=3"))
 
     def error(lora_weights):
         prediction = server.predict({**inputs, "lora_weights": lora_weights}).json()
@@ -447,12 +506,17 @@ def test_lora_weights_are_known_by_their_content_and_refused_in_words_that_help(
 
     assert error("data:application/octet-stream;base64,bm90IGFuIGFkYXB0ZXI=") == (
         "the uploaded file is not a safetensors file (it does not start with a safetensors header); "
-        "send the LoRA adapter as a .safetensors file")
-    assert re.fullmatch(r"xl\.safetensors cannot be loaded into this model as a LoRA adapter \(\d+ of its layers "
-                        r"have other shapes than this model's, e\.g\. \S+: \[4, 64\] in the adapter, \[4, 32\] in the "
-                        r"model; it was made for another architecture\)", error(f"{web.url}/adapters/xl.safetensors"))
+        "send the LoRA adapter as a .safetensors file"
+    )
+    assert re.fullmatch(
+        r"xl\.safetensors cannot be loaded into this model as a LoRA adapter \(\d+ of its layers "
+        r"have other shapes than this model's, e\.g\. \S+: \[4, 64\] in the adapter, \[4, 32\] in the "
+        r"model; it was made for another architecture\)",
+        error(f"{web.url}/adapters/xl.safetensors"),
+    )
     assert error(f"{web.url}/adapters/odd.safetensors").startswith(
-        "odd.safetensors cannot be loaded into this model as a LoRA adapter (")
+        "odd.safetensors cannot be loaded into this model as a LoRA adapter ("
+    )
 
 
 # --- coglet 0.23.1's own behaviour, which the predictor cannot change (docs/operations.md) ---
@@ -466,8 +530,14 @@ def test_null_for_an_optional_input_is_refused_though_the_schema_says_nullable(s
     for name, json_type in types.items():
         assert schema["properties"][name]["nullable"] is True
         response = server.predict({"generation_prompt": "a house", **FAST, name: None})
-        assert (response.status_code, response.json()) == (422, {"detail": [{
-            "loc": ["body", "input", name], "msg": f'null is not of type "{json_type}"', "type": "value_error"}]})
+        assert (response.status_code, response.json()) == (
+            422,
+            {
+                "detail": [
+                    {"loc": ["body", "input", name], "msg": f'null is not of type "{json_type}"', "type": "value_error"}
+                ]
+            },
+        )
 
 
 def test_gzip_encoded_downloads_are_inflated_to_disk_without_a_limit(server, web):
@@ -543,8 +613,10 @@ def test_a_killed_worker_takes_its_outputs_along_and_is_never_replaced(tmp_path,
         for _ in range(5):
             time.sleep(0.5)
             refused = requests.post(f"{killed.url}/predictions", json={"input": FAST}, timeout=10)
-            assert (refused.status_code, refused.json()) == (409, {"error": "At capacity - all prediction slots busy",
-                                                                   "status": "failed"})
+            assert (refused.status_code, refused.json()) == (
+                409,
+                {"error": "At capacity - all prediction slots busy", "status": "failed"},
+            )
             assert health() == "UNHEALTHY"
         assert subprocess.run(["bash", "-c", probe], timeout=30).returncode == 1  # docs/operations.md's liveness probe
         # README's retry-on-409 recipes give up at once instead of retrying for ever.
@@ -564,9 +636,9 @@ def test_a_killed_worker_takes_its_outputs_along_and_is_never_replaced(tmp_path,
 def doc_block(document: str, after: str, language: str) -> str:
     """The first ``language`` code block of ``document`` (a path in the repository) after the text ``after``."""
     text = (Path(__file__).resolve().parents[1] / document).read_text()
-    rest = text[text.index(after):]
+    rest = text[text.index(after) :]
     start = rest.index(f"```{language}\n") + len(f"```{language}\n")
-    return rest[start:rest.index("```", start)]
+    return rest[start : rest.index("```", start)]
 
 
 def readme_block(after: str, language: str) -> str:
@@ -579,8 +651,11 @@ def test_a_prediction_id_of_256_characters_leaves_the_slot_busy_for_good(tmp_pat
     (docs/operations.md). The same server checks that output folders of ended workers go at setup, and that
     stopping the server takes its worker's outputs along."""
     (tmp_path / "tmp").mkdir()
-    ended = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                               text=True, check=True).stdout)
+    ended = int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+        ).stdout
+    )
     planted = [f"{PREFIX}{ended}-abcd1234", f"{PREFIX}{os.getpid()}-abcd1234", f"{PREFIX}k9nnybd8"]
     for name in planted:
         (tmp_path / "tmp" / name).mkdir()
@@ -595,7 +670,9 @@ def test_a_prediction_id_of_256_characters_leaves_the_slot_busy_for_good(tmp_pat
 
         failed = requests.put(f"{stuck.url}/predictions/{'x' * 256}", json=inputs, timeout=60)
         assert (failed.status_code, failed.json()["error"]) == (
-            200, "Failed to create output dir: File name too long (os error 36)")
+            200,
+            "Failed to create output dir: File name too long (os error 36)",
+        )
         for _ in range(5):
             time.sleep(0.5)
             assert requests.get(f"{stuck.url}/health-check", timeout=10).json()["status"] == "BUSY"

@@ -26,10 +26,15 @@ def test_quality_changes_lossy_outputs(tmp_path):
     assert low < high
 
 
-@pytest.mark.parametrize("options,param", [(dict(output_format="gif"), "output_format"),
-                                           (dict(output_quality=0), "output_quality"),
-                                           (dict(output_quality=101), "output_quality"),
-                                           (dict(output_quality=90.0), "output_quality")])
+@pytest.mark.parametrize(
+    "options,param",
+    [
+        (dict(output_format="gif"), "output_format"),
+        (dict(output_quality=0), "output_quality"),
+        (dict(output_quality=101), "output_quality"),
+        (dict(output_quality=90.0), "output_quality"),
+    ],
+)
 def test_bad_options_name_the_parameter(options, param):
     with pytest.raises(ConfigError) as caught:
         OutputOptions(**options)
@@ -38,7 +43,10 @@ def test_bad_options_name_the_parameter(options, param):
 
 def test_names_carry_position_and_prompt():
     assert output_names(["A photo of a Robot horse!", "???"], True, "webp") == [
-        "00-source.webp", "01-a-photo-of-a-robot-horse.webp", "02-prompt.webp"]
+        "00-source.webp",
+        "01-a-photo-of-a-robot-horse.webp",
+        "02-prompt.webp",
+    ]
     assert output_names(["x" * 80], False, "png") == ["00-" + "x" * 48 + ".png"]
 
 
@@ -80,16 +88,23 @@ def test_a_failed_write_leaves_nothing_of_the_run_and_keeps_the_earlier_outputs(
         assert list(tmp_path.iterdir()) == []  # the folders this run made are gone again
     else:
         assert [p.name for p in folder.iterdir()] == ["00-alpha.png"]  # as before the run, nothing else
-    again = write_outputs(SimpleNamespace(images=[good] * 3, source_image=None), ["a", "b", "c"],
-                          check_output_folder(folder, overwrite=True), OutputOptions())
+    again = write_outputs(
+        SimpleNamespace(images=[good] * 3, source_image=None),
+        ["a", "b", "c"],
+        check_output_folder(folder, overwrite=True),
+        OutputOptions(),
+    )
     assert sorted(folder.iterdir()) == again
 
 
-@pytest.mark.parametrize("out,message", [
-    ("/proc/pnp-out", "^out: /proc/pnp-out cannot be made: nothing can be written into /proc "),
-    ("taken/sub", "^out: .*taken/sub cannot be made: .*taken is a file, not a folder"),
-    ("taken", "^out: .*taken is a file, not a folder"),
-])
+@pytest.mark.parametrize(
+    "out,message",
+    [
+        ("/proc/pnp-out", "^out: /proc/pnp-out cannot be made: nothing can be written into /proc "),
+        ("taken/sub", "^out: .*taken/sub cannot be made: .*taken is a file, not a folder"),
+        ("taken", "^out: .*taken is a file, not a folder"),
+    ],
+)
 def test_a_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, out, message):
     (tmp_path / "taken").write_text("")
     before = sorted(tmp_path.iterdir())

@@ -1,5 +1,6 @@
-"""Which requirements file holds what: the Cog image installs requirements.txt only, so the web UI's Gradio and the
-scale-out's Ray stay out of it; and what `cog build` makes of them with cog.yaml."""
+"""What is installed where: the Cog image installs requirements.txt only, so the web UI's Gradio and the scale-out's
+Ray stay out of it; what `cog build` makes of them with cog.yaml; and README's Test section installs what CI's script
+does."""
 
 import re
 from pathlib import Path
@@ -41,8 +42,9 @@ def test_the_ui_and_the_tests_install_gradio_pinned_on_the_package_requirements(
 
 
 def test_the_cog_image_gets_no_ray_and_the_tests_install_it_pinned_on_the_package_requirements():
-    image, scale, dev = (requirements(f) for f in ("requirements.txt", "requirements-scale.txt", "requirements-dev.txt"))
-    assert not set(SCALE_ONLY) & set(image), "the Cog image installs requirements.txt; keep Ray in requirements-scale.txt"
+    files = ("requirements.txt", "requirements-scale.txt", "requirements-dev.txt")
+    image, scale, dev = (requirements(f) for f in files)
+    assert not set(SCALE_ONLY) & set(image), "the Cog image installs requirements.txt; keep Ray in -scale.txt"
     assert set(SCALE_ONLY) <= set(scale) and image.items() <= scale.items()
     assert scale.items() <= dev.items()  # .ci/run installs requirements-dev.txt, so the Ray tests run in CI
 
@@ -61,9 +63,11 @@ def cog_build_problems(build: dict, pins: dict[str, str]) -> list[str]:
     if cuda is None:
         return [f"gpu: true with torch=={torch} pinned needs cuda: Cog cannot derive it from a torch it does not know"]
     if not isinstance(cuda, str) or not re.fullmatch(r"\d+\.\d+", cuda):
-        return [f"cuda: {cuda!r} must be a quoted major.minor version, e.g. \"13.0\""]
+        return [f'cuda: {cuda!r} must be a quoted major.minor version, e.g. "13.0"']
     if torch not in TORCH_WHEEL_CUDA:
-        return [f"torch=={torch}: look up the CUDA its PyPI wheels are built for (README) and add it to TORCH_WHEEL_CUDA"]
+        return [
+            f"torch=={torch}: look up the CUDA its PyPI wheels are built for (README) and add it to TORCH_WHEEL_CUDA"
+        ]
     if cuda != TORCH_WHEEL_CUDA[torch]:
         return [f"cuda: {cuda!r}, but torch=={torch}'s PyPI wheels are built for CUDA {TORCH_WHEEL_CUDA[torch]}"]
     return []
@@ -96,3 +100,33 @@ def test_cog_build_problems_are_found(change, problem):
     [found] = cog_build_problems(build, pins)
     assert problem in found
     assert cog_build_problems({**build, "gpu": False}, pins) == []
+
+
+def setup_steps(script: str) -> list[str]:
+    """The commands of a shell script or code block, one per ``&&`` step, without what only changes how they run:
+    comments, sudo, quiet flags, output redirections, an ``if ...; then``/``fi`` around them, the virtual
+    environment's name, ``python -m pip`` for ``pip``."""
+    steps = []
+    for line in script.splitlines():
+        line = re.sub(r"(^|\s)#.*", "", line).strip()
+        if not line or line == "fi" or line.startswith(("set ", "cd ")) or re.fullmatch(r"if .*; then", line):
+            continue
+        for step in line.split("&&"):
+            words = [
+                w
+                for w in step.split()
+                if w not in ("sudo", "--quiet", "-q", "-qq", ">/dev/null") and not w.startswith("DEBIAN_FRONTEND=")
+            ]
+            steps.append(" ".join(words).replace("python -m pip ", "pip ").replace(".venv-ci", ".venv"))
+    return steps
+
+
+def test_the_readmes_test_section_installs_what_ci_does():
+    """Whoever follows README's Test section gets what `.ci/run` installs, chromium for the browser tests included."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("\n## Test\n") :]
+    start = section.index("```bash\n") + len("```bash\n")
+    block = section[start : section.index("```", start)]
+    ci = setup_steps((ROOT / ".ci" / "run").read_text())
+    assert setup_steps(block) == ci
+    assert "apt-get install -y chromium" in ci and ci[-1] == "python -m pytest -n 2 --dist loadfile"

@@ -14,9 +14,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from pnp.batch.command import add_batch_arguments, run_batch
-from pnp.config import ConfigError, PnPConfig, check_seed
-from pnp.evaluation.command import add_evaluate_arguments, run_evaluate
+from pnp.app.feature_files import check_feature_folder, write_feature_maps
 from pnp.app.options import (
     add_model_options,
     add_translate_options,
@@ -25,11 +23,13 @@ from pnp.app.options import (
     translation_config,
     translation_settings,
 )
-from pnp.app.feature_files import check_feature_folder, write_feature_maps
-from pnp.visual.maps import DEFAULT_LAYERS, LAYER_HELP, map_request, run_config
+from pnp.batch.command import add_batch_arguments, run_batch
+from pnp.config import ConfigError, PnPConfig, check_seed
+from pnp.evaluation.command import add_evaluate_arguments, run_evaluate
 from pnp.images import ImageError, check_image, load_image
-from pnp.pipelines.loading import DEFAULT_MODEL, ModelError
 from pnp.outputs import OUTPUT_FORMATS, OutputOptions, check_output_folder, write_outputs
+from pnp.pipelines.loading import DEFAULT_MODEL, ModelError
+from pnp.visual.maps import DEFAULT_LAYERS, LAYER_HELP, map_request, run_config
 
 EXIT_USAGE = 2
 # Flags whose name is not the parameter's own ("--" + name with dashes).
@@ -109,8 +109,15 @@ def _features(args: argparse.Namespace) -> int:
     from pnp.visual.visualise import feature_maps
 
     settings = {k: v for k, v in config.as_kwargs().items() if k != "prompt"}
-    maps = feature_maps(pipe, prompts, images[0] if images else None, list(request.timesteps), list(request.maps),
-                             generator=noise_generator(seed), **settings)
+    maps = feature_maps(
+        pipe,
+        prompts,
+        images[0] if images else None,
+        list(request.timesteps),
+        list(request.maps),
+        generator=noise_generator(seed),
+        **settings,
+    )
     with _writing_into_out():
         paths = write_feature_maps(maps, out)
     for path in paths:
@@ -174,7 +181,9 @@ def _check_port(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as err:
-            raise ConfigError("port", f"cannot serve on {host}:{port} ({err.strerror}); choose another --port or --host") from None
+            raise ConfigError(
+                "port", f"cannot serve on {host}:{port} ({err.strerror}); choose another --port or --host"
+            ) from None
 
 
 def _download_weights(args: argparse.Namespace) -> int:
@@ -198,42 +207,74 @@ def _parser() -> argparse.ArgumentParser:
     t = commands.add_parser("translate", help="translate an image (or a generated one) into each prompt")
     t.set_defaults(run=_translate)
     t.add_argument("--prompt", action="append", required=True, help="target prompt; repeat for several")
-    t.add_argument("--out", required=True,
-                   help="folder for the output images (created if missing; it must not hold an earlier run's outputs)")
-    t.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier run's outputs in --out (deleted once this run's are all written)")
+    t.add_argument(
+        "--out",
+        required=True,
+        help="folder for the output images (created if missing; it must not hold an earlier run's outputs)",
+    )
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run's outputs in --out (deleted once this run's are all written)",
+    )
     _add_source_options(t, "image to translate (PNG, JPEG, WebP, GIF, ...); repeat for several, each into every prompt")
     t.add_argument("--format", default=OutputOptions.output_format, help=f"output format: {', '.join(OUTPUT_FORMATS)}")
     t.add_argument("--quality", type=int, default=OutputOptions.output_quality, help="webp/jpg quality (1-100)")
-    t.add_argument("--compile", action="store_true",
-                   help="run the UNet through torch.compile after minutes of compiling; meant for GPUs (on a CPU the "
-                   "compiled steps were measured slower: README, Performance)")
+    t.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the UNet through torch.compile after minutes of compiling; meant for GPUs (on a CPU the "
+        "compiled steps were measured slower: README, Performance)",
+    )
     add_translate_options(t)
 
     f = commands.add_parser(
         "features", help="PCA maps of decoder features and self-attention of a source and its translations"
     )
     f.set_defaults(run=_features)
-    f.add_argument("--prompt", action="append", default=None,
-                   help="target prompt, translated and shown with the source; repeat for several (none: source only)")
-    f.add_argument("--out", required=True,
-                   help="folder for <module>/NN-<label>-t<T>.png and <module>.png grids (not holding earlier maps)")
-    f.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier run's maps in --out (deleted once this run's are all written)")
-    f.add_argument("--timesteps", type=int, nargs="+", default=None,
-                   help="sampling timesteps to show (default: five spread over the --steps schedule)")
-    f.add_argument("--layers", nargs="+", default=None, metavar="MODULE",
-                   help=f"what to show, each {LAYER_HELP} (default: {' '.join(DEFAULT_LAYERS)})")
+    f.add_argument(
+        "--prompt",
+        action="append",
+        default=None,
+        help="target prompt, translated and shown with the source; repeat for several (none: source only)",
+    )
+    f.add_argument(
+        "--out",
+        required=True,
+        help="folder for <module>/NN-<label>-t<T>.png and <module>.png grids (not holding earlier maps)",
+    )
+    f.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run's maps in --out (deleted once this run's are all written)",
+    )
+    f.add_argument(
+        "--timesteps",
+        type=int,
+        nargs="+",
+        default=None,
+        help="sampling timesteps to show (default: five spread over the --steps schedule)",
+    )
+    f.add_argument(
+        "--layers",
+        nargs="+",
+        default=None,
+        metavar="MODULE",
+        help=f"what to show, each {LAYER_HELP} (default: {' '.join(DEFAULT_LAYERS)})",
+    )
     _add_source_options(f, "image to translate and show (PNG, JPEG, WebP, GIF, ...)")
     add_translate_options(f)
 
-    e = commands.add_parser("evaluate", help="translate a benchmark's sources and score them with its published metrics")
+    e = commands.add_parser(
+        "evaluate", help="translate a benchmark's sources and score them with its published metrics"
+    )
     e.set_defaults(run=run_evaluate)
     add_evaluate_arguments(e)
     add_translate_options(e)
 
-    b = commands.add_parser("batch", help="translate the rows of a CSV or JSONL manifest, here or on a Ray cluster; "
-                                          "rerunning resumes")
+    b = commands.add_parser(
+        "batch", help="translate the rows of a CSV or JSONL manifest, here or on a Ray cluster; rerunning resumes"
+    )
     b.set_defaults(run=lambda args: run_batch(args, flag))
     add_batch_arguments(b)
     add_translate_options(b)
@@ -249,9 +290,12 @@ def _parser() -> argparse.ArgumentParser:
     d.set_defaults(run=_download_weights)
     d.add_argument("--model", default=DEFAULT_MODEL, help="model-hub id")
     d.add_argument("--out", default="weights", help="folder to fill")
-    d.add_argument("--with-safety-checker", action="store_true",
-                   help="also fetch CompVis/stable-diffusion-safety-checker (safetensors only; into a folder that "
-                   "already holds a model, only the checker is added)")
+    d.add_argument(
+        "--with-safety-checker",
+        action="store_true",
+        help="also fetch CompVis/stable-diffusion-safety-checker (safetensors only; into a folder that "
+        "already holds a model, only the checker is added)",
+    )
     return parser
 
 
@@ -261,8 +305,10 @@ def _add_source_options(parser: argparse.ArgumentParser, image_help: str) -> Non
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", action="append", help=image_help)
     source.add_argument("--generation-prompt", help="generate the source image from this prompt instead")
-    parser.add_argument("--generation-scale", type=float, default=defaults.generation_guidance_scale,
-                        help="guidance scale of the source generation")
+    parser.add_argument(
+        "--generation-scale",
+        type=float,
+        default=defaults.generation_guidance_scale,
+        help="guidance scale of the source generation",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of a generated source's noise")
-
-

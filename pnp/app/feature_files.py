@@ -9,9 +9,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pnp.outputs import OutputFolder, OutputOptions, all_or_nothing, as_output_folder, check_run_folder, save_image, slug
+from pnp.outputs import (
+    OutputFolder,
+    OutputOptions,
+    all_or_nothing,
+    as_output_folder,
+    check_run_folder,
+    save_image,
+    slug,
+)
 from pnp.visual.maps import BLOCK, FeatureMaps
-
 
 
 def map_file_names(maps: FeatureMaps) -> dict[tuple[str, int, int], str]:
@@ -44,8 +51,11 @@ def write_feature_maps(maps: FeatureMaps, folder: str | Path | OutputFolder) -> 
 def write_feature_grids(maps: FeatureMaps, folder: str | Path, options: OutputOptions, first: int) -> list[Path]:
     """Write one grid per map into ``folder`` as ``NN-features-<map slug>.<format>``, numbered from ``first``."""
     return [
-        save_image(maps.grid(name), Path(folder) / f"{first + k:02d}-features-{slug(name, length=len(name))}."
-                   f"{options.output_format}", options)
+        save_image(
+            maps.grid(name),
+            Path(folder) / f"{first + k:02d}-features-{slug(name, length=len(name))}.{options.output_format}",
+            options,
+        )
         for k, name in enumerate(maps.maps)
     ]
 

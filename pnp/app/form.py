@@ -98,89 +98,156 @@ _MIN_SIDE, _MAX_SIDE = RANGES["resolution"]
 
 FORM_INPUTS = (
     FormInput(
-        "input_image", "image", None, param="image",
+        "input_image",
+        "image",
+        None,
+        param="image",
         description="Image to translate (PNG, JPEG, WebP, ...). It is resized so that its short side is `resolution` pixels. Leave it empty to generate the source image from `generation_prompt` instead.",
     ),
     FormInput(
-        "generation_prompt", "text", "", param="generation_prompt",
+        "generation_prompt",
+        "text",
+        "",
+        param="generation_prompt",
         description="Generate the source image from this prompt instead of uploading one; the generated image is returned first. When set, `input_image` is ignored.",
     ),
     FormInput(
-        "translation_prompts", "text", "; ".join(_CONFIG.prompt), param="prompt",
+        "translation_prompts",
+        "text",
+        "; ".join(_CONFIG.prompt),
+        param="prompt",
         description=f"What the output should show, keeping the layout of the source, e.g. 'a photo of a robot horse'. Separate several prompts with ';' or line breaks to get one output each, at most {MAX_PROMPTS} per prediction; surrounding spaces and empty prompts are dropped.",
     ),
     _ranged(
-        "scale", "float", "guidance_scale", _CONFIG.guidance_scale, RANGES["guidance_scale"],
+        "scale",
+        "float",
+        "guidance_scale",
+        _CONFIG.guidance_scale,
+        RANGES["guidance_scale"],
         "Guidance scale of the translation, from {low} to {high}: how strongly the outputs follow the translation prompts. The authors recommend 10 to 15; very high values oversaturate.",
     ),
     _ranged(
-        "feature_injection_threshold", "float", "feature_injection_threshold", _CONFIG.feature_injection_threshold,
+        "feature_injection_threshold",
+        "float",
+        "feature_injection_threshold",
+        _CONFIG.feature_injection_threshold,
         RANGES["feature_injection_threshold"],
         "Fraction of the sampling steps, counted from the first, in which the source's spatial features are injected, from {low} to {high}. Higher keeps more of the source's structure, lower gives the prompt more freedom; the paper uses 0.5 for sketches and segmentation maps.",
     ),
     _ranged(
-        "attention_injection_threshold", "float", "attention_injection_threshold",
-        _CONFIG.attention_injection_threshold, RANGES["attention_injection_threshold"],
+        "attention_injection_threshold",
+        "float",
+        "attention_injection_threshold",
+        _CONFIG.attention_injection_threshold,
+        RANGES["attention_injection_threshold"],
         "Fraction of the sampling steps, counted from the first, in which the source's self-attention queries and keys are injected, from {low} to {high}. Higher keeps the source's layout more closely.",
     ),
     FormInput(
-        "negative_prompt", "text", "", param="negative_prompt",
+        "negative_prompt",
+        "text",
+        "",
+        param="negative_prompt",
         description="What the outputs should move away from, e.g. a description of the source image. Leave empty for no negative prompting.",
     ),
     _ranged(
-        "negative_prompt_alpha", "float", "negative_prompt_alpha", _CONFIG.negative_prompt_alpha,
+        "negative_prompt_alpha",
+        "float",
+        "negative_prompt_alpha",
+        _CONFIG.negative_prompt_alpha,
         RANGES["negative_prompt_alpha"],
         "Weight of plain unconditional guidance against the negative prompt, from {low} to {high}: lower pushes harder away from the negative prompt, 1 ignores it. Only used with a negative prompt.",
     ),
     FormInput(
-        "negative_prompt_schedule", "text", _CONFIG.negative_prompt_schedule, param="negative_prompt_schedule",
+        "negative_prompt_schedule",
+        "text",
+        _CONFIG.negative_prompt_schedule,
+        param="negative_prompt_schedule",
         choices=NEGATIVE_SCHEDULES,
         description="How `negative_prompt_alpha` changes over the sampling steps: constant keeps it, linear lowers it to 0 by the last step, exp lowers it exponentially. Only used with a negative prompt.",
     ),
     _ranged(
-        "num_inference_steps", "int", "num_inference_steps", _STEPS, RANGES["num_inference_steps"],
+        "num_inference_steps",
+        "int",
+        "num_inference_steps",
+        _STEPS,
+        RANGES["num_inference_steps"],
         f"Sampling steps of the translation, and of the source generation in generation mode, from {{low}} to {{high}}. More steps take longer; {_STEPS} is the method's usual setting.",
     ),
     _ranged(
-        "num_inversion_steps", "int", "num_inversion_steps", None, RANGES["num_inversion_steps"],
+        "num_inversion_steps",
+        "int",
+        "num_inversion_steps",
+        None,
+        RANGES["num_inversion_steps"],
         f"DDIM inversion steps of an input image, from {{low}} to {{high}} (ignored in generation mode); leave blank for as many as `num_inference_steps`. More steps invert more exactly but take longer; the original method used 999. The inversion must pass through every sampling step, so with {_STEPS} inference steps use {_INVERSION_STEPS}; other values fail with a message listing the values that work.",
     ),
     _ranged(
-        "generation_scale", "float", "generation_guidance_scale", _CONFIG.generation_guidance_scale,
+        "generation_scale",
+        "float",
+        "generation_guidance_scale",
+        _CONFIG.generation_guidance_scale,
         RANGES["generation_guidance_scale"],
         "Guidance scale of the source generation in generation mode, from {low} to {high}; ignored when translating an input image.",
     ),
     _ranged(
-        "seed", "int", "seed", None, RANGES["seed"],
+        "seed",
+        "int",
+        "seed",
+        None,
+        RANGES["seed"],
         "Seed of the noise the source image is generated from, from {low} to {high} (generation mode only; translating an input image is deterministic). Leave blank for a random seed; the seed used is printed in the logs.",
     ),
     FormInput(
-        "resolution", "int", MODEL_RESOLUTION, param="resolution",
+        "resolution",
+        "int",
+        MODEL_RESOLUTION,
+        param="resolution",
         choices=(MODEL_RESOLUTION, *range(_MIN_SIDE, _MAX_SIDE + 1, RESOLUTION_MULTIPLE)),
         description=f"Short side of the working image and the outputs, in pixels; the long side follows the input image's aspect ratio (at most twice the short side), generated sources are square. {MODEL_RESOLUTION} (the default) uses the model's own size, at which it works best: 512 for Stable Diffusion 1.x, 768 for 2.1, 1024 for SDXL. Larger is slower.",
     ),
     FormInput(
-        "output_format", "text", _OUTPUTS.output_format, param="output_format", choices=OUTPUT_FORMATS,
+        "output_format",
+        "text",
+        _OUTPUTS.output_format,
+        param="output_format",
+        choices=OUTPUT_FORMATS,
         description="File format of the output images: png is lossless, webp and jpg are smaller (see `output_quality`).",
     ),
     _ranged(
-        "output_quality", "int", "output_quality", _OUTPUTS.output_quality, QUALITY_RANGE,
+        "output_quality",
+        "int",
+        "output_quality",
+        _OUTPUTS.output_quality,
+        QUALITY_RANGE,
         "Quality of webp and jpg outputs, from {low} (smallest files) to {high} (best); not relevant for png outputs.",
     ),
     FormInput(
-        "disable_safety_checker", "bool", False, param="disable_safety_checker",
+        "disable_safety_checker",
+        "bool",
+        False,
+        param="disable_safety_checker",
         description="Turn off the safety checker, which replaces outputs it judges not safe for work with black images (the logs say which). Only has an effect when the model's weights include the checker; API use only.",
     ),
     FormInput(
-        "feature_maps", "bool", False, param="feature_maps",
+        "feature_maps",
+        "bool",
+        False,
+        param="feature_maps",
         description="Also return the paper's PCA visualisations of the source's and the outputs' decoder features at five timesteps, as one labelled grid per map after the outputs: conv1 and conv2 of up_blocks.1.resnets.1, then the queries, keys and self-attention maps of up_blocks.1.attentions.1.transformer_blocks.0.attn1. Similar colours mean similar features; the outputs are unchanged.",
     ),
     FormInput(
-        "lora_weights", "file", None, param="lora_weights",
+        "lora_weights",
+        "file",
+        None,
+        param="lora_weights",
         description="A LoRA adapter for the model's weights, as a .safetensors file (an upload or a URL), applied to this prediction only. It must be made for the model's architecture (Stable Diffusion 1.x, 2.x or SDXL). Leave empty for none.",
     ),
     _ranged(
-        "lora_scale", "float", "lora_scale", FORM_LORA_SCALE, LORA_SCALE_RANGE,
+        "lora_scale",
+        "float",
+        "lora_scale",
+        FORM_LORA_SCALE,
+        LORA_SCALE_RANGE,
         "Weight of the LoRA adapter in `lora_weights`, from {low} (off) to {high} (as trained); ignored without one.",
     ),
 )
@@ -203,8 +270,15 @@ def form_name(param: str) -> str:
 
 # The form's inputs that PnPConfig takes as they are (under their pipeline names).
 CONFIG_INPUTS = (
-    "generation_prompt", "scale", "feature_injection_threshold", "attention_injection_threshold", "negative_prompt",
-    "negative_prompt_alpha", "negative_prompt_schedule", "num_inference_steps", "num_inversion_steps",
+    "generation_prompt",
+    "scale",
+    "feature_injection_threshold",
+    "attention_injection_threshold",
+    "negative_prompt",
+    "negative_prompt_alpha",
+    "negative_prompt_schedule",
+    "num_inference_steps",
+    "num_inversion_steps",
     "generation_scale",
 )
 
@@ -224,7 +298,9 @@ class Request:
     notes: tuple[str, ...] = ()
 
 
-def parse_form(values: dict, model_resolution: int | None, read_image: Callable[[object, int | None], Image.Image]) -> Request:
+def parse_form(
+    values: dict, model_resolution: int | None, read_image: Callable[[object, int | None], Image.Image]
+) -> Request:
     """Check a filled-in form (values by input name) before any model work; ConfigError names the input to change.
 
     Inputs left out take the form's defaults. ``read_image(value, resolution)`` reads ``input_image``
@@ -243,8 +319,11 @@ def parse_form(values: dict, model_resolution: int | None, read_image: Callable[
         for name, value in values.items():
             _check_kind(name, value)
         settings = {form_input(name).param: values[name] for name in CONFIG_INPUTS}
-        config = PnPConfig(prompt=split_prompts(values["translation_prompts"] or ""),
-                           resolution=config_resolution(values["resolution"]), **settings)
+        config = PnPConfig(
+            prompt=split_prompts(values["translation_prompts"] or ""),
+            resolution=config_resolution(values["resolution"]),
+            **settings,
+        )
         if model_resolution is not None:
             config = config.resolved(model_resolution)
         options = OutputOptions(values["output_format"], values["output_quality"])
@@ -262,8 +341,16 @@ def parse_form(values: dict, model_resolution: int | None, read_image: Callable[
             raise ConfigError("image", "give an input image or a generation prompt")
     except ConfigError as err:  # and its kinds (ImageError): named as the form names the input
         raise type(err)(form_name(err.param), err.reason) from None
-    return Request(config, image, seed, options, bool(values["feature_maps"]), bool(values["disable_safety_checker"]),
-                   lora_scale, tuple(notes))
+    return Request(
+        config,
+        image,
+        seed,
+        options,
+        bool(values["feature_maps"]),
+        bool(values["disable_safety_checker"]),
+        lora_scale,
+        tuple(notes),
+    )
 
 
 def split_prompts(text: str) -> list[str]:

@@ -25,11 +25,11 @@ import traceback
 
 import gradio as gr
 
-from pnp.config import MAX_PROMPTS, ConfigError
 from pnp.app.form import FORM_INPUTS, FormInput, form_input
-from pnp.messages import first_line
 from pnp.app.samples import write_samples
 from pnp.app.ui_runs import Runner, RunResult, read_form
+from pnp.config import MAX_PROMPTS, ConfigError
+from pnp.messages import first_line
 
 logger = logging.getLogger("pnp.ui")
 
@@ -39,8 +39,10 @@ logger = logging.getLogger("pnp.ui")
 MAIN_FIELDS = ("input_image", "generation_prompt", "seed", "translation_prompts")
 OTHER_FIELDS = ("feature_maps", "disable_safety_checker", "lora_weights", "lora_scale")
 ADVANCED_FIELDS = tuple(s.name for s in FORM_INPUTS if s.name not in (*MAIN_FIELDS, *OTHER_FIELDS))
-PROMPTS_INFO = (f"What the outputs should show, keeping the layout of the source: one prompt per line (or separated by "
-                f"';'), one output each, at most {MAX_PROMPTS}.")
+PROMPTS_INFO = (
+    f"What the outputs should show, keeping the layout of the source: one prompt per line (or separated by "
+    f"';'), one output each, at most {MAX_PROMPTS}."
+)
 # Slider steps: the form gives ranges, the page also needs a resolution for its sliders.
 SLIDER_STEPS = {"float": 0.01, "int": 1}
 # Integer ranges wider than this get a number box rather than a slider.
@@ -60,9 +62,11 @@ output's map looks like the source's, it keeps the source's structure. The injec
 self-attention are imposed. Random-weight models give meaningless maps.
 
 Tick `feature_maps`, then press Run on the Translate tab."""
-FEATURE_MAPS_INFO = ("Also draw the maps below in the next runs, at five timesteps: conv1 and conv2 of up_blocks.1.resnets.1, "
-                     "then the queries, keys and self-attention of up_blocks.1.attentions.1.transformer_blocks.0.attn1. "
-                     "The outputs are unchanged.")
+FEATURE_MAPS_INFO = (
+    "Also draw the maps below in the next runs, at five timesteps: conv1 and conv2 of up_blocks.1.resnets.1, "
+    "then the queries, keys and self-attention of up_blocks.1.attentions.1.transformer_blocks.0.attn1. "
+    "The outputs are unchanged."
+)
 GENERATION_EXAMPLE = ("a photo of a lighthouse on a cliff", "a lighthouse at night, oil painting", 1)
 
 
@@ -74,8 +78,9 @@ def serve(pipe, model: str, host: str, port: int, share: bool) -> None:
         page = build_page(Runner(pipe, folder), model, write_samples(folder))
         page.queue(default_concurrency_limit=1)
         # Quiet: Gradio's own lines tell a Python caller to set share=True in launch(); these name the flags.
-        page.launch(server_name=host, server_port=port, share=share, theme=theme(), quiet=True,
-                    prevent_thread_lock=True)
+        page.launch(
+            server_name=host, server_port=port, share=share, theme=theme(), quiet=True, prevent_thread_lock=True
+        )
         print(f"serving on {page.local_url} (Ctrl-C stops)", file=sys.stderr)
         if share:
             print(f"public link: {page.share_url}", file=sys.stderr)
@@ -106,19 +111,40 @@ def build_page(runner: Runner, model: str, samples: dict) -> gr.Blocks:
                     with gr.Accordion("Advanced", open=False, elem_id="advanced"):
                         fields.update({name: _field(form_input(name)) for name in ADVANCED_FIELDS})
                 with gr.Column():
-                    gallery = gr.Gallery(label="outputs", elem_id="gallery", columns=2, object_fit="contain",
-                                         buttons=["download", "download_all", "fullscreen"], interactive=False)
+                    gallery = gr.Gallery(
+                        label="outputs",
+                        elem_id="gallery",
+                        columns=2,
+                        object_fit="contain",
+                        buttons=["download", "download_all", "fullscreen"],
+                        interactive=False,
+                    )
                     status = gr.Markdown(elem_id="status")
             _examples(fields, samples)
         with gr.Tab("Features", elem_id="features-tab"):
             gr.Markdown(FEATURES_TEXT)
             # Its own help: the predictor's says where its outputs list puts the grids.
             fields["feature_maps"] = _field(form_input("feature_maps"), info=FEATURE_MAPS_INFO)
-            grids = gr.Gallery(label="feature maps of the last run", elem_id="features", columns=2, height="auto",
-                               object_fit="contain", buttons=["download", "fullscreen"], interactive=False)
-        names = list(fields)
-        started = run.click(run_handler(runner, names), inputs=[fields[n] for n in names],
-                            outputs=[gallery, status, grids], concurrency_id="model", concurrency_limit=1)
+            grids = gr.Gallery(
+                label="feature maps of the last run",
+                elem_id="features",
+                columns=2,
+                height="auto",
+                object_fit="contain",
+                buttons=["download", "fullscreen"],
+                interactive=False,
+            )
+        # By name, so that API clients see the form's names (input_image, resolution, ...), as errors call them.
+        # Unprocessed: the form's own check reads every value and names the field it refuses, where Gradio's
+        # checks (an image its image field cannot open, a choice sent as a number) fail naming none.
+        started = run.click(
+            run_handler(runner),
+            inputs_kwargs=fields,
+            outputs=[gallery, status, grids],
+            preprocess=False,
+            concurrency_id="model",
+            concurrency_limit=1,
+        )
         stop.click(None, cancels=[started])
     return page
 
@@ -134,29 +160,45 @@ def _header(pipe, model: str, random_weights: bool) -> str:
         f"{pipe.default_resolution} px.",
     ]
     if random_weights:
-        lines.append(f"**`{model}` has random weights: its outputs are noise.** It is for trying the page; "
-                     "start it with a Stable Diffusion model for real translations.")
+        lines.append(
+            f"**`{model}` has random weights: its outputs are noise.** It is for trying the page; "
+            "start it with a Stable Diffusion model for real translations."
+        )
     return "\n\n".join(lines)
 
 
 def _main_fields() -> dict:
     image = form_input("input_image")
-    fields = {"input_image": gr.Image(label=image.name, placeholder=image.description, type="filepath", image_mode=None,
-                                      sources=["upload", "clipboard"], elem_id=image.name)}
+    fields = {
+        "input_image": gr.Image(
+            label=image.name,
+            placeholder=image.description,
+            type="filepath",
+            image_mode=None,
+            sources=["upload", "clipboard"],
+            elem_id=image.name,
+        )
+    }
     with gr.Group():
         fields["generation_prompt"] = _field(form_input("generation_prompt"))
         fields["seed"] = _field(form_input("seed"))
-    fields["translation_prompts"] = gr.Textbox(label="translation_prompts", info=PROMPTS_INFO, lines=3,
-                                               value=form_input("translation_prompts").default,
-                                               elem_id="translation_prompts")
+    fields["translation_prompts"] = gr.Textbox(
+        label="translation_prompts",
+        info=PROMPTS_INFO,
+        lines=3,
+        value=form_input("translation_prompts").default,
+        elem_id="translation_prompts",
+    )
     return fields
 
 
 def _field(spec: FormInput, info: str | None = None) -> gr.components.Component:
-    """The page's field for a form input: its name as label, its description (or ``info``) as help, its default and range."""
+    """The page's field for a form input: its name as label, its description (or ``info``) as help, its default and
+    range."""
     common = {"label": spec.name, "info": info or spec.description, "value": spec.default, "elem_id": spec.name}
     if spec.choices is not None:
-        return gr.Dropdown(choices=list(spec.choices), **common)
+        # As text, as Gradio describes every choice to API clients ('128'); the form's check reads the numbers.
+        return gr.Dropdown(choices=[str(choice) for choice in spec.choices], **{**common, "value": str(spec.default)})
     if spec.kind == "bool":
         return gr.Checkbox(**common)
     if spec.kind == "text":
@@ -173,22 +215,28 @@ def _field(spec: FormInput, info: str | None = None) -> gr.components.Component:
 def _examples(fields: dict, samples: dict) -> None:
     gr.Examples(
         [[str(samples[name]), prompts] for name, prompts in EXAMPLE_PROMPTS.items()],
-        inputs=[fields["input_image"], fields["translation_prompts"]], label="Examples: translate a sample image",
+        inputs=[fields["input_image"], fields["translation_prompts"]],
+        label="Examples: translate a sample image",
     )
     gr.Examples(
-        [list(GENERATION_EXAMPLE)], inputs=[fields["generation_prompt"], fields["translation_prompts"], fields["seed"]],
+        [list(GENERATION_EXAMPLE)],
+        inputs=[fields["generation_prompt"], fields["translation_prompts"], fields["seed"]],
         label="Example: generate the source",
     )
 
 
-def run_handler(runner: Runner, names: list[str]):
-    """The Run button's handler: the form's values in ``names`` order, to the gallery's items and a status line."""
+def run_handler(runner: Runner):
+    """The Run button's handler: the form's values by field name, as Gradio sends them unprocessed (an image is
+    Gradio's file data, the uploaded file in its cache), to the gallery's items and a status line."""
 
-    async def run(*values, progress=gr.Progress()):
+    async def run(progress=gr.Progress(), **values):
         stop = threading.Event()
 
         def work() -> RunResult:
-            request = read_form(dict(zip(names, values, strict=True)), runner.pipe.default_resolution)
+            image = values["input_image"]  # Gradio's file data: the uploaded file is at its path
+            request = read_form(
+                {**values, "input_image": None if image is None else image["path"]}, runner.pipe.default_resolution
+            )
             progress(0, desc="starting")
             return runner.run(request, lambda phase, done, total: progress((done, total), desc=phase), stop)
 
@@ -206,8 +254,9 @@ def run_handler(runner: Runner, names: list[str]):
         except Exception as err:
             # pnp's log lines are one line each: the traceback goes into the message.
             logger.error(f"the run failed:\n{traceback.format_exc()}")
-            raise gr.Error(f"The run failed: {first_line(err)}. The terminal shows the details.",
-                           print_exception=False) from None
+            raise gr.Error(
+                f"The run failed: {first_line(err)}. The terminal shows the details.", print_exception=False
+            ) from None
         return _items(result.files, result.captions), result.status, _items(result.grids, result.maps)
 
     return run
@@ -227,4 +276,3 @@ async def _finished(future: asyncio.Future) -> None:
             continue
     if not future.cancelled():
         future.exception()  # retrieved, so that asyncio does not log it as never retrieved
-

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from pnp.app.feature_files import write_feature_grids
 from pnp.app.form import Request, parse_form
-from pnp.messages import plural
-from pnp.visual.visualise import feature_maps
 from pnp.images import load_image
+from pnp.messages import plural
 from pnp.method.generation import noise_generator
 from pnp.outputs import OutputOptions, write_outputs
+from pnp.visual.visualise import feature_maps
 
 logger = logging.getLogger("pnp.ui")
 
@@ -100,14 +100,22 @@ class Runner:
             grids = write_feature_grids(maps, folder, PNG, first=len(files)) if maps else []
         captions = ([f"source: {config.generation_prompt}"] if config.generating else []) + list(config.prompt)
         seconds = sum(v for k, v in result.metrics.items() if k.endswith("_s"))
-        status = " ".join([f"{plural(len(config.prompt), 'translation')} in {seconds:.1f} s.",
-                           *(f"{note}." for note in request.notes)])
+        status = " ".join(
+            [
+                f"{plural(len(config.prompt), 'translation')} in {seconds:.1f} s.",
+                *(f"{note}." for note in request.notes),
+            ]
+        )
         return RunResult(files, captions, status, grids, list(maps.maps) if maps else [])
 
     def _translate(self, request: Request, step_end):
         """The pipeline's output, and the feature maps (None unless asked for), made in the same run."""
-        kwargs = dict(image=request.image, generator=noise_generator(request.seed),
-                      callback_on_step_end=step_end, **request.config.as_kwargs())
+        kwargs = dict(
+            image=request.image,
+            generator=noise_generator(request.seed),
+            callback_on_step_end=step_end,
+            **request.config.as_kwargs(),
+        )
         if not request.feature_maps:
             return self.pipe(**kwargs), None
         maps = feature_maps(self.pipe, **kwargs)

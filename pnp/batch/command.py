@@ -25,28 +25,47 @@ PLACEHOLDER_PROMPT = "checked per row"
 
 def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     """The batch command's own arguments (the translate options are added beside them, as the rows' defaults)."""
-    parser.add_argument("manifest", metavar="MANIFEST",
-                        help="a .csv or .jsonl file, a row per source: image (path or URL) or generation-prompt and "
-                             "seed, prompt (several separated by ';'), and any setting by its flag's name (steps, "
-                             "scale, ...); an id column names the row's files")
-    parser.add_argument("--out", required=True,
-                        help="folder for the outputs, a record per row and results.csv; rerunning into it resumes")
+    parser.add_argument(
+        "manifest",
+        metavar="MANIFEST",
+        help="a .csv or .jsonl file, a row per source: image (path or URL) or generation-prompt and "
+        "seed, prompt (several separated by ';'), and any setting by its flag's name (steps, "
+        "scale, ...); an id column names the row's files",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="folder for the outputs, a record per row and results.csv; rerunning into it resumes",
+    )
     parser.add_argument("--overwrite", action="store_true", help="delete another job's files in --out first")
-    parser.add_argument("--backend", default=LOCAL,
-                        help="where to translate: local (default, this process), ray (a local Ray cluster), "
-                             "ray:auto or ray:HOST:PORT (join a cluster; run on its head node) or ray://HOST:PORT "
-                             "(Ray Client)")
+    parser.add_argument(
+        "--backend",
+        default=LOCAL,
+        help="where to translate: local (default, this process), ray (a local Ray cluster), "
+        "ray:auto or ray:HOST:PORT (join a cluster; run on its head node) or ray://HOST:PORT "
+        "(Ray Client)",
+    )
     add_ray_arguments(parser)
-    parser.add_argument("--images-per-call", type=int, default=IMAGES_PER_CALL,
-                        help="real images that share their prompts and settings are translated together, this many "
-                             f"at most (default {IMAGES_PER_CALL}; 1: one at a time)")
-    parser.add_argument("--prompt", action="append", default=None,
-                        help="target prompt of the rows that give none; repeat for several")
-    parser.add_argument("--generation-scale", type=float, default=None,
-                        help="guidance scale of generated sources, for rows that give none")
+    parser.add_argument(
+        "--images-per-call",
+        type=int,
+        default=IMAGES_PER_CALL,
+        help="real images that share their prompts and settings are translated together, this many "
+        f"at most (default {IMAGES_PER_CALL}; 1: one at a time)",
+    )
+    parser.add_argument(
+        "--prompt", action="append", default=None, help="target prompt of the rows that give none; repeat for several"
+    )
+    parser.add_argument(
+        "--generation-scale",
+        type=float,
+        default=None,
+        help="guidance scale of generated sources, for rows that give none",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of generated sources, for rows that give none")
-    parser.add_argument("--format", default=OutputOptions.output_format,
-                        help=f"output format: {', '.join(OUTPUT_FORMATS)}")
+    parser.add_argument(
+        "--format", default=OutputOptions.output_format, help=f"output format: {', '.join(OUTPUT_FORMATS)}"
+    )
     parser.add_argument("--quality", type=int, default=OutputOptions.output_quality, help="webp/jpg quality (1-100)")
 
 
@@ -63,9 +82,16 @@ def run_batch(args: argparse.Namespace, flag: Callable[[str], str]) -> int:
     if spec.kind not in (LOCAL, RAY):
         raise ConfigError("backend", f"{args.backend!r}: a batch job runs on local or ray[:ADDRESS]")
     loras = model_checks(args)
-    manifest = {"kind": "batch", "model": args.model, "config": args.config, "lora": args.lora,
-                "injection_layers": args.injection_layers, "dtype": args.dtype,
-                "format": options.output_format, "quality": options.output_quality}
+    manifest = {
+        "kind": "batch",
+        "model": args.model,
+        "config": args.config,
+        "lora": args.lora,
+        "injection_layers": args.injection_layers,
+        "dtype": args.dtype,
+        "format": options.output_format,
+        "quality": options.output_quality,
+    }
     out = Path(args.out)
     check_folder(out, manifest, args.overwrite, "batch job")
     backend = _backend(spec, args, loras)
@@ -75,8 +101,10 @@ def run_batch(args: argparse.Namespace, flag: Callable[[str], str]) -> int:
     finally:
         getattr(backend, "close", lambda: None)()
     done = summary["rows"] - summary["failed"]
-    print(f"{done} of {summary['rows']} rows translated ({summary['reused']} earlier), {summary['failed']} failed: "
-          f"{summary['results']}")
+    print(
+        f"{done} of {summary['rows']} rows translated ({summary['reused']} earlier), {summary['failed']} failed: "
+        f"{summary['results']}"
+    )
     return 1 if summary["failed"] else 0
 
 

@@ -97,11 +97,13 @@ def _jsonl(path: Path) -> list[dict]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ConfigError("manifest", f"{path}, line {number}: not JSON ({err.msg}); "
-                                          "write one object a line") from None
+            raise ConfigError(
+                "manifest", f"{path}, line {number}: not JSON ({err.msg}); write one object a line"
+            ) from None
         if not isinstance(record, dict):
-            raise ConfigError("manifest", f"{path}, line {number}: expected an object ({{\"image\": ...}}), "
-                                          f"got {type(record).__name__}")
+            raise ConfigError(
+                "manifest", f'{path}, line {number}: expected an object ({{"image": ...}}), got {type(record).__name__}'
+            )
         records.append(record)
     return records
 
@@ -165,9 +167,13 @@ def _check_keys(rows: list[Row], path: Path) -> None:
     seen: dict[str, int] = {}
     for row in rows:
         if not _ID.match(row.key):
-            raise ConfigError("manifest", f"{path}, row {row.number}: id {row.key!r} cannot name files; use letters, "
-                                          "digits, '.', '_' and '-'")
+            raise ConfigError(
+                "manifest",
+                f"{path}, row {row.number}: id {row.key!r} cannot name files; use letters, digits, '.', '_' and '-'",
+            )
         if row.key in seen:
-            raise ConfigError("manifest", f"{path}: rows {seen[row.key]} and {row.number} have the same id "
-                                          f"{row.key!r}; each row needs its own")
+            raise ConfigError(
+                "manifest",
+                f"{path}: rows {seen[row.key]} and {row.number} have the same id {row.key!r}; each row needs its own",
+            )
         seen[row.key] = row.number

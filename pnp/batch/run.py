@@ -93,10 +93,16 @@ def file_translation(plan: BatchPlan, row: Row, translation: Translation) -> dic
     names = output_names(row.job.source.prompts, source is not None, plan.options.output_format)
     paths = [save_image(image, folder / name, plan.options) for image, name in zip(images, names, strict=True)]
     outputs = paths[1:] if source is not None else paths
-    record = {**_identity(row), "worker": translation.worker, "request": request(row),
-              "source_image": _relative(paths[0], plan.out) if source is not None else None,
-              "pairs": [{"prompt": prompt, "output": _relative(path, plan.out)}
-                        for prompt, path in zip(row.job.source.prompts, outputs, strict=True)]}
+    record = {
+        **_identity(row),
+        "worker": translation.worker,
+        "request": request(row),
+        "source_image": _relative(paths[0], plan.out) if source is not None else None,
+        "pairs": [
+            {"prompt": prompt, "output": _relative(path, plan.out)}
+            for prompt, path in zip(row.job.source.prompts, outputs, strict=True)
+        ],
+    }
     write_json(record_path(plan.out, row.key), record)
     return record
 
@@ -120,8 +126,15 @@ def write_results(out: Path, records: list[dict], column: Callable[[str], str] =
     for record in records:
         given, asked = record["given"], record.get("request", {})
         settings = {column(name): value for name, value in asked.get("settings", {}).items()}
-        base = {"id": record["key"], "row": record["row"], "image": given.get("image"), "seed": asked.get("seed"),
-                "worker": record.get("worker"), "error": record.get("error"), **settings}
+        base = {
+            "id": record["key"],
+            "row": record["row"],
+            "image": given.get("image"),
+            "seed": asked.get("seed"),
+            "worker": record.get("worker"),
+            "error": record.get("error"),
+            **settings,
+        }
         prompt = given.get("prompt")
         for pair in record["pairs"] or [{"prompt": "; ".join(prompt) if isinstance(prompt, list) else prompt}]:
             lines.append({**base, "prompt": pair["prompt"], "output": pair.get("output")})

@@ -32,8 +32,10 @@ RAY = "ray"
 # ray starts a local cluster; ray:auto joins the one this machine belongs to; ray:HOST:PORT a head
 # node's GCS address; ray://HOST:PORT a cluster through Ray Client (ray.init's addresses).
 _RAY_ADDRESS = re.compile(r"^(auto|ray://[\w.-]+:\d+|[\w.-]+:\d+)$")
-BACKEND_SYNTAX = ("local, ray[:auto|:HOST:PORT], ray://HOST:PORT, http://HOST:PORT[,http://HOST2:PORT...] "
-                  "or replicate:OWNER/MODEL[:VERSION]")
+BACKEND_SYNTAX = (
+    "local, ray[:auto|:HOST:PORT], ray://HOST:PORT, http://HOST:PORT[,http://HOST2:PORT...] "
+    "or replicate:OWNER/MODEL[:VERSION]"
+)
 # OWNER/MODEL or OWNER/MODEL:VERSION, as Replicate names them.
 _REPLICATE_REF = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(:[0-9a-f]{16,64})?$")
 
@@ -80,9 +82,12 @@ def parse_backend(text: str) -> BackendSpec:
     if text == RAY or text.startswith(("ray:", "ray://")):
         return parse_ray_backend(text)
     if text.startswith(REPLICATE_PREFIX):
-        model = text[len(REPLICATE_PREFIX):]
+        model = text[len(REPLICATE_PREFIX) :]
         if not _REPLICATE_REF.match(model):
-            raise ConfigError("backend", f"{model!r} is not a Replicate model: use replicate:OWNER/MODEL or replicate:OWNER/MODEL:VERSION")
+            raise ConfigError(
+                "backend",
+                f"{model!r} is not a Replicate model: use replicate:OWNER/MODEL or replicate:OWNER/MODEL:VERSION",
+            )
         return BackendSpec("replicate", model=model)
     urls = tuple(url.strip().rstrip("/") for url in text.split(","))
     for url in urls:
@@ -101,19 +106,28 @@ def parse_ray_backend(text: str) -> BackendSpec:
         return BackendSpec(RAY)
     address = text if text.startswith("ray://") else text.removeprefix("ray:")
     if not _RAY_ADDRESS.match(address):
-        raise ConfigError("backend", f"{text!r} is not a Ray cluster's address; use ray (a local cluster), ray:auto, "
-                                     "ray:HOST:PORT (the head node's GCS) or ray://HOST:PORT (Ray Client)")
+        raise ConfigError(
+            "backend",
+            f"{text!r} is not a Ray cluster's address; use ray (a local cluster), ray:auto, "
+            "ray:HOST:PORT (the head node's GCS) or ray://HOST:PORT (Ray Client)",
+        )
     return BackendSpec(RAY, address=address)
 
 
 def make_job(source: Source, base: PnPConfig) -> Job:
-    """The job of ``source`` under the run's settings; a generated source brings its own prompt, scale, steps and seed."""
+    """The job of ``source`` under the run's settings; a generated source brings its own prompt, scale, steps and
+    seed."""
     generation = source.generation
     if generation is None:
         return Job(source, replace(base, prompt=source.prompts), seed=0)
-    config = replace(base, prompt=source.prompts, generation_prompt=generation.prompt,
-                     generation_guidance_scale=generation.scale, num_inference_steps=generation.steps,
-                     num_inversion_steps=None)
+    config = replace(
+        base,
+        prompt=source.prompts,
+        generation_prompt=generation.prompt,
+        generation_guidance_scale=generation.scale,
+        num_inference_steps=generation.steps,
+        num_inversion_steps=None,
+    )
     return Job(source, config, generation.seed)
 
 

@@ -71,7 +71,9 @@ def check_prompts(where: str, prompts: object) -> tuple[str, ...]:
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
         raise ConfigError("benchmark", f"{where}: target prompts must be a list of non-empty strings, got {prompts!r}")
     if len(prompts) > MAX_PROMPTS:
-        raise ConfigError("benchmark", f"{where}: {len(prompts)} target prompts, at most {MAX_PROMPTS} are translated in one call")
+        raise ConfigError(
+            "benchmark", f"{where}: {len(prompts)} target prompts, at most {MAX_PROMPTS} are translated in one call"
+        )
     return tuple(p.strip() for p in prompts)
 
 

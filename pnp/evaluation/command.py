@@ -12,16 +12,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from pnp.app.form import form_inputs
 from pnp.app.options import load_pipeline, translation_config
 from pnp.config import check_int
-from pnp.app.form import form_inputs
-from pnp.pipelines.loading import RANDOM_MODELS
 from pnp.evaluation.backends import IMAGES_PER_CALL, LOCAL, RAY, BackendError, make_job, parse_backend
+from pnp.evaluation.load import load_benchmark
 from pnp.evaluation.metric_models import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL, RANDOM
 from pnp.evaluation.metrics import STRUCTURE_VARIANTS
 from pnp.evaluation.ray_backend import add_ray_arguments
 from pnp.evaluation.records import Plan, check_folder
-from pnp.evaluation.load import load_benchmark
+from pnp.pipelines.loading import RANDOM_MODELS
 
 BOTH = "both"
 DEFAULT_PARALLEL = 8
@@ -30,30 +30,57 @@ PLACEHOLDER_PROMPT = "checked per source"
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """The evaluate command's own arguments (the translate options are added beside them)."""
-    parser.add_argument("benchmark", metavar="BENCHMARK",
-                        help="a TI2I yaml file, or a PIE-Bench folder holding mapping_file.json and annotation_images/")
-    parser.add_argument("--out", required=True,
-                        help="folder for outputs, scores and the contact sheet; rerunning into it resumes the run")
+    parser.add_argument(
+        "benchmark",
+        metavar="BENCHMARK",
+        help="a TI2I yaml file, or a PIE-Bench folder holding mapping_file.json and annotation_images/",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="folder for outputs, scores and the contact sheet; rerunning into it resumes the run",
+    )
     parser.add_argument("--overwrite", action="store_true", help="delete another run's files in --out first")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N sources")
-    parser.add_argument("--backend", default=LOCAL,
-                        help="where to translate: local (default), ray[:ADDRESS] (actors on a Ray cluster: ray "
-                             "starts a local one, ray:auto or ray://HOST:PORT joins one), http://HOST:PORT[,http://"
-                             "HOST2:PORT...] (Cog servers running predict.py) or replicate:OWNER/MODEL[:VERSION] "
-                             "(needs REPLICATE_API_TOKEN)")
+    parser.add_argument(
+        "--backend",
+        default=LOCAL,
+        help="where to translate: local (default), ray[:ADDRESS] (actors on a Ray cluster: ray "
+        "starts a local one, ray:auto or ray://HOST:PORT joins one), http://HOST:PORT[,http://"
+        "HOST2:PORT...] (Cog servers running predict.py) or replicate:OWNER/MODEL[:VERSION] "
+        "(needs REPLICATE_API_TOKEN)",
+    )
     add_ray_arguments(parser)
-    parser.add_argument("--images-per-call", type=int, default=IMAGES_PER_CALL,
-                        help="with the local and ray backends, real images that share their prompts and settings are "
-                             f"translated together, this many at most (default {IMAGES_PER_CALL}; 1: one at a time)")
-    parser.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL,
-                        help=f"predictions in flight at once with the replicate backend (default {DEFAULT_PARALLEL})")
-    parser.add_argument("--clip-model", default=None,
-                        help=f"CLIP model-hub id or folder (default {DEFAULT_CLIP_MODEL}; '{RANDOM}' with a random --model)")
-    parser.add_argument("--dino-model", default=None,
-                        help=f"DINO ViT model-hub id or folder (default {DEFAULT_DINO_MODEL}; '{RANDOM}' with a random --model)")
-    parser.add_argument("--structure-variant", default=BOTH, choices=(*STRUCTURE_VARIANTS, BOTH),
-                        help="structure distance on images in 0..1 (splice) or 0..255 as PIE-Bench's code does "
-                             "(pie-bench), or both (default)")
+    parser.add_argument(
+        "--images-per-call",
+        type=int,
+        default=IMAGES_PER_CALL,
+        help="with the local and ray backends, real images that share their prompts and settings are "
+        f"translated together, this many at most (default {IMAGES_PER_CALL}; 1: one at a time)",
+    )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=DEFAULT_PARALLEL,
+        help=f"predictions in flight at once with the replicate backend (default {DEFAULT_PARALLEL})",
+    )
+    parser.add_argument(
+        "--clip-model",
+        default=None,
+        help=f"CLIP model-hub id or folder (default {DEFAULT_CLIP_MODEL}; '{RANDOM}' with a random --model)",
+    )
+    parser.add_argument(
+        "--dino-model",
+        default=None,
+        help=f"DINO ViT model-hub id or folder (default {DEFAULT_DINO_MODEL}; '{RANDOM}' with a random --model)",
+    )
+    parser.add_argument(
+        "--structure-variant",
+        default=BOTH,
+        choices=(*STRUCTURE_VARIANTS, BOTH),
+        help="structure distance on images in 0..1 (splice) or 0..255 as PIE-Bench's code does "
+        "(pie-bench), or both (default)",
+    )
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -100,9 +127,15 @@ def _plan(args: argparse.Namespace):
         backend = _remote_backend(spec, args)
         backend.check()
     settings = {k: v for k, v in base.as_kwargs().items() if k not in ("prompt", "generation_prompt")}
-    manifest = {"benchmark": str(benchmark.path.resolve()), "kind": benchmark.kind, "model": args.model,
-                "settings": settings, "clip_model": args.clip_model, "dino_model": args.dino_model,
-                "structure_variants": list(_variants(args))}
+    manifest = {
+        "benchmark": str(benchmark.path.resolve()),
+        "kind": benchmark.kind,
+        "model": args.model,
+        "settings": settings,
+        "clip_model": args.clip_model,
+        "dino_model": args.dino_model,
+        "structure_variants": list(_variants(args)),
+    }
     out = Path(args.out)
     check_folder(out, manifest, args.overwrite)  # written once the models have loaded, by the run
     return Plan(benchmark, jobs, out, manifest), backend
@@ -140,4 +173,3 @@ def _variants(args: argparse.Namespace) -> tuple[str, ...]:
 
 def _warner():
     return lambda message: print(f"warning: {message}", file=sys.stderr)
-

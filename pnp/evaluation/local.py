@@ -17,8 +17,9 @@ class LocalBackend:
     Translation with its error, and the other jobs go on; without, the error is raised.
     """
 
-    def __init__(self, pipe, images_per_call: int = IMAGES_PER_CALL, keep_going: bool = False,
-                 worker: str = LOCAL) -> None:
+    def __init__(
+        self, pipe, images_per_call: int = IMAGES_PER_CALL, keep_going: bool = False, worker: str = LOCAL
+    ) -> None:
         self.pipe = pipe
         self.images_per_call = images_per_call
         self.keep_going = keep_going

@@ -55,14 +55,18 @@ def _located(name: str, flag: str, save_random):
         elif Path(name).expanduser().is_dir():
             where, options = str(Path(name).expanduser()), {"local_files_only": True}
         elif name.startswith((".", "/", "~")):
-            raise ModelError(f"{flag}: no model folder at {name}; pass a model-hub id or a folder holding a transformers model")
+            raise ModelError(
+                f"{flag}: no model folder at {name}; pass a model-hub id or a folder holding a transformers model"
+            )
         else:
             where, options = name, {}
         try:
             yield where, options
         except (OSError, ValueError) as err:
             if options:
-                raise ModelError(f"{flag}: {name} is not a complete transformers model folder ({first_line(err)})") from None
+                raise ModelError(
+                    f"{flag}: {name} is not a complete transformers model folder ({first_line(err)})"
+                ) from None
             raise ModelError(
                 f"{flag}: model {name!r} is not in the local Hugging Face cache and could not be fetched from the "
                 f"model hub. On a machine with internet access run `hf download {name} --local-dir <folder>` and "
@@ -93,13 +97,17 @@ class MetricUnavailable(RuntimeError):
     """A metric cannot be computed in this environment; the message says why and what would make it work."""
 
 
-def load_metric_suite(kind: str, clip_model: str, dino_model: str, variants: tuple[str, ...], device: str, warn) -> MetricSuite:
-    """Load the models a benchmark of ``kind`` needs; LPIPS (PIE-Bench only) is skipped with a warning where unavailable."""
+def load_metric_suite(
+    kind: str, clip_model: str, dino_model: str, variants: tuple[str, ...], device: str, warn
+) -> MetricSuite:
+    """Load the models a benchmark of ``kind`` needs; LPIPS (PIE-Bench only) is skipped with a warning where
+    unavailable."""
     from pnp.evaluation.clip import ClipSimilarity
     from pnp.evaluation.structure import StructureDistance
 
-    suite = MetricSuite(ClipSimilarity(*load_clip(clip_model, device)), StructureDistance(load_dino(dino_model, device)),
-                        variants)
+    suite = MetricSuite(
+        ClipSimilarity(*load_clip(clip_model, device)), StructureDistance(load_dino(dino_model, device)), variants
+    )
     if kind == PIE_BENCH:
         try:
             suite.lpips = load_lpips(device)

@@ -18,7 +18,8 @@ from PIL import Image
 
 from pnp.evaluation.benchmarks import Source
 
-# The structure distance's two input scales (see ``structure``): images in 0..1, or in 0..255 as PIE-Bench's code feeds them.
+# The structure distance's two input scales (see ``structure``): images in 0..1, or in 0..255 as PIE-Bench's
+# code feeds them.
 SPLICE_INPUT = "splice"
 PIE_BENCH_INPUT = "pie-bench"
 STRUCTURE_VARIANTS = (SPLICE_INPUT, PIE_BENCH_INPUT)
@@ -51,7 +52,9 @@ class MetricSuite:
     lpips: object | None = None
     unavailable: dict[str, str] = field(default_factory=dict)  # metric -> why it is not computed
 
-    def score(self, source: Source, source_image: Image.Image, outputs: list[Image.Image]) -> list[dict[str, float | None]]:
+    def score(
+        self, source: Source, source_image: Image.Image, outputs: list[Image.Image]
+    ) -> list[dict[str, float | None]]:
         """The scores of each output (one per prompt of ``source``), in prompt order."""
         from pnp.evaluation.background import background_scores
         from pnp.evaluation.clip import clip_score, masked

@@ -43,15 +43,26 @@ PROBE_TIMEOUT_S = 10
 
 def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     """The Ray backend's flags (for evaluate and batch)."""
-    parser.add_argument("--actors", type=int, default=None,
-                        help="with --backend ray: actors, each holding one loaded pipeline (default: one per GPU "
-                             "of the cluster, else 1)")
-    parser.add_argument("--gpus-per-actor", type=float, default=None,
-                        help="with --backend ray: GPUs each actor takes (default: 1 where the cluster has GPUs, "
-                             "else 0)")
-    parser.add_argument("--cpus-per-actor", type=int, default=None,
-                        help="with --backend ray: CPUs each actor takes, and its torch threads (default: 1 with "
-                             "GPUs, else the cluster's CPUs shared among the actors)")
+    parser.add_argument(
+        "--actors",
+        type=int,
+        default=None,
+        help="with --backend ray: actors, each holding one loaded pipeline (default: one per GPU "
+        "of the cluster, else 1)",
+    )
+    parser.add_argument(
+        "--gpus-per-actor",
+        type=float,
+        default=None,
+        help="with --backend ray: GPUs each actor takes (default: 1 where the cluster has GPUs, else 0)",
+    )
+    parser.add_argument(
+        "--cpus-per-actor",
+        type=int,
+        default=None,
+        help="with --backend ray: CPUs each actor takes, and its torch threads (default: 1 with "
+        "GPUs, else the cluster's CPUs shared among the actors)",
+    )
 
 
 class RayBackend:
@@ -62,9 +73,18 @@ class RayBackend:
     With ``keep_going`` a failed job comes back with its error; without, it raises BackendError.
     """
 
-    def __init__(self, address: str | None, model: dict, loras: list, images_per_call: int,
-                 actors: int | None = None, gpus_per_actor: float | None = None, cpus_per_actor: int | None = None,
-                 keep_going: bool = False, warn: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        address: str | None,
+        model: dict,
+        loras: list,
+        images_per_call: int,
+        actors: int | None = None,
+        gpus_per_actor: float | None = None,
+        cpus_per_actor: int | None = None,
+        keep_going: bool = False,
+        warn: Callable[[str], None] = print,
+    ) -> None:
         self.address, self.model, self.loras = address, model, loras
         self.images_per_call, self.keep_going, self.warn = images_per_call, keep_going, warn
         self.actors = None if actors is None else check_int("actors", actors, 1, 10_000)
@@ -73,14 +93,28 @@ class RayBackend:
         self.started = False
 
     @classmethod
-    def from_args(cls, address: str | None, args: argparse.Namespace, keep_going: bool = False,
-                  warn: Callable[[str], None] = print) -> RayBackend:
+    def from_args(
+        cls,
+        address: str | None,
+        args: argparse.Namespace,
+        keep_going: bool = False,
+        warn: Callable[[str], None] = print,
+    ) -> RayBackend:
         """The backend of a command's flags: its model options, adapters, actors and images per call."""
         from pnp.app.options import model_checks
 
         loras = [(Path(path).resolve(), scale) for path, scale in model_checks(args)]
-        return cls(address, model_options(args), loras, args.images_per_call, args.actors, args.gpus_per_actor,
-                   args.cpus_per_actor, keep_going, warn)
+        return cls(
+            address,
+            model_options(args),
+            loras,
+            args.images_per_call,
+            args.actors,
+            args.gpus_per_actor,
+            args.cpus_per_actor,
+            keep_going,
+            warn,
+        )
 
     def check(self) -> None:
         """Join (or start) the cluster, and size the actors from its resources: ConfigError("backend") if it cannot."""
@@ -101,8 +135,10 @@ class RayBackend:
         wanted = (("GPU", self.gpus_per_actor, cluster_gpus), ("CPU", self.cpus_per_actor, cluster_cpus))
         for name, each, total in wanted:
             if each * self.actors > total:
-                self.warn(f"{plural(self.actors, 'actor')} of {each:g} {name} each need {each * self.actors:g} {name}s "
-                          f"and the cluster has {total:g} now: some wait until nodes join")
+                self.warn(
+                    f"{plural(self.actors, 'actor')} of {each:g} {name} each need {each * self.actors:g} {name}s "
+                    f"and the cluster has {total:g} now: some wait until nodes join"
+                )
         if not self.gpus_per_actor and self.model.get("device") is None:
             self.model = {**self.model, "device": "cpu"}  # an actor without a GPU must not pick one up
 
@@ -115,8 +151,11 @@ class RayBackend:
                 _probe(self.address)
             ray.init(address="local" if local else self.address, logging_level=logging.WARNING, **options)
         except (ConnectionError, RuntimeError, ValueError, OSError) as err:
-            raise ConfigError("backend", f"no Ray cluster answers at {self.address} ({first_line(err)}); start one "
-                                         "(ray start --head), or use ray for a local one") from None
+            raise ConfigError(
+                "backend",
+                f"no Ray cluster answers at {self.address} ({first_line(err)}); start one "
+                "(ray start --head), or use ray for a local one",
+            ) from None
         self.started = local
 
     def translate(self, jobs: Iterable[Job]) -> Iterator[Translation]:
@@ -136,8 +175,9 @@ class RayBackend:
         rows = [{"call": i, "jobs": pickle.dumps(call)} for i, call in enumerate(calls)]
         dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
             PipelineActor,
-            fn_constructor_kwargs=dict(model=self.model, loras=self.loras, images_per_call=self.images_per_call,
-                                       threads=self.cpus_per_actor),
+            fn_constructor_kwargs=dict(
+                model=self.model, loras=self.loras, images_per_call=self.images_per_call, threads=self.cpus_per_actor
+            ),
             batch_size=1,  # one call at a time: the call is the batch the pipeline takes
             compute=ray.data.ActorPoolStrategy(size=self.actors),
             num_cpus=self.cpus_per_actor,
@@ -194,20 +234,30 @@ class PipelineActor:
     def __call__(self, batch: dict) -> dict:
         import numpy as np
 
-        results = [pickle.dumps([_portable(t) for t in self.backend.translate(pickle.loads(jobs))])
-                   for jobs in batch["jobs"]]
+        results = [
+            pickle.dumps([_portable(t) for t in self.backend.translate(pickle.loads(jobs))]) for jobs in batch["jobs"]
+        ]
         return {"call": batch["call"], "results": np.array(results, dtype=object)}
 
 
 def _portable(translation: Translation) -> dict:
     """A translation as the actor sends it back: images as PNG bytes, the job by its key."""
     source = translation.generated_source
-    return {"key": translation.job.source.key, "outputs": [encode_png(image) for image in translation.outputs],
-            "source": None if source is None else encode_png(source), "worker": translation.worker,
-            "error": translation.error}
+    return {
+        "key": translation.job.source.key,
+        "outputs": [encode_png(image) for image in translation.outputs],
+        "source": None if source is None else encode_png(source),
+        "worker": translation.worker,
+        "error": translation.error,
+    }
 
 
 def _translation(job: Job, result: dict) -> Translation:
     source = result["source"]
-    return Translation(job, [decode_image(data) for data in result["outputs"]],
-                       None if source is None else decode_image(source), result["worker"], result["error"])
+    return Translation(
+        job,
+        [decode_image(data) for data in result["outputs"]],
+        None if source is None else decode_image(source),
+        result["worker"],
+        result["error"],
+    )

@@ -52,8 +52,9 @@ def check_folder(out: Path, manifest: dict, overwrite: bool, what: str = "evalua
     previous = _manifest(out)
     if previous is not None and previous != manifest and not overwrite:
         name = next((k for k in manifest if previous.get(k) != manifest[k]), None) or "the run"
-        refuse_earlier_run(out, f"holds {_article(what)} {what} with other {name} ({previous.get(name)!r}, "
-                                f"now {manifest.get(name)!r})")
+        refuse_earlier_run(
+            out, f"holds {_article(what)} {what} with other {name} ({previous.get(name)!r}, now {manifest.get(name)!r})"
+        )
 
 
 def _article(noun: str) -> str:

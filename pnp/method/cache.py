@@ -22,7 +22,8 @@ from PIL import Image
 from torch.utils.weak import WeakIdKeyDictionary
 
 from pnp.config import ConfigError
-from pnp.method.injection import InjectedFeatures, InjectionLayers
+from pnp.method.injection import InjectedFeatures
+from pnp.method.layers import InjectionLayers
 from pnp.method.trajectory import Trajectory
 
 # Default budgets: a share of the device's memory.
@@ -45,7 +46,8 @@ class SourceKey:
 
 @dataclass
 class SourceEntry:
-    """A source's trajectory, its generated image's clean latent (generation mode), and its injected features per timestep."""
+    """A source's trajectory, its generated image's clean latent (generation mode), and its injected features per
+    timestep."""
 
     trajectory: Trajectory
     clean: torch.Tensor | None = None
@@ -79,8 +81,10 @@ class SourceCache:
     def max_bytes(self, value: int | None) -> None:
         # Checked when set: a bad budget would otherwise surface only in ``put``, after a whole translation.
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0):
-            raise ConfigError("max_bytes", f"expected a whole number of bytes from 0 (off) up, or None (the device's "
-                                           f"default), got {value!r}")
+            raise ConfigError(
+                "max_bytes",
+                f"expected a whole number of bytes from 0 (off) up, or None (the device's default), got {value!r}",
+            )
         self._max_bytes = None if value is None else int(value)
 
     def get(self, key: SourceKey) -> SourceEntry | None:

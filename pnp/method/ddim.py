@@ -29,10 +29,15 @@ class DDIMSchedule:
 
     @classmethod
     def from_config(cls, scheduler_config) -> "DDIMSchedule":
-        """Build from any Stable Diffusion scheduler config (DDIM, PNDM, Euler, ... share the betas and prediction type)."""
+        """Build from any Stable Diffusion scheduler config (DDIM, PNDM, Euler, ... share the betas and prediction
+        type)."""
         scheduler = DDIMScheduler.from_config(scheduler_config)
-        return cls(scheduler.alphas_cumprod, scheduler.final_alpha_cumprod, scheduler.config.steps_offset,
-                   scheduler.config.prediction_type)
+        return cls(
+            scheduler.alphas_cumprod,
+            scheduler.final_alpha_cumprod,
+            scheduler.config.steps_offset,
+            scheduler.config.prediction_type,
+        )
 
     @property
     def num_train_timesteps(self) -> int:
@@ -56,7 +61,9 @@ class DDIMSchedule:
         return self.final_alpha_cumprod if t is None else self.alphas_cumprod[t]
 
 
-def ddim_step(z: torch.Tensor, eps: torch.Tensor, alpha_bar_from: torch.Tensor, alpha_bar_to: torch.Tensor) -> torch.Tensor:
+def ddim_step(
+    z: torch.Tensor, eps: torch.Tensor, alpha_bar_from: torch.Tensor, alpha_bar_to: torch.Tensor
+) -> torch.Tensor:
     """Move a latent along the deterministic DDIM path (Song et al. 2021, eq. 12 with sigma = 0).
 
     Sampling goes from a noisier to a cleaner alpha_bar, inversion the other way; the same

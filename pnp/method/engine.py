@@ -31,8 +31,9 @@ from pnp.method.cache import SourceCache
 from pnp.method.ddim import DDIMSchedule, StepEnd, ddim_step
 from pnp.method.generation import generate
 from pnp.method.guidance import guided_noise
-from pnp.method.injection import FeatureInjector, InjectedFeatures, InjectionLayers
+from pnp.method.injection import FeatureInjector, InjectedFeatures
 from pnp.method.inversion import invert
+from pnp.method.layers import InjectionLayers
 from pnp.method.noise_predictor import NoisePredictor
 from pnp.method.plan import Row, RowKind, TranslationStep, UNetCall, translation_plan
 from pnp.method.sources import SourceGroup
@@ -85,7 +86,8 @@ class Metrics:
 
 @dataclass
 class Translated:
-    """A group's translation: the targets' final latents, in (image, prompt) order, and the features its source rows computed."""
+    """A group's translation: the targets' final latents, in (image, prompt) order, and the features its source rows
+    computed."""
 
     latents: torch.Tensor
     injected: dict[int, dict[int, InjectedFeatures]] = field(default_factory=dict)  # source -> timestep -> features
@@ -113,7 +115,8 @@ class EngineRun:
         return self.callbacks.stopped
 
     def steps(self, group: SourceGroup) -> int:
-        """The steps a group takes: the inversion of its uncached images (or a separate generation), then the translation."""
+        """The steps a group takes: the inversion of its uncached images (or a separate generation), then the
+        translation."""
         steps = self.config.num_inference_steps
         if not group.misses or group.fused:
             return steps
@@ -132,7 +135,9 @@ class EngineRun:
         if self.stopped:
             return
         if not group.misses:
-            logger.info(f"{plural(len(group.hits), 'source')} from the source cache: no encoding, inversion or generation")
+            logger.info(
+                f"{plural(len(group.hits), 'source')} from the source cache: no encoding, inversion or generation"
+            )
         elif group.noise is None:
             self._invert(group)
         elif not group.fused:
@@ -149,8 +154,15 @@ class EngineRun:
             latent = torch.cat([encode(self.vae, p, self.vae_float32) for p in pixels])
         steps = self.steps(group) - self.config.num_inference_steps
         with self.metrics.timed("inversion_s"), self.callbacks.phase("inversion", steps) as step_end:
-            latents = invert(self.predict, self.schedule, latent, self.prompts.uncond.expand(len(misses)),
-                             self.config.num_inference_steps, self.config.num_inversion_steps, step_end)
+            latents = invert(
+                self.predict,
+                self.schedule,
+                latent,
+                self.prompts.uncond.expand(len(misses)),
+                self.config.num_inference_steps,
+                self.config.num_inversion_steps,
+                step_end,
+            )
         for n, k in enumerate(misses):
             group.trajectories[k].latents.update({t: z[n : n + 1] for t, z in latents.items()})
         group.changed_by_callback = self.callbacks.changed
@@ -159,8 +171,16 @@ class EngineRun:
         source = group.trajectories[0]
         steps = self.config.num_inference_steps
         with self.metrics.timed("generation_s"), self.callbacks.phase("generation", steps) as step_end:
-            latents, group.clean = generate(self.predict, self.schedule, group.noise, self.prompts.uncond,
-                                            source.embedding, steps, self.config.generation_guidance_scale, step_end)
+            latents, group.clean = generate(
+                self.predict,
+                self.schedule,
+                group.noise,
+                self.prompts.uncond,
+                source.embedding,
+                steps,
+                self.config.generation_guidance_scale,
+                step_end,
+            )
         source.latents.update(latents)
         group.changed_by_callback = self.callbacks.changed
 
@@ -176,16 +196,25 @@ class EngineRun:
         """
         sources, count = group.trajectories, len(self.prompts.targets)
         known = group.known_injected()
-        plan = translation_plan(self.config, len(sources), self._cached(group), group.fused,
-                                self.schedule.num_train_timesteps, self.schedule.steps_offset)
+        plan = translation_plan(
+            self.config,
+            len(sources),
+            self._cached(group),
+            group.fused,
+            self.schedule.num_train_timesteps,
+            self.schedule.steps_offset,
+        )
         first = plan[0].timestep
         if group.fused:
             sources[0].latents[first] = group.noise
         x = torch.cat([source.latents[first].expand(count, -1, -1, -1) for source in sources])
         translated = Translated(x)
         following = [step.timestep for step in plan[1:]] + [None]
-        with (self.metrics.timed("translation_s"), self.callbacks.phase("translation", len(plan)) as step_end,
-              self._injecting() as injector):
+        with (
+            self.metrics.timed("translation_s"),
+            self.callbacks.phase("translation", len(plan)) as step_end,
+            self._injecting() as injector,
+        ):
             for step, t_next in zip(plan, following):
                 t = step.timestep
                 injector.start_step(step.residual, step.attention, {j: f[t] for j, f in known.items() if t in f})
@@ -229,13 +258,26 @@ class EngineRun:
                 texts.append(_target_text(row, self.prompts))
         return torch.stack(latents), t, TextEmbeddings.cat(texts)
 
-    def _denoise(self, call: UNetCall, step: TranslationStep, eps: torch.Tensor, x: torch.Tensor, t_next: int | None,
-                 group: SourceGroup) -> torch.Tensor:
-        """Guidance per target from its rows of ``eps``, then the DDIM step to ``t_next`` of the call's targets (and generation)."""
+    def _denoise(
+        self,
+        call: UNetCall,
+        step: TranslationStep,
+        eps: torch.Tensor,
+        x: torch.Tensor,
+        t_next: int | None,
+        group: SourceGroup,
+    ) -> torch.Tensor:
+        """Guidance per target from its rows of ``eps``, then the DDIM step to ``t_next`` of the call's targets (and
+        generation)."""
         t = step.timestep
         parts = _by_kind(call, eps)
-        guided = guided_noise(parts.get(RowKind.TARGET_UNCOND), parts.get(RowKind.TARGET_NEGATIVE),
-                              parts[RowKind.TARGET_COND], step.alpha, self.config.guidance_scale)
+        guided = guided_noise(
+            parts.get(RowKind.TARGET_UNCOND),
+            parts.get(RowKind.TARGET_NEGATIVE),
+            parts[RowKind.TARGET_COND],
+            step.alpha,
+            self.config.guidance_scale,
+        )
         rows = [j * len(self.prompts.targets) + p for j, p in call.targets]
         x[rows] = ddim_step(x[rows], guided, self.schedule.alpha_bar(t), self.schedule.alpha_bar(t_next))
         if call.generation:
@@ -245,8 +287,9 @@ class EngineRun:
     def _advance_generation(self, group: SourceGroup, parts, t: int, t_next: int | None) -> None:
         """One step of the fused generation: guidance between its two rows, then DDIM; the new latent is recorded."""
         source = group.trajectories[0]
-        eps = guided_noise(parts[RowKind.GENERATION_UNCOND], None, parts[RowKind.SOURCE], 1.0,
-                           self.config.generation_guidance_scale)
+        eps = guided_noise(
+            parts[RowKind.GENERATION_UNCOND], None, parts[RowKind.SOURCE], 1.0, self.config.generation_guidance_scale
+        )
         z = ddim_step(source.latents[t], eps, self.schedule.alpha_bar(t), self.schedule.alpha_bar(t_next))
         if t_next is None:
             group.clean = z

@@ -6,8 +6,8 @@ import torch
 
 from pnp.method.ddim import DDIMSchedule, StepEnd, ddim_step
 from pnp.method.guidance import guided_noise
-from pnp.method.text import TextEmbeddings
 from pnp.method.noise_predictor import NoisePredictor
+from pnp.method.text import TextEmbeddings
 
 
 def noise_generator(seed: int) -> torch.Generator:

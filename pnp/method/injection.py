@@ -1,32 +1,8 @@
 """Plug-and-play feature injection: the source row's decoder features copied into the target rows.
 
-Injected into Stable Diffusion 1.x/2.x, exactly as the method specifies (Tumanyan et al. 2023,
-Sec. 4; pnp-diffusers), the "sd" layers:
-- the residual-branch output of ``up_blocks.1.resnets.1`` (its ``conv2``, before the skip is added),
-  at 1/32 of the image (16x16 at 512 px);
-- the self-attention queries and keys (never the values) of ``attn1`` in decoder layers 4-11:
-  ``up_blocks.1.attentions.{1,2}`` (1/32), ``up_blocks.2`` and ``up_blocks.3`` (1/16 and 1/8).
-
-SDXL (experimental: no published PnP for SDXL exists; these are derived, not measured). Its
-decoder has attention only in ``up_blocks.0`` (1/32 of the image, 32x32 at 1024 px; three
-attentions of 10 transformer blocks) and ``up_blocks.1`` (1/16; three of 2 blocks);
-``up_blocks.2`` (1/8) has none. Keeping each feature at the scale it has in SD 1.x gives the
-"sdxl" layers:
-- the residual feature of ``up_blocks.0.resnets.1`` (conv2): the second resnet of the first
-  decoder block at 1/32, as ``up_blocks.1.resnets.1`` is in SD 1.x (whose ``up_blocks.0`` has
-  no attention and works at 1/64);
-- queries and keys of ``attn1`` in ``up_blocks.0.attentions.{1,2}`` (1/32, as SD's
-  ``up_blocks.1.attentions.{1,2}``) and ``up_blocks.1.attentions.{0,1,2}`` (1/16); there is
-  nothing at 1/8 to inject into.
-In every transformer block of those attentions, not only the first: in SD 1.x each attention has
-one block, so the method imposes the source's self-attention on every self-attention of the
-injected attentions; injecting only the first of SDXL's 10 would leave nine later
-self-attentions free to rebuild the target's own layout. "sdxl-first-block" injects only
-``transformer_blocks.0``, for comparison. ``LAYER_SETS`` names every set; any other
-``InjectionLayers`` of module names may be used for experiments.
-
-Everything goes through public forward hooks on the projection modules, so any attention
-processor that computes its queries and keys with the module's ``to_q``/``to_k`` (or, after
+Which layers, and why, is ``pnp.method.layers``. Everything goes through public forward hooks on
+the projection modules, so any attention processor that computes its queries and keys with the
+module's ``to_q``/``to_k`` (or, after
 ``fuse_qkv_projections()``, with ``to_qkv``) keeps working, and the UNet is untouched once the
 ``FeatureInjector`` context exits. A UNet call in which an active hook did not fire exactly once
 (a processor that bypasses the projections, a compiled UNet that ignores hooks) raises
@@ -35,86 +11,14 @@ InjectionError: a result is never returned uninjected.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 
 import torch
 
+from pnp.method.layers import InjectionLayers, architecture_layers, attention_feature, missing_modules
 from pnp.method.plan import RowKind
 
 InjectedFeatures = dict[str, torch.Tensor]  # feature name -> (1, ...) tensor: a source row's injected features
-
-
-@dataclass(frozen=True)
-class InjectionLayers:
-    """Where a UNet architecture's features are injected (diffusers module names)."""
-
-    residual: tuple[str, ...]  # modules whose output is the residual-branch feature
-    attention: tuple[str, ...]  # self-attention modules whose queries and keys are injected
-
-    def feature_names(self, residual: bool, attention: bool) -> tuple[str, ...]:
-        """The names of the features injected at a step with these injections active."""
-        names = self.residual if residual else ()
-        if attention:
-            names += tuple(attention_feature(layer, part) for layer in self.attention for part in "qk")
-        return names
-
-
-def attention_feature(layer: str, part: str) -> str:
-    """The name of an attention layer's queries ("q") or keys ("k"), whichever module computes them."""
-    return f"{layer}:{part}"
-
-
-def _attention_layers(blocks: tuple[tuple[int, tuple[int, ...]], ...], transformer_blocks: int) -> tuple[str, ...]:
-    """``attn1`` of the first ``transformer_blocks`` blocks of each (up block, attention indices)."""
-    return tuple(
-        f"up_blocks.{block}.attentions.{index}.transformer_blocks.{n}.attn1"
-        for block, indices in blocks
-        for index in indices
-        for n in range(transformer_blocks)
-    )
-
-
-SD_LAYERS = InjectionLayers(
-    residual=("up_blocks.1.resnets.1.conv2",),
-    attention=_attention_layers(((1, (1, 2)), (2, (0, 1, 2)), (3, (0, 1, 2))), 1),
-)
-_SDXL_RESIDUAL = ("up_blocks.0.resnets.1.conv2",)
-_SDXL_ATTENTIONS = ((0, (1, 2)), (1, (0, 1, 2)))
-SDXL_LAYERS = InjectionLayers(
-    residual=_SDXL_RESIDUAL,
-    attention=tuple(
-        name
-        for block, indices in _SDXL_ATTENTIONS
-        for name in _attention_layers(((block, indices),), 10 if block == 0 else 2)
-    ),
-)
-SDXL_FIRST_BLOCK_LAYERS = InjectionLayers(residual=_SDXL_RESIDUAL, attention=_attention_layers(_SDXL_ATTENTIONS, 1))
-# Every layer set by name; see the module docstring.
-LAYER_SETS = {"sd": SD_LAYERS, "sdxl": SDXL_LAYERS, "sdxl-first-block": SDXL_FIRST_BLOCK_LAYERS}
-
-
-def default_layer_set(unet: torch.nn.Module) -> str:
-    """The name of the layer set for a UNet's architecture: "sdxl" for SDXL (added text-time conditions), else "sd"."""
-    return "sdxl" if unet.config.get("addition_embed_type") == "text_time" else "sd"
-
-
-def injection_layers(layers: str | InjectionLayers, unet: torch.nn.Module) -> InjectionLayers:
-    """The layer set ``layers`` names (or is), checked against ``unet``; ValueError naming what is wrong."""
-    if isinstance(layers, str):
-        if layers not in LAYER_SETS:
-            raise ValueError(f"injection layers: {layers!r} is not one of {', '.join(LAYER_SETS)}")
-        layers = LAYER_SETS[layers]
-    missing = missing_modules(layers, unet)
-    if missing:
-        raise ValueError(f"injection layers: this UNet has no module {missing[0]} (is it the layer set for another architecture?)")
-    return layers
-
-
-def missing_modules(layers: InjectionLayers, unet: torch.nn.Module) -> list[str]:
-    """The modules of ``layers`` that ``unet`` lacks."""
-    modules = dict(unet.named_modules())
-    return [name for name in (*layers.residual, *layers.attention) if name not in modules]
 
 
 class InjectionError(RuntimeError):
@@ -132,9 +36,9 @@ class FeatureInjector:
     the residual feature, "<attention>:q" and "<attention>:k"), whichever module computed them.
     """
 
-    def __init__(self, unet: torch.nn.Module, layers: InjectionLayers = SD_LAYERS) -> None:
+    def __init__(self, unet: torch.nn.Module, layers: InjectionLayers | None = None) -> None:
         self.unet = unet
-        self.layers = layers
+        self.layers = architecture_layers(unet) if layers is None else layers
         self._handles: list = []
         self._hook_names: list[str] = []  # every hooked module, in the order of ``_fired``
         # How often each hooked module ran in the current call: a tensor, so that counting inside a
@@ -195,7 +99,9 @@ class FeatureInjector:
         if self._active["residual"] or self._active["attention"]:
             missing = [j for j in targets if j not in self._source_rows and j not in self._features]
             if missing:
-                raise InjectionError(f"no source features for image {missing[0]} in this step: its source row must come first")
+                raise InjectionError(
+                    f"no source features for image {missing[0]} in this step: its source row must come first"
+                )
 
     def _install(self) -> None:
         modules = dict(self.unet.named_modules())
@@ -213,7 +119,10 @@ class FeatureInjector:
             if fused is not None:
                 # Fused projections compute [q | k | v] in one matrix product: inject its first two thirds.
                 third = fused.out_features // 3
-                slots = [(attention_feature(layer, "q"), slice(0, third)), (attention_feature(layer, "k"), slice(third, 2 * third))]
+                slots = [
+                    (attention_feature(layer, "q"), slice(0, third)),
+                    (attention_feature(layer, "k"), slice(third, 2 * third)),
+                ]
                 self._hook(fused, f"{layer}.to_qkv", "attention", slots)
         device = next(self.unet.parameters()).device
         self._fired = torch.zeros(len(self._hook_names), dtype=torch.int32, device=device)
@@ -224,7 +133,8 @@ class FeatureInjector:
         self._handles.append(module.register_forward_hook(partial(self._inject, index, kind, slots)))
 
     def check_call(self) -> None:
-        """Raise InjectionError unless every active injection happened exactly once in the UNet call since ``set_call``."""
+        """Raise InjectionError unless every active injection happened exactly once in the UNet call since
+        ``set_call``."""
         fired = dict(zip(self._hook_names, self._fired.tolist()))
         if self._active["residual"]:
             for name in self.layers.residual:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from pnp.method.ddim import DDIMSchedule, StepEnd, ddim_step
-from pnp.method.text import TextEmbeddings
 from pnp.method.noise_predictor import NoisePredictor
+from pnp.method.text import TextEmbeddings
 
 
 def invert(

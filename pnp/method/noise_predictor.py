@@ -1,4 +1,5 @@
-"""Calling the UNet: dtype handling, SDXL's added conditions, the conversion to noise, and the record of every call's batch size."""
+"""Calling the UNet: dtype handling, SDXL's added conditions, the conversion to noise, and the record of every call's
+batch size."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ class NoisePredictor:
         return len(self.batch_sizes)
 
     def __call__(self, latents: torch.Tensor, t: int, text: TextEmbeddings) -> torch.Tensor:
-        """The noise the UNet sees in ``latents`` (rows, 4, h, w) at timestep t, each row conditioned on its row of ``text``.
+        """The noise the UNet sees in ``latents`` (rows, 4, h, w) at timestep t, each row conditioned on its row of
+        ``text``.
 
         A v or sample prediction is converted at t's cumulative alpha, the noise level the UNet
         was told, also when DDIM inversion evaluates it at t on the latent of the step before: so
@@ -49,7 +51,9 @@ class NoisePredictor:
         timestep = torch.tensor(t, device=latents.device)
         dtype = self.unet.dtype
         output = self.unet(
-            latents.to(dtype), timestep, encoder_hidden_states=text.hidden.to(dtype),
+            latents.to(dtype),
+            timestep,
+            encoder_hidden_states=text.hidden.to(dtype),
             added_cond_kwargs=self._added_conditions(latents, text),
         ).sample.float()
         if self.schedule is None:

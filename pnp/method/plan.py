@@ -127,8 +127,11 @@ def translation_plan(
 
 def guidance_terms(negative: bool, alpha: float) -> tuple[RowKind, ...]:
     """The guidance terms whose rows must be computed at a step with weight ``alpha``."""
-    needed = {RowKind.TARGET_UNCOND: not negative or alpha > 0, RowKind.TARGET_NEGATIVE: negative and alpha < 1,
-              RowKind.TARGET_COND: True}
+    needed = {
+        RowKind.TARGET_UNCOND: not negative or alpha > 0,
+        RowKind.TARGET_NEGATIVE: negative and alpha < 1,
+        RowKind.TARGET_COND: True,
+    }
     return tuple(term for term in TARGET_TERMS if needed[term])
 
 
@@ -138,8 +141,9 @@ def inversion_rows(config: PnPConfig, images: int = 1, num_train_timesteps: int 
     return [images] * len(inversion_timesteps(config.num_inversion_steps, noisiest, num_train_timesteps, offset))
 
 
-def translation_rows(config: PnPConfig, images: int = 1, generation: bool = False, num_train_timesteps: int = 1000,
-                     offset: int = 1) -> list[int]:
+def translation_rows(
+    config: PnPConfig, images: int = 1, generation: bool = False, num_train_timesteps: int = 1000, offset: int = 1
+) -> list[int]:
     """The rows of every translation UNet call, in order."""
     plan = translation_plan(config, images, None, generation, num_train_timesteps, offset)
     return [call.rows for step in plan for call in step.calls]

@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
-def noise_from_output(output: torch.Tensor, latents: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str) -> torch.Tensor:
+def noise_from_output(
+    output: torch.Tensor, latents: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
     """The noise eps that a UNet ``output`` of ``prediction_type`` implies for ``latents`` x_t at cumulative alpha abar.
 
     With x_t = sqrt(abar) x0 + sqrt(1 - abar) eps and v = sqrt(abar) eps - sqrt(1 - abar) x0:

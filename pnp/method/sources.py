@@ -54,7 +54,9 @@ class SourceGroup:
         """Per source position, the cached injected features by timestep."""
         return {k: entry.injected for k, entry in enumerate(self.entries) if entry is not None}
 
-    def remember(self, cache: SourceCache, features: dict[int, dict[int, InjectedFeatures]], device: torch.device) -> None:
+    def remember(
+        self, cache: SourceCache, features: dict[int, dict[int, InjectedFeatures]], device: torch.device
+    ) -> None:
         """Put every source, with the features its rows produced in this call, into ``cache``.
 
         Only what the model alone computed, and finite, is kept: a later call reuses it as the source's own. Not a

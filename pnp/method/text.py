@@ -35,7 +35,9 @@ class TextEmbeddings:
 
     def zeros_like(self) -> TextEmbeddings:
         """Zeros in the same shapes: SDXL's unconditional text where ``force_zeros_for_empty_prompt`` is set."""
-        return TextEmbeddings(torch.zeros_like(self.hidden), None if self.pooled is None else torch.zeros_like(self.pooled))
+        return TextEmbeddings(
+            torch.zeros_like(self.hidden), None if self.pooled is None else torch.zeros_like(self.pooled)
+        )
 
     @property
     def tensors(self) -> tuple[torch.Tensor, ...]:

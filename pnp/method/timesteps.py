@@ -12,13 +12,17 @@ STEPS_OFFSET = 1
 MAX_INVERSION_STEPS = 1000
 
 
-def leading_timesteps(steps: int, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, offset: int = STEPS_OFFSET) -> list[int]:
+def leading_timesteps(
+    steps: int, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, offset: int = STEPS_OFFSET
+) -> list[int]:
     """The timesteps of ``steps`` DDIM steps, cleanest first: t_k = k * (T // steps) + offset."""
     stride = num_train_timesteps // steps
     return [k * stride + offset for k in range(steps)]
 
 
-def sampling_timesteps(steps: int, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, offset: int = STEPS_OFFSET) -> list[int]:
+def sampling_timesteps(
+    steps: int, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, offset: int = STEPS_OFFSET
+) -> list[int]:
     """The timesteps a sampler visits, noisiest first."""
     return leading_timesteps(steps, num_train_timesteps, offset)[::-1]
 

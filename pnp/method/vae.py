@@ -29,7 +29,8 @@ def encode(vae, pixels: torch.Tensor, float32: bool = False) -> torch.Tensor:
 
 
 def decode(vae, latents: torch.Tensor, float32: bool = False) -> torch.Tensor:
-    """(n, 4, h, w) latents -> (n, 3, H, W) pixels in about [-1, 1]: the latents divided by the scaling factor, decoded."""
+    """(n, 4, h, w) latents -> (n, 3, H, W) pixels in about [-1, 1]: the latents divided by the scaling factor,
+    decoded."""
     with _in_float32(vae, float32):
         return vae.decode(latents.to(vae.device, vae.dtype) / vae.config.scaling_factor).sample
 

@@ -1,4 +1,5 @@
-"""The diffusers shell of both PnP pipelines: loading, ``check_inputs``, ``__call__`` in numbered phases, post-processing.
+"""The diffusers shell of both PnP pipelines: loading, ``check_inputs``, ``__call__`` in numbered phases,
+post-processing.
 
 ``PnPPipeline`` (Stable Diffusion 1.x/2.x, ``pnp.pipelines.pipeline_pnp``) and ``PnPXLPipeline`` (SDXL,
 ``pnp.pipelines.pipeline_pnp_xl``) share everything here and differ in their components and text
@@ -30,7 +31,8 @@ from pnp.images import resize_for_model
 from pnp.method.cache import SourceCache, SourceKey, generation_digest, image_digest
 from pnp.method.ddim import DDIMSchedule, StepEnd
 from pnp.method.engine import EngineRun, Metrics, Observer
-from pnp.method.injection import LAYER_SETS, FeatureInjector, InjectionLayers, default_layer_set, injection_layers
+from pnp.method.injection import FeatureInjector
+from pnp.method.layers import InjectionLayers, architecture_layers, injection_layers
 from pnp.method.noise_predictor import NoisePredictor
 from pnp.method.sources import SourceGroup
 from pnp.method.text import Prompts, TextEmbeddings
@@ -99,10 +101,12 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
         # The injection hooks of a compiled UNet, installed once before compiling (see compile_unet).
         self._injector = None
         # Where the source's features are injected: the architecture's set (see set_injection_layers).
-        self.injection_layers = None if unet is None else LAYER_SETS[default_layer_set(unet)]
+        self.injection_layers = None if unet is None else architecture_layers(unet)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, device: str | None = None, dtype=None, **kwargs):
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | Path, device: str | None = None, dtype=None, **kwargs
+    ):
         """Load a Stable Diffusion 1.x/2.x or SDXL diffusers folder or model-hub id onto ``device`` in ``dtype``.
 
         Called on PnPPipeline, an SDXL model (one whose components include ``text_encoder_2``) comes
@@ -119,15 +123,24 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
         with loading_errors(pretrained_model_name_or_path):
             architecture = cls._class_of_model(pretrained_model_name_or_path)
             options = {**loading_options(pretrained_model_name_or_path, architecture._has_safety_checker), **kwargs}
-            pipe = super(PnPBasePipeline, architecture).from_pretrained(pretrained_model_name_or_path, dtype=dtype,
-                                                                        **options)
+            pipe = super(PnPBasePipeline, architecture).from_pretrained(
+                pretrained_model_name_or_path, dtype=dtype, **options
+            )
         check_supported(pipe, pretrained_model_name_or_path)
         return pipe.to(device)
 
     @classmethod
-    def from_single_file(cls, pretrained_model_link_or_path: str | Path, device: str | None = None, dtype=None,
-                         config: str | Path | None = None, allow_pickle: bool = False, **kwargs):
-        """Load a single-file checkpoint (``.safetensors``, the format of community fine-tunes) onto ``device`` in ``dtype``.
+    def from_single_file(
+        cls,
+        pretrained_model_link_or_path: str | Path,
+        device: str | None = None,
+        dtype=None,
+        config: str | Path | None = None,
+        allow_pickle: bool = False,
+        **kwargs,
+    ):
+        """Load a single-file checkpoint (``.safetensors``, the format of community fine-tunes) onto ``device`` in
+        ``dtype``.
 
         ``config`` is the base configuration of its architecture, a diffusers folder or model-hub id
         (needed offline); called on PnPPipeline, an SDXL file comes back as ``PnPXLPipeline``.
@@ -137,7 +150,9 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
         device, dtype = choose_device_and_dtype(device, dtype)
         path = single_file.check_single_file(pretrained_model_link_or_path, allow_pickle)
         architecture = cls._class_of_checkpoint(path, config)
-        pipe = single_file.load_single_file(architecture, path, config, dtype, architecture._has_safety_checker, **kwargs)
+        pipe = single_file.load_single_file(
+            architecture, path, config, dtype, architecture._has_safety_checker, **kwargs
+        )
         check_supported(pipe, pretrained_model_link_or_path)
         return pipe.to(device)
 
@@ -148,7 +163,8 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
 
     @classmethod
     def _class_of_checkpoint(cls, path: Path, config: str | Path | None) -> type[PnPBasePipeline]:
-        """The pipeline class that loads the checkpoint file ``path``: this one (PnPPipeline also answers for SDXL's)."""
+        """The pipeline class that loads the checkpoint file ``path``: this one (PnPPipeline also answers for
+        SDXL's)."""
         return cls
 
     @classmethod
@@ -167,18 +183,22 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
 
     @property
     def default_resolution(self) -> int:
-        """The model's own image size in pixels: its UNet's sample size times the VAE's factor (512 SD 1.x, 768 SD 2.1, 1024 SDXL)."""
+        """The model's own image size in pixels: its UNet's sample size times the VAE's factor (512 SD 1.x, 768 SD 2.1,
+        1024 SDXL)."""
         return self.unet.config.sample_size * self.vae_scale_factor
 
     def set_injection_layers(self, layers: str | InjectionLayers) -> None:
-        """Inject into another layer set: a name of ``pnp.method.layers.LAYER_SETS`` or an ``InjectionLayers`` of module names.
+        """Inject into another layer set: a name of ``pnp.method.layers.LAYER_SETS`` or an ``InjectionLayers`` of
+        module names.
 
         The default is the architecture's set ("sd" or "sdxl"). Raises ValueError if the UNet
         lacks a module, or if ``compile_unet`` has already installed the hooks of another set.
         """
         chosen = injection_layers(layers, self.unet)
         if self._injector is not None and chosen != self._injector.layers:
-            raise ValueError("injection layers: the compiled UNet's hooks are installed; choose the layers before compile_unet")
+            raise ValueError(
+                "injection layers: the compiled UNet's hooks are installed; choose the layers before compile_unet"
+            )
         self.injection_layers = chosen
 
     def set_source_cache(self, max_bytes: int | None) -> None:
@@ -219,20 +239,33 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
         """Steps of the current run, inversion (or generation) and translation together: what a progress bar counts."""
         return self._num_timesteps
 
-    def check_inputs(self, image, output_type: str, callback_on_step_end_tensor_inputs, generator=None,
-                     callback_on_step_end=None, **settings) -> PnPConfig:
-        """Validate every argument before any work; returns the configuration. Raises ConfigError naming the argument."""
+    def check_inputs(
+        self,
+        image,
+        output_type: str,
+        callback_on_step_end_tensor_inputs,
+        generator=None,
+        callback_on_step_end=None,
+        **settings,
+    ) -> PnPConfig:
+        """Validate every argument before any work; returns the configuration. Raises ConfigError naming the
+        argument."""
         config = PnPConfig(**settings).resolved(self.default_resolution)
         generators = generator if isinstance(generator, list) else [generator]
         if generator is not None and (len(generators) != 1 or not isinstance(generators[0], torch.Generator)):
-            raise ConfigError("generator",
-                              f"expected a torch.Generator (or a list of one), got {reprlib.repr(generator)}")
+            raise ConfigError(
+                "generator", f"expected a torch.Generator (or a list of one), got {reprlib.repr(generator)}"
+            )
         if callback_on_step_end is not None and not callable(callback_on_step_end):
             raise ConfigError("callback_on_step_end", f"expected a function, got {reprlib.repr(callback_on_step_end)}")
         if not config.generating and (image is None or (isinstance(image, list) and not image)):
             raise ConfigError("image", "give an input image or a generation prompt")
         if not config.generating:
-            wrong = [type(i).__name__ for i in listed(image) if not isinstance(i, (PIL.Image.Image, np.ndarray, torch.Tensor))]
+            wrong = [
+                type(i).__name__
+                for i in listed(image)
+                if not isinstance(i, (PIL.Image.Image, np.ndarray, torch.Tensor))
+            ]
             if wrong:
                 raise ConfigError("image", f"expected PIL images, numpy arrays or torch tensors, got {wrong[0]}")
         if output_type not in OUTPUT_TYPES:
@@ -315,20 +348,33 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
         """
         # 1. Check inputs: every argument, before any model work.
         config = self.check_inputs(
-            image, output_type, callback_on_step_end_tensor_inputs, generator, callback_on_step_end,
-            prompt=prompt, generation_prompt=generation_prompt, num_inference_steps=num_inference_steps,
-            num_inversion_steps=num_inversion_steps, guidance_scale=guidance_scale,
+            image,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+            generator,
+            callback_on_step_end,
+            prompt=prompt,
+            generation_prompt=generation_prompt,
+            num_inference_steps=num_inference_steps,
+            num_inversion_steps=num_inversion_steps,
+            guidance_scale=guidance_scale,
             generation_guidance_scale=generation_guidance_scale,
             feature_injection_threshold=feature_injection_threshold,
-            attention_injection_threshold=attention_injection_threshold, negative_prompt=negative_prompt,
-            negative_prompt_alpha=negative_prompt_alpha, negative_prompt_schedule=negative_prompt_schedule,
-            resolution=resolution, max_batch_size=max_batch_size,
+            attention_injection_threshold=attention_injection_threshold,
+            negative_prompt=negative_prompt,
+            negative_prompt_alpha=negative_prompt_alpha,
+            negative_prompt_schedule=negative_prompt_schedule,
+            resolution=resolution,
+            max_batch_size=max_batch_size,
         )
         pictures = [] if config.generating else [resize_for_model(as_pil(i), config.resolution) for i in listed(image)]
         sizes = sorted({picture.size for picture in pictures})
         if output_type != "pil" and len(sizes) > 1:
-            raise ConfigError("output_type", f"images of different working sizes ({', '.join(f'{w}x{h}' for w, h in sizes)}) "
-                              "come back only as PIL images; use output_type='pil' or images of one size")
+            raise ConfigError(
+                "output_type",
+                f"images of different working sizes ({', '.join(f'{w}x{h}' for w, h in sizes)}) "
+                "come back only as PIL images; use output_type='pil' or images of one size",
+            )
         device = self._execution_device
         metrics = Metrics(device)
 
@@ -383,20 +429,27 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
         self.maybe_free_model_hooks()
         if not return_dict:
             return images, source_image, flagged, metrics.values
-        return PnPPipelineOutput(images=images, source_image=source_image, nsfw_content_detected=flagged,
-                                 metrics=metrics.values)
+        return PnPPipelineOutput(
+            images=images, source_image=source_image, nsfw_content_detected=flagged, metrics=metrics.values
+        )
 
     def _encode_prompts(self, config: PnPConfig, device) -> tuple[Prompts, TextEmbeddings]:
         """The translation's prompts, and the source's text (the generation prompt; empty for an image)."""
         texts = ["", config.generation_prompt or "", config.negative_prompt or "", *config.prompt]
         self._warn_about_truncation(texts[1:])
         embeddings = self._embed(texts, device)
-        uncond, source, negative, targets = self._unconditional(embeddings[0]), embeddings[1], embeddings[2], embeddings[3:]
+        uncond, source, negative, targets = (
+            self._unconditional(embeddings[0]),
+            embeddings[1],
+            embeddings[2],
+            embeddings[3:],
+        )
         # An empty negative prompt embeds exactly as the unconditional one: no extra rows needed.
         return Prompts(targets, uncond, negative if config.negative_prompt else None), source
 
     def _embed(self, texts: list[str], device) -> TextEmbeddings:
-        """The text encoders' embeddings of ``texts``, one row each (diffusers' encode_prompt: LoRA and textual inversion apply)."""
+        """The text encoders' embeddings of ``texts``, one row each (diffusers' encode_prompt: LoRA and textual
+        inversion apply)."""
         raise NotImplementedError
 
     def _unconditional(self, empty: TextEmbeddings) -> TextEmbeddings:
@@ -435,7 +488,9 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
             group.add(index, key, self.source_cache.get(key), picture, uncond)
         return list(groups.values())
 
-    def _generation_group(self, config: PnPConfig, noise: torch.Tensor, text: TextEmbeddings, fuse: bool) -> SourceGroup:
+    def _generation_group(
+        self, config: PnPConfig, noise: torch.Tensor, text: TextEmbeddings, fuse: bool
+    ) -> SourceGroup:
         """The generated source: from the cache, or to generate (in the translation's calls if ``fuse``)."""
         content = generation_digest(noise, config.generation_prompt, config.generation_guidance_scale)
         side = config.resolution
@@ -448,8 +503,16 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
     def _source_key(self, config: PnPConfig, content: str, size, inversion_steps) -> SourceKey:
         unet = self.unet
         weights = self.source_cache.weights.fingerprint(*self._source_modules())
-        return SourceKey(weights, dtype_name(unet.dtype), str(unet.device), self.injection_layers, content, tuple(size),
-                         config.num_inference_steps, inversion_steps)
+        return SourceKey(
+            weights,
+            dtype_name(unet.dtype),
+            str(unet.device),
+            self.injection_layers,
+            content,
+            tuple(size),
+            config.num_inference_steps,
+            inversion_steps,
+        )
 
     def _source_modules(self) -> list[torch.nn.Module]:
         """The modules that compute a source's trajectory and features: every model component but a safety checker."""
@@ -468,7 +531,9 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
             bad = False
             if self.safety_checker is not None:
                 decoded, [bad] = self.run_safety_checker(decoded, device, self.safety_checker.dtype)
-            converted.append(self.image_processor.postprocess(decoded, output_type=output_type, do_denormalize=[not bad]))
+            converted.append(
+                self.image_processor.postprocess(decoded, output_type=output_type, do_denormalize=[not bad])
+            )
             flagged.append(bad)
         if self.safety_checker is None:
             flagged = None
@@ -533,19 +598,27 @@ def _callback_latents(returned, latents: torch.Tensor, step: int, phase: str) ->
     if returned is None:
         return latents
     if not isinstance(returned, dict):
-        raise ConfigError("callback_on_step_end", f"returned a {type(returned).__name__} at step {step} ({phase}); "
-                                                  "return a dict (or None), whose \"latents\" replace the current ones")
+        raise ConfigError(
+            "callback_on_step_end",
+            f"returned a {type(returned).__name__} at step {step} ({phase}); "
+            'return a dict (or None), whose "latents" replace the current ones',
+        )
     new = returned.get("latents", latents)
     if new is latents:
         return latents
     expected = f"a tensor of shape {tuple(latents.shape)}, {dtype_name(latents.dtype)}, on {latents.device}"
     if not isinstance(new, torch.Tensor):
-        raise ConfigError("callback_on_step_end", f"returned \"latents\" that are a {type(new).__name__} at step "
-                                                  f"{step} ({phase}); return {expected}, as it was given")
+        raise ConfigError(
+            "callback_on_step_end",
+            f'returned "latents" that are a {type(new).__name__} at step '
+            f"{step} ({phase}); return {expected}, as it was given",
+        )
     if (new.shape, new.dtype, new.device) != (latents.shape, latents.dtype, latents.device):
         got = f"{tuple(new.shape)}, {dtype_name(new.dtype)}, on {new.device}"
-        raise ConfigError("callback_on_step_end", f"returned latents of shape {got} at step {step} ({phase}); "
-                                                  f"return {expected}, as it was given")
+        raise ConfigError(
+            "callback_on_step_end",
+            f"returned latents of shape {got} at step {step} ({phase}); return {expected}, as it was given",
+        )
     return new
 
 

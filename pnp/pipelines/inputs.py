@@ -16,7 +16,8 @@ def listed(image) -> list:
 
 
 def as_pil(image) -> PIL.Image.Image:
-    """A PIL image from a PIL image, an (H, W, 3) array (uint8, or floats in [0, 1]) or a (1,) 3 x H x W tensor in [0, 1]."""
+    """A PIL image from a PIL image, an (H, W, 3) array (uint8, or floats in [0, 1]) or a (1,) 3 x H x W tensor in [0,
+    1]."""
     if isinstance(image, PIL.Image.Image):
         return to_rgb(image)
     if isinstance(image, torch.Tensor):
@@ -28,8 +29,9 @@ def as_pil(image) -> PIL.Image.Image:
         raise ConfigError("image", f"an array image must be (H, W, 3), got {image.shape}")
     if image.dtype != np.uint8:
         if not np.isfinite(image).all():
-            raise ConfigError("image", "float image values must be finite numbers in [0, 1]; this one holds NaN "
-                                       "or infinity")
+            raise ConfigError(
+                "image", "float image values must be finite numbers in [0, 1]; this one holds NaN or infinity"
+            )
         if image.min() < 0 or image.max() > 1:
             raise ConfigError("image", f"float image values must lie in [0, 1], got {image.min():g} to {image.max():g}")
         image = (image * 255).round().astype(np.uint8)

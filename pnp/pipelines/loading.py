@@ -14,6 +14,7 @@ from pathlib import Path
 from pnp.config import ConfigError
 from pnp.devices import default_device, default_dtype, parse_dtype
 from pnp.messages import first_line
+from pnp.method.layers import missing_modules
 from pnp.method.prediction import PREDICTION_TYPES
 from pnp.pipelines.hub import hub_unreachable
 
@@ -124,8 +125,6 @@ def check_supported(pipe, model: str | Path) -> None:
         raise ModelError(
             f"model {model}: predicts {prediction_type!r}; only {', '.join(PREDICTION_TYPES)} models are supported"
         )
-    from pnp.method.injection import missing_modules
-
     missing = missing_modules(pipe.injection_layers, pipe.unet)
     if missing:
         raise ModelError(

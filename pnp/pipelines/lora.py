@@ -21,13 +21,16 @@ from pnp.pipelines.weight_files import SAFETENSORS_SUFFIX, is_pickled_name, safe
 LORA_SCALE_RANGE = (0.0, 1.0)
 DEFAULT_LORA_SCALE = 1.0
 # How torch words one layer of a state dict that does not fit the model (load_state_dict's message).
-_SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from "
-                            r"checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)")
+_SIZE_MISMATCH = re.compile(
+    r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from "
+    r"checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)"
+)
 _MAX_REASON_CHARS = 400
 
 
 def parse_lora(spec: str, allow_pickle: bool = False) -> tuple[Path, float]:
-    """``PATH`` or ``PATH:SCALE`` as (an existing LoRA file or folder, its scale); ConfigError("lora", ...) otherwise."""
+    """``PATH`` or ``PATH:SCALE`` as (an existing LoRA file or folder, its scale); ConfigError("lora", ...)
+    otherwise."""
     path, sep, scale = spec.rpartition(":")
     if not sep or not _is_number(scale):
         path, scale = spec, DEFAULT_LORA_SCALE
@@ -35,7 +38,8 @@ def parse_lora(spec: str, allow_pickle: bool = False) -> tuple[Path, float]:
 
 
 def check_lora_file(path: str | Path, param: str, allow_pickle: bool = False, name: str | None = None) -> Path:
-    """``path`` if it is a LoRA file (safetensors, or a pickle where allowed) or a folder holding one; ConfigError naming ``param``.
+    """``path`` if it is a LoRA file (safetensors, or a pickle where allowed) or a folder holding one; ConfigError
+    naming ``param``.
 
     A file named as a pickle (``PICKLED_SUFFIXES``) is one unless its content is safetensors; any
     other file must hold safetensors (``safetensors_problem``).
@@ -50,15 +54,21 @@ def check_lora_file(path: str | Path, param: str, allow_pickle: bool = False, na
     if problem is not None and is_pickled_name(path):
         if allow_pickle:
             return path
-        raise ConfigError(param, f"{name} is a pickled file, which is not loaded by default: convert it to .safetensors, "
-                                 "or pass --allow-pickle if you trust its source")
+        raise ConfigError(
+            param,
+            f"{name} is a pickled file, which is not loaded by default: convert it to .safetensors, "
+            "or pass --allow-pickle if you trust its source",
+        )
     if problem is not None:
         raise ConfigError(param, f"{name} {problem}; LoRA adapters are read from .safetensors files")
     return path
 
 
-def load_loras(pipe, loras: list[tuple[Path, float]], param: str = "lora", labels: list[str] | None = None) -> list[str]:
-    """Load each (file, scale) of ``loras`` into ``pipe`` as adapters ``<param>0``, ``<param>1``, ... weighed by their scales.
+def load_loras(
+    pipe, loras: list[tuple[Path, float]], param: str = "lora", labels: list[str] | None = None
+) -> list[str]:
+    """Load each (file, scale) of ``loras`` into ``pipe`` as adapters ``<param>0``, ``<param>1``, ... weighed by their
+    scales.
 
     Returns the adapter names. A file the model cannot take raises ConfigError naming ``param``
     and the file (by its ``labels`` entry, default its name), after unloading every adapter: a
@@ -78,12 +88,16 @@ def load_loras(pipe, loras: list[tuple[Path, float]], param: str = "lora", label
                     # The message may name the file where it lies: the server's temporary folder, say.
                     read = Path(folder, options.get("weight_name", ""))
                     reason = _load_failure(err, f"{param}{n}", [path, read], labels[n])
-                    raise ConfigError(param, f"{labels[n]} cannot be loaded into this model as a LoRA adapter "
-                                             f"({reason})") from None
+                    raise ConfigError(
+                        param, f"{labels[n]} cannot be loaded into this model as a LoRA adapter ({reason})"
+                    ) from None
             if not any(f"{param}{n}" in adapters for adapters in pipe.get_list_adapters().values()):
                 # diffusers loads a file without a layer of this model's as an adapter of nothing.
-                raise ConfigError(param, f"{labels[n]} holds no LoRA layer of this model's UNet or text encoders: "
-                                         "it is empty, or was made for another kind of model")
+                raise ConfigError(
+                    param,
+                    f"{labels[n]} holds no LoRA layer of this model's UNet or text encoders: "
+                    "it is empty, or was made for another kind of model",
+                )
             names.append(f"{param}{n}")
         pipe.set_adapters(names, [scale for _, scale in loras])
     except BaseException:
@@ -120,13 +134,15 @@ def _load_failure(err: BaseException, adapter: str, files: list, label: str) -> 
     if mismatches:
         layer, theirs, ours = mismatches[0]
         layer = layer.replace(f".{adapter}.", ".")
-        return (f"{len(mismatches)} of its layers have other shapes than this model's, e.g. {layer}: {theirs} in the "
-                f"adapter, {ours} in the model; it was made for another architecture")
+        return (
+            f"{len(mismatches)} of its layers have other shapes than this model's, e.g. {layer}: {theirs} in the "
+            f"adapter, {ours} in the model; it was made for another architecture"
+        )
     files = [Path(file) for file in files]
     for form in [str(f.resolve()) for f in files] + [str(f) for f in files] + [f.name for f in files if f.is_file()]:
         text = text.replace(form, label)
     text = " ".join(text.split()) or type(err).__name__
-    return text if len(text) <= _MAX_REASON_CHARS else text[:_MAX_REASON_CHARS - 3] + "..."
+    return text if len(text) <= _MAX_REASON_CHARS else text[: _MAX_REASON_CHARS - 3] + "..."
 
 
 def _is_number(text: str) -> bool:

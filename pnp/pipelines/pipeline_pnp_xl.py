@@ -67,8 +67,9 @@ class PnPXLPipeline(StableDiffusionXLLoraLoaderMixin, base.PnPBasePipeline):
         )
 
     def _embed(self, texts: list[str], device) -> TextEmbeddings:
-        hidden, _, pooled, _ = self.encode_prompt(texts, device=device, num_images_per_prompt=1,
-                                                  do_classifier_free_guidance=False)
+        hidden, _, pooled, _ = self.encode_prompt(
+            texts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
         return TextEmbeddings(hidden, pooled)
 
     def _unconditional(self, empty: TextEmbeddings) -> TextEmbeddings:

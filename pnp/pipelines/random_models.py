@@ -28,7 +28,6 @@ from transformers import (
 
 from pnp.pipelines.loading import RANDOM_MODELS
 
-
 _CROSS_DOWN = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
 _CROSS_UP = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
 # Stable Diffusion's noise schedule (1.x, 2.x and XL share it).
@@ -108,13 +107,17 @@ def _tiny_sdxl(seed: int) -> StableDiffusionXLPipeline:
     )
     vae = _vae(False, scaling_factor=0.13025)  # SDXL's; force_upcast stays True, as in SDXL's VAE config
     text_encoder = CLIPTextModel(_text_config(tokenizer, width, False, "quick_gelu"))
-    text_encoder_2 = CLIPTextModelWithProjection(
-        _text_config(tokenizer, width, False, "gelu", projection_dim=pooled)
-    )
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer, width, False, "gelu", projection_dim=pooled))
     scheduler = EulerDiscreteScheduler(timestep_spacing="leading", **_BETAS)
     return StableDiffusionXLPipeline(
-        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-        tokenizer_2=byte_level_tokenizer(), unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=True,
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=byte_level_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
         add_watermarker=False,
     )
 

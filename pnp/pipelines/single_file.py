@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pnp.pipelines.hub import hub_unreachable
 from pnp.messages import first_line
+from pnp.pipelines.hub import hub_unreachable
 from pnp.pipelines.loading import NO_SAFETY_CHECKER, ModelError, is_sdxl
 from pnp.pipelines.weight_files import SAFETENSORS_SUFFIX, is_pickled_name
 
@@ -30,7 +30,8 @@ def is_single_file(model: str | Path) -> bool:
 
 
 def check_single_file(model: str | Path, allow_pickle: bool = False) -> Path:
-    """The checkpoint file ``model`` names, if it exists and its format may be read; ModelError saying what to do otherwise."""
+    """The checkpoint file ``model`` names, if it exists and its format may be read; ModelError saying what to do
+    otherwise."""
     path = Path(model).expanduser()
     if not path.is_file():
         raise ModelError(f"model file {path} does not exist")
@@ -41,24 +42,28 @@ def check_single_file(model: str | Path, allow_pickle: bool = False) -> Path:
             f"{SAFETENSORS_SUFFIX}, or pass --allow-pickle (allow_pickle=True) if you trust its source"
         )
     if suffix != SAFETENSORS_SUFFIX and not is_pickled_name(path):
-        raise ModelError(f"model file {path}: a checkpoint file must end in {SAFETENSORS_SUFFIX} (or, allowed explicitly, .ckpt)")
+        raise ModelError(
+            f"model file {path}: a checkpoint file must end in {SAFETENSORS_SUFFIX} (or, allowed explicitly, .ckpt)"
+        )
     return path
 
 
 def is_sdxl_checkpoint(path: Path, config: str | Path | None) -> bool:
-    """Whether the checkpoint is SDXL's: by its base configuration if given, else by its keys. ModelError if unreadable."""
+    """Whether the checkpoint is SDXL's: by its base configuration if given, else by its keys. ModelError if
+    unreadable."""
     config = _base_config(config)
     try:
         return is_sdxl(config) if config is not None else _has_sdxl_keys(path)
     except (OSError, ValueError) as err:
         raise ModelError(
-            f"--config {config}: not a diffusers model folder or a model-hub id in the local cache ({first_line(err)}); "
-            "pass a folder written by `python -m pnp download-weights`"
+            f"--config {config}: not a diffusers model folder or a model-hub id in the local cache "
+            f"({first_line(err)}); pass a folder written by `python -m pnp download-weights`"
         ) from None
 
 
 def load_single_file(cls, path: Path, config: str | Path | None, dtype, has_safety_checker: bool, **kwargs):
-    """``cls.from_single_file`` (the mixin's own loader) for the checked ``path`` with the base configuration ``config``.
+    """``cls.from_single_file`` (the mixin's own loader) for the checked ``path`` with the base configuration
+    ``config``.
 
     ``cls`` is the pipeline class of the checkpoint's architecture; errors become ModelError.
     """
@@ -82,7 +87,9 @@ def load_single_file(cls, path: Path, config: str | Path | None, dtype, has_safe
                 "SDXL checkpoint (stable-diffusion-v1-5/stable-diffusion-v1-5 for SD 1.x, "
                 "stabilityai/stable-diffusion-2-1 for SD 2.x)"
             ) from None
-        raise ModelError(f"model file {path} does not load with the configuration {config} ({first_line(err)})") from None
+        raise ModelError(
+            f"model file {path} does not load with the configuration {config} ({first_line(err)})"
+        ) from None
 
 
 def _base_config(config: str | Path | None) -> str | None:

@@ -43,8 +43,11 @@ def safetensors_problem(path: str | Path) -> str | None:
             header = None
     if not isinstance(header, dict):
         return "is not a safetensors file (its header is not a JSON object)"
-    ends = [entry["data_offsets"][1] for name, entry in header.items()
-            if name != "__metadata__" and isinstance(entry, dict) and len(entry.get("data_offsets") or ()) == 2]
+    ends = [
+        entry["data_offsets"][1]
+        for name, entry in header.items()
+        if name != "__metadata__" and isinstance(entry, dict) and len(entry.get("data_offsets") or ()) == 2
+    ]
     held = size - 8 - length
     if max(ends, default=0) > held:
         return f"is cut short: its header describes {max(ends)} bytes of tensors, the file holds {held}"

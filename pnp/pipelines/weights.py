@@ -1,4 +1,5 @@
-"""Where the predictor's Stable Diffusion weights (1.x, 2.x or SDXL) come from, and fetching only the files a pipeline needs.
+"""Where the predictor's Stable Diffusion weights (1.x, 2.x or SDXL) come from, and fetching only the files a pipeline
+needs.
 
 Order of preference: the folder named by ``PNP_WEIGHTS``; else the project's ``weights/`` folder if
 it holds a model; else the model is downloaded from the model hub into ``weights/``.
@@ -12,8 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pnp.pipelines.hub import hub_host, hub_unreachable
 from pnp.messages import first_line
+from pnp.pipelines.hub import hub_host, hub_unreachable
 from pnp.pipelines.loading import DEFAULT_MODEL, ModelError
 
 WEIGHTS_ENV = "PNP_WEIGHTS"
@@ -179,6 +180,7 @@ def _move_into(source: Path, target: Path) -> None:
 
 
 def _is_plain_safetensors(name: str) -> bool:
-    """Default-variant weights: model.safetensors, its shards and their index; not model.fp16.safetensors or model.non_ema.safetensors."""
+    """Default-variant weights: model.safetensors, its shards and their index; not model.fp16.safetensors or
+    model.non_ema.safetensors."""
     stem = name.removesuffix(".safetensors").removesuffix(".safetensors.index.json")
     return stem != name and "." not in stem

@@ -1,4 +1,5 @@
-"""Recording the outputs of chosen UNet modules (their features) for the source and the targets while a translation runs.
+"""Recording the outputs of chosen UNet modules (their features) for the source and the targets while a translation
+runs.
 
 Forward hooks on the chosen modules copy the rows shown (the source row and each target's
 conditional row, found from ``UNetCall.layout``) at the chosen timesteps, and nothing else.
@@ -23,9 +24,9 @@ from functools import partial
 import torch
 
 from pnp.config import ConfigError
-from pnp.method.trajectory import Trajectory
-from pnp.method.plan import Row, RowKind, TranslationStep, UNetCall
 from pnp.method.noise_predictor import NoisePredictor
+from pnp.method.plan import Row, RowKind, TranslationStep, UNetCall
+from pnp.method.trajectory import Trajectory
 
 SOURCE = 0  # image index of the source; target prompt p is image p + 1
 

@@ -25,9 +25,9 @@ import numpy as np
 from PIL import Image
 
 from pnp.config import ConfigError, PnPConfig
+from pnp.method.timesteps import NUM_TRAIN_TIMESTEPS, STEPS_OFFSET, sampling_timesteps
 from pnp.outputs import output_labels
 from pnp.visual.grids import labelled_grid
-from pnp.method.timesteps import NUM_TRAIN_TIMESTEPS, STEPS_OFFSET, sampling_timesteps
 
 DEFAULT_LAYERS = ("up_blocks.1.resnets.1", "up_blocks.1.attentions.1.transformer_blocks.0.attn1")
 ATTENTION = "attention"  # the last part of a self-attention map's name

@@ -78,7 +78,7 @@ def matrix_free_pca_scores(
     projected = torch.empty(columns, 0, dtype=torch.float64)  # X_c^T Q
     previous = None
     for _ in range(max_blocks):
-        block = op.rmatmul(basis[:, projected.shape[1]:].float()).double()
+        block = op.rmatmul(basis[:, projected.shape[1] :].float()).double()
         projected = torch.cat([projected, block], dim=1)
         # Rayleigh-Ritz: with X_c^T Q = W S Z^T (Z, S from the small Gram matrix Z S^2 Z^T),
         # X_c = (Q Z) S W^T on span(Q): components W = X_c^T Q Z / S, directions Q Z.

@@ -13,16 +13,16 @@ import numpy as np
 import PIL.Image
 import torch
 
+from pnp.config import PnPConfig
+from pnp.images import resize_for_model
+from pnp.method.ddim import DDIMSchedule
+from pnp.method.noise_predictor import NoisePredictor
+from pnp.method.trajectory import Trajectory
+from pnp.pipelines.inputs import as_pil
 from pnp.visual.attention_maps import SelfAttentionMaps
 from pnp.visual.capture import ModuleCapture
-from pnp.config import PnPConfig
-from pnp.method.ddim import DDIMSchedule
 from pnp.visual.maps import FeatureMap, FeatureMaps, MapRequest, attention_layer, map_request, run_config
-from pnp.images import resize_for_model
-from pnp.method.trajectory import Trajectory
 from pnp.visual.pca import matrix_free_pca_scores, pca_scores, scores_to_rgb
-from pnp.method.noise_predictor import NoisePredictor
-from pnp.pipelines.inputs import as_pil
 
 _CONFIG_FIELDS = {f.name for f in fields(PnPConfig)} - {"prompt"}
 
@@ -59,7 +59,9 @@ def feature_maps(
         raise TypeError(f"feature_maps() sets {', '.join(fixed)} itself; leave it out")
     image = None if image is None else as_pil(image)
     prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt or ())
-    config = run_config(prompts, **{k: v for k, v in kwargs.items() if k in _CONFIG_FIELDS}).resolved(pipe.default_resolution)
+    config = run_config(prompts, **{k: v for k, v in kwargs.items() if k in _CONFIG_FIELDS}).resolved(
+        pipe.default_resolution
+    )
     request = _request(pipe, config, timesteps, layers)
     n = 1 + len(prompts)
     with ModuleCapture(pipe.unet, request.modules, request.timesteps, n) as capture:

@@ -7,17 +7,28 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.hub import unreachable_hub_env
 from PIL import Image
+
 from support.cli import FAST, run_cli
+from support.hub import unreachable_hub_env
 from support.paths import ROOT
 
 
 def test_translate_an_image_into_two_prompts(tmp_path, photo):
     photo.save(tmp_path / "in.jpg")
     out = tmp_path / "out"
-    done = run_cli("translate", "--image", str(tmp_path / "in.jpg"), "--prompt", "a cat",
-                   "--prompt", "a red car", "--out", str(out), *FAST)
+    done = run_cli(
+        "translate",
+        "--image",
+        str(tmp_path / "in.jpg"),
+        "--prompt",
+        "a cat",
+        "--prompt",
+        "a red car",
+        "--out",
+        str(out),
+        *FAST,
+    )
     assert done.returncode == 0, done.stderr
     files = sorted(out.iterdir())
     assert [f.name for f in files] == ["00-a-cat.png", "01-a-red-car.png"]
@@ -32,8 +43,21 @@ def test_translate_an_image_into_two_prompts(tmp_path, photo):
 
 def test_generation_mode_writes_the_source_first(tmp_path):
     out = tmp_path / "gen"
-    done = run_cli("translate", "--generation-prompt", "a horse", "--prompt", "a zebra", "--out", str(out),
-                   "--format", "jpg", "--quality", "70", "--quiet", *FAST)
+    done = run_cli(
+        "translate",
+        "--generation-prompt",
+        "a horse",
+        "--prompt",
+        "a zebra",
+        "--out",
+        str(out),
+        "--format",
+        "jpg",
+        "--quality",
+        "70",
+        "--quiet",
+        *FAST,
+    )
     assert done.returncode == 0, done.stderr
     assert [f.name for f in sorted(out.iterdir())] == ["00-source.jpg", "01-a-zebra.jpg"]
     with Image.open(out / "01-a-zebra.jpg") as image:
@@ -59,8 +83,17 @@ def test_a_second_run_into_the_same_folder_is_refused_before_work_or_replaces_wi
 
 def test_a_prompt_longer_than_the_text_encoder_reads_is_reported(tmp_path):
     long_prompt = "a photo of a horse " + "with many words " * 40
-    done = run_cli("translate", "--generation-prompt", "a horse", "--prompt", long_prompt, "--out",
-                   str(tmp_path / "out"), "--quiet", *FAST)
+    done = run_cli(
+        "translate",
+        "--generation-prompt",
+        "a horse",
+        "--prompt",
+        long_prompt,
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+        *FAST,
+    )
     assert done.returncode == 0, done.stderr
     [line] = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
     assert "tokens long" in line and "only this part is used: 'a photo of a horse" in line
@@ -79,14 +112,20 @@ def test_a_prompt_longer_than_the_text_encoder_reads_is_reported(tmp_path):
         (["--image", "strip.png"], "error: --image: 1100x100 is more than 8 times longer than wide"),
         (["--image", "in.png", "--out", "taken"], "error: --out: taken is a file"),
         (["--image", "in.png", "--out", "taken/sub"], "error: --out: taken/sub cannot be made: taken is a file"),
-        (["--image", "in.png", "--out", "/proc/pnp"],
-         "error: --out: /proc/pnp cannot be made: nothing can be written into /proc"),
+        (
+            ["--image", "in.png", "--out", "/proc/pnp"],
+            "error: --out: /proc/pnp cannot be made: nothing can be written into /proc",
+        ),
         (["--image", "in.png", "--model", "./no-such-folder"], "error: model folder"),
         (["--image", "in.png", "--model", "someone/some-model"], "download-weights"),
-        (["--image", "in.png", "--device", "cuda:0"],
-         "error: --device: cuda:0 was asked for but no CUDA GPU is available; use cpu"),
-        (["--image", "in.png", "--prompt", b"a \xff cat"],  # bytes that are not UTF-8
-         "error: --prompt: prompt 1 of 2 is not valid text: character 3 is '\\udcff'"),
+        (
+            ["--image", "in.png", "--device", "cuda:0"],
+            "error: --device: cuda:0 was asked for but no CUDA GPU is available; use cpu",
+        ),
+        (
+            ["--image", "in.png", "--prompt", b"a \xff cat"],  # bytes that are not UTF-8
+            "error: --prompt: prompt 1 of 2 is not valid text: character 3 is '\\udcff'",
+        ),
         (["--image", "in.png", "--negative-prompt", b"\xff"], "error: --negative-prompt: it is not valid text"),
         (["--image", "in.png", "--prompt", "cat " * 1000], "error: --prompt: prompt 1 of 2 is 3999 characters long"),
     ],
@@ -137,14 +176,26 @@ def small_disk(tmp_path):
 def test_a_full_disk_leaves_no_outputs_names_the_file_and_the_rerun_succeeds(tmp_path, small_disk):
     """A full disk left .partial files and half the outputs, named no path, and the rerun was refused."""
     disk, grow = small_disk
-    args = ["translate", "--generation-prompt", "a horse", "--prompt", "a cat", "--out", str(disk / "out"),
-            "--quiet", *FAST]
+    args = [
+        "translate",
+        "--generation-prompt",
+        "a horse",
+        "--prompt",
+        "a cat",
+        "--out",
+        str(disk / "out"),
+        "--quiet",
+        *FAST,
+    ]
     full = run_cli(*args)
     assert full.returncode == 2
     *loading, line = full.stderr.strip().splitlines()  # after what was loaded, one line
     # 00-source.png (about 50 KB of noise) fits, 01-a-cat.png does not.
-    assert re.fullmatch(rf"error: --out: could not write {disk / 'out'}/0[01]-(source|a-cat)\.png "
-                        r"\(No space left on device\); nothing was written", line), line
+    assert re.fullmatch(
+        rf"error: --out: could not write {disk / 'out'}/0[01]-(source|a-cat)\.png "
+        r"\(No space left on device\); nothing was written",
+        line,
+    ), line
     assert [text.split()[0] for text in loading] == ["note:", "model"]
     assert list(disk.iterdir()) == []  # no outputs, no half-written file, not even the folder the run made
     grow()
@@ -157,12 +208,29 @@ def test_features_of_an_image_and_its_translation(tmp_path, photo):
     photo.save(tmp_path / "in.png")
     out = tmp_path / "maps"
     conv2 = "up_blocks.1.resnets.1.conv2"
-    done = run_cli("features", "--image", str(tmp_path / "in.png"), "--prompt", "a cat", "--out", str(out),
-                   "--timesteps", "1", "667", "--layers", conv2, "--quiet", *FAST)
+    done = run_cli(
+        "features",
+        "--image",
+        str(tmp_path / "in.png"),
+        "--prompt",
+        "a cat",
+        "--out",
+        str(out),
+        "--timesteps",
+        "1",
+        "667",
+        "--layers",
+        conv2,
+        "--quiet",
+        *FAST,
+    )
     assert done.returncode == 0, done.stderr
     names = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
-    assert names == [conv2, f"{conv2}.png", *(f"{conv2}/{n}" for n in
-                     ["00-source-t1.png", "00-source-t667.png", "01-a-cat-t1.png", "01-a-cat-t667.png"])]
+    assert names == [
+        conv2,
+        f"{conv2}.png",
+        *(f"{conv2}/{n}" for n in ["00-source-t1.png", "00-source-t667.png", "01-a-cat-t1.png", "01-a-cat-t667.png"]),
+    ]
     assert done.stdout.split() == [str(out / f"{conv2}.png")]
     with Image.open(out / conv2 / "01-a-cat-t667.png") as image:
         assert image.size == (192, 128)
@@ -171,10 +239,14 @@ def test_features_of_an_image_and_its_translation(tmp_path, photo):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--timesteps", "667", "500"],
-         "error: --timesteps: 500 is not a timestep of the 3-step sampling schedule; use some of 667, 334, 1"),
-        (["--layers", "up_blocks.1.attentions.1"],
-         "error: --layers: 'up_blocks.1.attentions.1' is not a map pnp draws; name a residual block"),
+        (
+            ["--timesteps", "667", "500"],
+            "error: --timesteps: 500 is not a timestep of the 3-step sampling schedule; use some of 667, 334, 1",
+        ),
+        (
+            ["--layers", "up_blocks.1.attentions.1"],
+            "error: --layers: 'up_blocks.1.attentions.1' is not a map pnp draws; name a residual block",
+        ),
         (["--steps", "0"], "error: --steps: 0 is out of range"),
     ],
 )
@@ -198,8 +270,10 @@ def test_offline_model_error_says_what_to_do(tmp_path, photo):
         assert hub_advice not in line
 
 
-@pytest.mark.parametrize("command", [["translate", "--image", "in.png", "--prompt", "a cat", "--out", "out"],
-                                     ["download-weights", "--out", "weights"]])
+@pytest.mark.parametrize(
+    "command",
+    [["translate", "--image", "in.png", "--prompt", "a cat", "--out", "out"], ["download-weights", "--out", "weights"]],
+)
 def test_without_the_model_hub_the_first_command_fails_at_once_in_one_line(tmp_path, photo, command):
     """A host name that does not resolve is no passing fault: the hub client's five retries are not waited for
     (test_models times it)."""
@@ -212,10 +286,12 @@ def test_without_the_model_hub_the_first_command_fails_at_once_in_one_line(tmp_p
 
 
 def test_help_and_argument_errors_do_not_load_torch():
-    probe = ("import sys, runpy; sys.argv = ['pnp', 'translate', '--steps', 'x']\n"
-             "try:\n    runpy.run_module('pnp', run_name='__main__')\n"
-             "except SystemExit:\n    pass\n"
-             "print('loaded' if {'torch', 'diffusers'} & set(sys.modules) else 'light')")
+    probe = (
+        "import sys, runpy; sys.argv = ['pnp', 'translate', '--steps', 'x']\n"
+        "try:\n    runpy.run_module('pnp', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print('loaded' if {'torch', 'diffusers'} & set(sys.modules) else 'light')"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert done.stdout.strip() == "light", done.stderr
     assert run_cli("--help").returncode == 0
@@ -224,19 +300,39 @@ def test_help_and_argument_errors_do_not_load_torch():
 def test_the_installed_package_runs_from_any_folder(tmp_path):
     """README installs the package, so `pnp` and `python -m pnp` work outside the repository too."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-m", "pnp", "--help"], capture_output=True, text=True, cwd=tmp_path,
-                          env=env, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "pnp", "--help"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60
+    )
     assert done.returncode == 0, f"is the package installed (pip install -e .)? {done.stderr}"
     script = Path(sys.executable).with_name("pnp")
-    assert subprocess.run([str(script), "--help"], capture_output=True, cwd=tmp_path, env=env, timeout=60).returncode == 0
+    assert (
+        subprocess.run([str(script), "--help"], capture_output=True, cwd=tmp_path, env=env, timeout=60).returncode == 0
+    )
 
 
 def test_several_images_are_each_translated_into_every_prompt(tmp_path, photo):
     photo.save(tmp_path / "house.png")
     photo.rotate(180).save(tmp_path / "barn.png")
     out = tmp_path / "out"
-    done = run_cli("translate", "--image", str(tmp_path / "house.png"), "--image", str(tmp_path / "barn.png"),
-                   "--prompt", "a cat", "--prompt", "a dog", "--out", str(out), "--quiet", *FAST)
+    done = run_cli(
+        "translate",
+        "--image",
+        str(tmp_path / "house.png"),
+        "--image",
+        str(tmp_path / "barn.png"),
+        "--prompt",
+        "a cat",
+        "--prompt",
+        "a dog",
+        "--out",
+        str(out),
+        "--quiet",
+        *FAST,
+    )
     assert done.returncode == 0, done.stderr
     assert [f.name for f in sorted(out.iterdir())] == [
-        "00-house-a-cat.png", "01-house-a-dog.png", "02-barn-a-cat.png", "03-barn-a-dog.png"]
+        "00-house-a-cat.png",
+        "01-house-a-dog.png",
+        "02-barn-a-cat.png",
+        "03-barn-a-dog.png",
+    ]

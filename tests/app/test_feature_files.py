@@ -19,15 +19,20 @@ def two_prompts(pipe):
     """A visualisation of a photo and two translations, with the default maps at two timesteps."""
     y, x = np.mgrid[0:128, 0:160]
     photo = Image.fromarray(np.stack([x, y, x + y], axis=-1).astype(np.uint8), "RGB")
-    return photo, feature_maps(pipe, prompt=["a cat", "A Red Car!"], image=photo, timesteps=[751, 1],
-                               num_inference_steps=4, resolution=128)
+    return photo, feature_maps(
+        pipe, prompt=["a cat", "A Red Car!"], image=photo, timesteps=[751, 1], num_inference_steps=4, resolution=128
+    )
 
 
 def test_files_and_grids(tmp_path, two_prompts):
     _, maps = two_prompts
     grids = write_feature_maps(maps, tmp_path)
-    expected = {f"{name}/{i:02d}-{label}-t{t}.png" for name in DEFAULT_MAPS for t in (751, 1)
-                for i, label in enumerate(["source", "a-cat", "a-red-car"])}
+    expected = {
+        f"{name}/{i:02d}-{label}-t{t}.png"
+        for name in DEFAULT_MAPS
+        for t in (751, 1)
+        for i, label in enumerate(["source", "a-cat", "a-red-car"])
+    }
     written = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.png")}
     assert written == expected | {f"{name}.png" for name in DEFAULT_MAPS}
     assert grids == [tmp_path / f"{name}.png" for name in DEFAULT_MAPS]

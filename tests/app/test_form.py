@@ -1,4 +1,5 @@
-"""The form table (pnp.app.form) is what predict.py's Input() literals say, so the predictor and the web UI cannot drift.
+"""The form table (pnp.app.form) is what predict.py's Input() literals say, so the predictor and the web UI cannot
+drift.
 
 predict.py is read as cog build reads it, by parsing its source, not by importing it.
 """
@@ -17,7 +18,8 @@ KIND_ANNOTATIONS = {"image": "Path", "file": "Path", "text": "str", "int": "int"
 
 
 def predictor_inputs() -> list[dict]:
-    """Each parameter of Predictor.predict as cog build sees it: name, annotation, optional, and the Input() keywords."""
+    """Each parameter of Predictor.predict as cog build sees it: name, annotation, optional, and the Input()
+    keywords."""
     tree = ast.parse(PREDICT.read_text())
     method = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "predict")
     inputs = []
@@ -33,8 +35,13 @@ def predictor_inputs() -> list[dict]:
 def test_the_table_is_the_predictors_form_literal_for_literal():
     expected = []
     for spec in FORM_INPUTS:
-        fields = {"name": spec.name, "annotation": KIND_ANNOTATIONS[spec.kind], "optional": spec.optional, "default": spec.default,
-                  "description": spec.description}
+        fields = {
+            "name": spec.name,
+            "annotation": KIND_ANNOTATIONS[spec.kind],
+            "optional": spec.optional,
+            "default": spec.default,
+            "description": spec.description,
+        }
         fields.update({k: getattr(spec, k) for k in ("ge", "le") if getattr(spec, k) is not None})
         if spec.choices is not None:
             fields["choices"] = list(spec.choices)
@@ -44,8 +51,12 @@ def test_the_table_is_the_predictors_form_literal_for_literal():
 
 def test_error_names_are_the_forms():
     renamed = {spec.param: spec.name for spec in FORM_INPUTS if spec.param != spec.name}
-    assert renamed == {"image": "input_image", "prompt": "translation_prompts", "guidance_scale": "scale",
-                       "generation_guidance_scale": "generation_scale"}
+    assert renamed == {
+        "image": "input_image",
+        "prompt": "translation_prompts",
+        "guidance_scale": "scale",
+        "generation_guidance_scale": "generation_scale",
+    }
     assert form_name("guidance_scale") == "scale" and form_name("prompt") == "translation_prompts"
     assert form_name("max_batch_size") == "max_batch_size"  # not on the form: named as the pipeline names it
 
@@ -55,7 +66,6 @@ def test_kinds_and_lookup():
     assert form_input("seed").optional and not form_input("scale").optional
     with pytest.raises(KeyError):
         form_input("strength")
-
 
 
 # --- The one parser of both forms ---
@@ -68,8 +78,17 @@ def test_prompts_are_separated_by_semicolons_or_line_breaks():
 
 
 def test_whole_numbers_come_as_floats_or_text():
-    assert [whole_number(v) for v in (2.0, " 3 ", "+4", "", "  ", None, 2.5, "2.5", True)] == [2, 3, 4, None, None, None,
-                                                                                               2.5, "2.5", True]
+    assert [whole_number(v) for v in (2.0, " 3 ", "+4", "", "  ", None, 2.5, "2.5", True)] == [
+        2,
+        3,
+        4,
+        None,
+        None,
+        None,
+        2.5,
+        "2.5",
+        True,
+    ]
 
 
 def test_the_parser_reads_a_form_left_at_its_defaults_but_a_generation_prompt():
@@ -82,16 +101,21 @@ def test_the_parser_reads_a_form_left_at_its_defaults_but_a_generation_prompt():
 
 def test_the_parser_reads_the_image_with_the_function_it_is_given():
     seen = []
-    request = parse_form({"input_image": "photo.png", "resolution": "256"}, 512, lambda *args: seen.append(args) or "read")
+    request = parse_form(
+        {"input_image": "photo.png", "resolution": "256"}, 512, lambda *args: seen.append(args) or "read"
+    )
     assert seen == [("photo.png", 256)] and request.image == "read"
 
 
-@pytest.mark.parametrize("values, name", [
-    ({"generation_prompt": 3}, "generation_prompt"),
-    ({"generation_prompt": "a house", "feature_maps": "yes"}, "feature_maps"),
-    ({"generation_prompt": "a house", "lora_scale": 1.5}, "lora_scale"),
-    ({"generation_prompt": "a house", "scale": 51.0}, "scale"),
-])
+@pytest.mark.parametrize(
+    "values, name",
+    [
+        ({"generation_prompt": 3}, "generation_prompt"),
+        ({"generation_prompt": "a house", "feature_maps": "yes"}, "feature_maps"),
+        ({"generation_prompt": "a house", "lora_scale": 1.5}, "lora_scale"),
+        ({"generation_prompt": "a house", "scale": 51.0}, "scale"),
+    ],
+)
 def test_the_parser_names_the_input_to_change(values, name):
     with pytest.raises(ConfigError) as caught:
         parse_form(values, 512, lambda *_: None)

@@ -11,6 +11,7 @@ from pnp.app import cli
 @pytest.fixture(autouse=True)
 def no_model(monkeypatch):
     """A check that lets a bad request through would load the model and serve forever: fail instead."""
+
     def load(args):
         raise AssertionError("the model was loaded")
 

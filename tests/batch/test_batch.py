@@ -54,22 +54,33 @@ def results(out):
 
 def test_a_job_writes_outputs_records_and_results_and_resumes(photos, server, tiny_model_dir, tmp_path, capsys):
     manifest = tmp_path / "job.jsonl"
-    rows = [{"id": "a", "image": str(photos / "a.png")},
-            {"id": "web", "image": f"{server.url}/b.png", "scale": 7.5},
-            {"id": "gone", "image": f"{server.url}/missing.png"},
-            {"id": "gen", "generation-prompt": "a house", "seed": 5, "prompt": "a castle"}]
+    rows = [
+        {"id": "a", "image": str(photos / "a.png")},
+        {"id": "web", "image": f"{server.url}/b.png", "scale": 7.5},
+        {"id": "gone", "image": f"{server.url}/missing.png"},
+        {"id": "gen", "generation-prompt": "a house", "seed": 5, "prompt": "a castle"},
+    ]
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
     out = tmp_path / "out"
     assert batch(manifest, out, "--prompt", "a cat", "--prompt", "a dog", "--format", "jpg", model=tiny_model_dir) == 1
     assert "3 of 4 rows translated (0 earlier), 1 failed" in capsys.readouterr().out
     assert sorted(p.relative_to(out).as_posix() for p in (out / "images").rglob("*.*")) == [
-        "images/a/00-a-cat.jpg", "images/a/01-a-dog.jpg", "images/gen/00-source.jpg", "images/gen/01-a-castle.jpg",
-        "images/web/00-a-cat.jpg", "images/web/01-a-dog.jpg"]
+        "images/a/00-a-cat.jpg",
+        "images/a/01-a-dog.jpg",
+        "images/gen/00-source.jpg",
+        "images/gen/01-a-castle.jpg",
+        "images/web/00-a-cat.jpg",
+        "images/web/01-a-dog.jpg",
+    ]
     lines = results(out)
     assert [(line["id"], line["prompt"], line["output"]) for line in lines] == [
-        ("a", "a cat", "images/a/00-a-cat.jpg"), ("a", "a dog", "images/a/01-a-dog.jpg"),
-        ("web", "a cat", "images/web/00-a-cat.jpg"), ("web", "a dog", "images/web/01-a-dog.jpg"),
-        ("gone", "", ""), ("gen", "a castle", "images/gen/01-a-castle.jpg")]
+        ("a", "a cat", "images/a/00-a-cat.jpg"),
+        ("a", "a dog", "images/a/01-a-dog.jpg"),
+        ("web", "a cat", "images/web/00-a-cat.jpg"),
+        ("web", "a dog", "images/web/01-a-dog.jpg"),
+        ("gone", "", ""),
+        ("gen", "a castle", "images/gen/01-a-castle.jpg"),
+    ]
     assert [line["scale"] for line in lines] == ["10.0", "10.0", "7.5", "7.5", "", "10.0"]
     assert "could not fetch" in lines[4]["error"] and "404" in lines[4]["error"]
     assert lines[5]["seed"] == "5" and lines[5]["generation-prompt"] == "a house"
@@ -85,14 +96,24 @@ def test_a_job_writes_outputs_records_and_results_and_resumes(photos, server, ti
     assert [line["scale"] for line in results(out)][2:4] == ["5.0", "5.0"]
 
 
-@pytest.mark.parametrize("manifest_text, extra, message", [
-    ("image,prompt\na.png,a cat\n", ["--backend", "http://127.0.0.1:9"],
-     "error: --backend: 'http://127.0.0.1:9': a batch job runs on local or ray"),
-    ("image,prompt,stpes\na.png,a cat,3\n", [], "error: MANIFEST: "),
-    ("image,prompt\na.png,a cat\n", ["--steps", "0"], "error: --steps: 0 is out of range"),
-    ("image,prompt\na.png,a cat\n", ["--backend", "ray:nowhere"], "error: --backend: 'ray:nowhere' is not a Ray"),
-    ("image,prompt\na.png,a cat\n", ["--backend", "ray:127.0.0.1:9"], "error: --backend: no Ray cluster answers at "),
-])
+@pytest.mark.parametrize(
+    "manifest_text, extra, message",
+    [
+        (
+            "image,prompt\na.png,a cat\n",
+            ["--backend", "http://127.0.0.1:9"],
+            "error: --backend: 'http://127.0.0.1:9': a batch job runs on local or ray",
+        ),
+        ("image,prompt,stpes\na.png,a cat,3\n", [], "error: MANIFEST: "),
+        ("image,prompt\na.png,a cat\n", ["--steps", "0"], "error: --steps: 0 is out of range"),
+        ("image,prompt\na.png,a cat\n", ["--backend", "ray:nowhere"], "error: --backend: 'ray:nowhere' is not a Ray"),
+        (
+            "image,prompt\na.png,a cat\n",
+            ["--backend", "ray:127.0.0.1:9"],
+            "error: --backend: no Ray cluster answers at ",
+        ),
+    ],
+)
 def test_bad_input_is_refused_before_any_work(tmp_path, manifest_text, extra, message, capsys):
     (tmp_path / "m.csv").write_text(manifest_text)
     assert main(["batch", str(tmp_path / "m.csv"), "--out", str(tmp_path / "out"), "--model", "tiny", *extra]) == 2

@@ -26,8 +26,9 @@ def test_csv_rows_become_jobs_with_the_command_lines_names(tmp_path):
     first, second, third = read(tmp_path / "m.csv")
     assert (first.key, second.key, third.key) == ("cat", "row-00002", "row-00003")
     assert first.job.source.image == tmp_path / "photos" / "cat.png"  # relative to the manifest
-    assert first.job.config == PnPConfig(prompt=("a tiger", "a lion"), num_inference_steps=10, guidance_scale=9.0,
-                                         negative_prompt="blurry")
+    assert first.job.config == PnPConfig(
+        prompt=("a tiger", "a lion"), num_inference_steps=10, guidance_scale=9.0, negative_prompt="blurry"
+    )
     assert second.job.source.image == "https://example.com/dog.jpg"
     assert (second.job.config.num_inference_steps, second.job.config.num_inversion_steps) == (20, 40)
     assert third.job.source.image is None and third.job.config.generation_prompt == "a house"
@@ -36,20 +37,25 @@ def test_csv_rows_become_jobs_with_the_command_lines_names(tmp_path):
 
 
 def test_jsonl_rows_take_lists_and_numbers_and_the_defaults_seed(tmp_path):
-    rows = [{"image": "a.png", "prompt": ["a; b", "c"], "scale": 7.5},
-            {"generation_prompt": "a house", "prompt": "a castle", "generation-scale": 3}]
+    rows = [
+        {"image": "a.png", "prompt": ["a; b", "c"], "scale": 7.5},
+        {"generation_prompt": "a house", "prompt": "a castle", "generation-scale": 3},
+    ]
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n\n")
     first, second = read(tmp_path / "m.jsonl")
     assert first.job.config.prompt == ("a; b", "c") and first.job.config.guidance_scale == 7.5
     assert second.job.seed == 3 and second.job.config.generation_guidance_scale == 3.0
 
 
-@pytest.mark.parametrize("cells, error", [
-    ("a.png,a cat,abc", "steps: expected a whole number, got 'abc'"),
-    ("a.png,a cat,0", "steps: 0 is out of range, use a value from 1 to 999"),
-    (",a cat,10", "image: give an image or a generation-prompt (and seed), one of the two"),
-    ("a.png,,10", "prompt: the row has no prompt: give it a prompt column, or pass --prompt"),
-])
+@pytest.mark.parametrize(
+    "cells, error",
+    [
+        ("a.png,a cat,abc", "steps: expected a whole number, got 'abc'"),
+        ("a.png,a cat,0", "steps: 0 is out of range, use a value from 1 to 999"),
+        (",a cat,10", "image: give an image or a generation-prompt (and seed), one of the two"),
+        ("a.png,,10", "prompt: the row has no prompt: give it a prompt column, or pass --prompt"),
+    ],
+)
 def test_a_rows_bad_setting_is_that_rows_error(tmp_path, cells, error):
     (tmp_path / "m.csv").write_text(f"image,prompt,steps\nok.png,a dog,5\n{cells}\n")
     good, bad = read(tmp_path / "m.csv")
@@ -57,16 +63,19 @@ def test_a_rows_bad_setting_is_that_rows_error(tmp_path, cells, error):
     assert (bad.job, bad.error) == (None, error)
 
 
-@pytest.mark.parametrize("name, text, message", [
-    ("m.txt", "image\na.png\n", "is neither .csv nor .jsonl"),
-    ("m.csv", "image,stpes\na.png,3\n", "unknown column 'stpes'; the columns are id, image, prompt"),
-    ("m.csv", "image\n", "has no rows"),
-    ("m.csv", "image,prompt\na.png,a,b\n", "row 1: more cells than the header has columns"),
-    ("m.csv", "id,image,prompt\nx,a.png,a\nx,b.png,b\n", "rows 1 and 2 have the same id 'x'"),
-    ("m.csv", "id,image,prompt\n../x,a.png,a\n", "id '../x' cannot name files"),
-    ("m.jsonl", '{"image": "a.png"}\n[1, 2]\n', "line 2: expected an object"),
-    ("m.jsonl", '{"image": "a.png"\n', "line 1: not JSON"),
-])
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("m.txt", "image\na.png\n", "is neither .csv nor .jsonl"),
+        ("m.csv", "image,stpes\na.png,3\n", "unknown column 'stpes'; the columns are id, image, prompt"),
+        ("m.csv", "image\n", "has no rows"),
+        ("m.csv", "image,prompt\na.png,a,b\n", "row 1: more cells than the header has columns"),
+        ("m.csv", "id,image,prompt\nx,a.png,a\nx,b.png,b\n", "rows 1 and 2 have the same id 'x'"),
+        ("m.csv", "id,image,prompt\n../x,a.png,a\n", "id '../x' cannot name files"),
+        ("m.jsonl", '{"image": "a.png"}\n[1, 2]\n', "line 2: expected an object"),
+        ("m.jsonl", '{"image": "a.png"\n', "line 1: not JSON"),
+    ],
+)
 def test_a_broken_manifest_is_refused_before_any_work(tmp_path, name, text, message):
     (tmp_path / name).write_text(text)
     with pytest.raises(ConfigError, match="manifest") as caught:
@@ -74,10 +83,15 @@ def test_a_broken_manifest_is_refused_before_any_work(tmp_path, name, text, mess
     assert message in caught.value.reason
 
 
-@pytest.mark.parametrize("text, address", [
-    ("ray", None), ("ray:auto", "auto"), ("ray:10.0.0.5:6379", "10.0.0.5:6379"),
-    ("ray://head.svc:10001", "ray://head.svc:10001"),
-])
+@pytest.mark.parametrize(
+    "text, address",
+    [
+        ("ray", None),
+        ("ray:auto", "auto"),
+        ("ray:10.0.0.5:6379", "10.0.0.5:6379"),
+        ("ray://head.svc:10001", "ray://head.svc:10001"),
+    ],
+)
 def test_ray_backends_name_a_cluster(text, address):
     spec = parse_backend(text)
     assert (spec.kind, spec.address) == ("ray", address)

@@ -35,8 +35,16 @@ def cluster():
     import ray
 
     temp = tempfile.mkdtemp(prefix="pnp-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=200 * 2**20,
-             logging_level=logging.WARNING, _temp_dir=temp, _node_ip_address="127.0.0.1")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        num_gpus=0,
+        include_dashboard=False,
+        object_store_memory=200 * 2**20,
+        logging_level=logging.WARNING,
+        _temp_dir=temp,
+        _node_ip_address="127.0.0.1",
+    )
     try:
         yield ray
     finally:
@@ -131,14 +139,22 @@ def test_a_bad_row_is_reported_and_the_others_finish(ray_job):
     with (out / "results.csv").open() as file:
         lines = list(csv.DictReader(file))
     assert [(line["id"], bool(line["output"]), bool(line["error"])) for line in lines] == [
-        ("p0", True, False), ("p0", True, False), ("p1", True, False), ("p1", True, False), ("p2", True, False),
-        ("gen", True, False), ("broken", False, True), ("bad", False, True)]
+        ("p0", True, False),
+        ("p0", True, False),
+        ("p1", True, False),
+        ("p1", True, False),
+        ("p2", True, False),
+        ("gen", True, False),
+        ("broken", False, True),
+        ("bad", False, True),
+    ]
     assert all(line["steps"] == "2" for line in lines[:6])
     assert [line["scale"] for line in lines[:6]] == ["10.0"] * 4 + ["7.5", "10.0"]
 
 
-def test_an_interrupted_job_resumes_and_redoes_only_the_unfinished_rows(cluster, images, tiny_model_dir, tmp_path,
-                                                                       monkeypatch):
+def test_an_interrupted_job_resumes_and_redoes_only_the_unfinished_rows(
+    cluster, images, tiny_model_dir, tmp_path, monkeypatch
+):
     manifest = write_manifest(images / "resume.csv", [{"image": f"p{k}.png", "prompt": f"a cat {k}"} for k in range(4)])
     out = tmp_path / "job"
     translate, sent = RayBackend.translate, []
@@ -189,8 +205,22 @@ def test_a_killed_actor_loses_no_row(cluster, images, tiny_model_dir, tmp_path, 
 @pytest.fixture(scope="module")
 def evaluate(tiny_model_dir, clip_model_dir, dino_model_dir):
     def run(out, *extra):
-        return main(["evaluate", str(SAMPLES / "pie-bench"), "--out", str(out), "--model", str(tiny_model_dir),
-                     "--clip-model", str(clip_model_dir), "--dino-model", str(dino_model_dir), *SETTINGS, *extra])
+        return main(
+            [
+                "evaluate",
+                str(SAMPLES / "pie-bench"),
+                "--out",
+                str(out),
+                "--model",
+                str(tiny_model_dir),
+                "--clip-model",
+                str(clip_model_dir),
+                "--dino-model",
+                str(dino_model_dir),
+                *SETTINGS,
+                *extra,
+            ]
+        )
 
     return run
 
@@ -204,5 +234,7 @@ def test_evaluate_on_ray_gives_the_local_results_image_for_image(cluster, evalua
         assert ours.pop("worker").startswith("ray:") and theirs.pop("worker") == "local"
         assert ours == theirs  # every score and setting
         for image in ("output", "source_image"):
-            assert np.array_equal(np.asarray(Image.open(tmp_path / "ray" / ours[image])),
-                                  np.asarray(Image.open(tmp_path / "local" / theirs[image])))
+            assert np.array_equal(
+                np.asarray(Image.open(tmp_path / "ray" / ours[image])),
+                np.asarray(Image.open(tmp_path / "local" / theirs[image])),
+            )

@@ -33,7 +33,8 @@ def job():
 def pods(job):
     spec = job["spec"]["rayClusterSpec"]
     return [("head", spec["headGroupSpec"], 1)] + [
-        (group["groupName"], group, group["replicas"]) for group in spec["workerGroupSpecs"]]
+        (group["groupName"], group, group["replicas"]) for group in spec["workerGroupSpecs"]
+    ]
 
 
 def mounts(group) -> list[str]:

@@ -6,21 +6,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pnp.app.form import form_inputs
 from pnp.config import ConfigError, PnPConfig
 from pnp.evaluation.backends import make_job, parse_backend
-from pnp.evaluation.piebench import decode_mask, decode_runs
 from pnp.evaluation.benchmarks import PIE_BENCH, TI2I
 from pnp.evaluation.load import load_benchmark
-from pnp.app.form import form_inputs
+from pnp.evaluation.piebench import decode_mask, decode_runs
 from support.paths import ROOT, SAMPLES
-
 
 
 def test_run_length_decoding_matches_a_hand_made_mask():
     # 3x4 image, flattened: runs [1, 2] -> pixels 1, 2; [6, 1] -> pixel 6; [10, 5] runs past the end (12) and is cut.
-    expected = np.array([[0, 1, 1, 0],
-                         [0, 0, 1, 0],
-                         [0, 0, 1, 1]], dtype=np.float32)
+    expected = np.array([[0, 1, 1, 0], [0, 0, 1, 0], [0, 0, 1, 1]], dtype=np.float32)
     assert np.array_equal(decode_runs([1, 2, 6, 1, 10, 5], 12).reshape(3, 4), expected)
 
 
@@ -41,8 +38,12 @@ def test_the_ti2i_sample_has_real_and_generated_sources():
     assert real.info == {"source_prompt": "a red circle on a blue background"}
     assert house.info == {"source_prompt": None}
     assert generated.image is None
-    assert (generated.generation.prompt, generated.generation.seed, generated.generation.scale,
-            generated.generation.steps) == ("a photo of a horse in a field", 7, 5.0, 10)
+    assert (
+        generated.generation.prompt,
+        generated.generation.seed,
+        generated.generation.scale,
+        generated.generation.steps,
+    ) == ("a photo of a horse in a field", 7, 5.0, 10)
     assert len({s.key for s in benchmark.sources}) == 3
 
 
@@ -50,8 +51,12 @@ def test_a_generated_source_brings_its_prompt_scale_steps_and_seed():
     benchmark = load_benchmark(SAMPLES / "ti2i" / "ti2i-sample.yaml")
     base = PnPConfig(prompt="x", num_inference_steps=50, guidance_scale=7.5, resolution=256)
     job = make_job(benchmark.sources[2], base)
-    assert (job.config.generation_prompt, job.config.generation_guidance_scale, job.config.num_inference_steps,
-            job.seed) == ("a photo of a horse in a field", 5.0, 10, 7)
+    assert (
+        job.config.generation_prompt,
+        job.config.generation_guidance_scale,
+        job.config.num_inference_steps,
+        job.seed,
+    ) == ("a photo of a horse in a field", 5.0, 10, 7)
     assert (job.config.guidance_scale, job.config.resolution) == (7.5, 256)
     real = make_job(benchmark.sources[0], base)
     assert real.config.prompt == benchmark.sources[0].prompts and real.config.num_inference_steps == 50
@@ -77,14 +82,23 @@ def write_yaml(folder, text):
     return path
 
 
-@pytest.mark.parametrize("text, message", [
-    ("- init_img: missing.png\n  target_prompts: [a cat]\n", "entry 1: no image at"),
-    ("- init_img: a.png\n  target_prompts: []\n", "entry 1: target prompts must be a list of non-empty strings"),
-    ("- source_prompt: a horse\n  seed: 1\n  target_prompts: [a zebra]\n", "has neither init_img (a real image) nor scale, ddim_steps"),
-    ("- source_prompt: a horse\n  seed: -1\n  scale: 5\n  ddim_steps: 50\n  target_prompts: [a zebra]\n", "entry 1: seed: -1 is out of range"),
-    ("a: [b\n", "is not valid yaml"),
-    ("just text\n", "expected a list of entries"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("- init_img: missing.png\n  target_prompts: [a cat]\n", "entry 1: no image at"),
+        ("- init_img: a.png\n  target_prompts: []\n", "entry 1: target prompts must be a list of non-empty strings"),
+        (
+            "- source_prompt: a horse\n  seed: 1\n  target_prompts: [a zebra]\n",
+            "has neither init_img (a real image) nor scale, ddim_steps",
+        ),
+        (
+            "- source_prompt: a horse\n  seed: -1\n  scale: 5\n  ddim_steps: 50\n  target_prompts: [a zebra]\n",
+            "entry 1: seed: -1 is out of range",
+        ),
+        ("a: [b\n", "is not valid yaml"),
+        ("just text\n", "expected a list of entries"),
+    ],
+)
 def test_bad_ti2i_files_name_the_entry_and_the_problem(tmp_path, text, message):
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     with pytest.raises(ConfigError) as caught:
@@ -106,10 +120,15 @@ def test_bad_pie_bench_entries_are_refused_before_work(tmp_path):
         load_benchmark(tmp_path / "annotation_images")
 
 
-@pytest.mark.parametrize("text, kind", [
-    ("local", "local"), ("http://127.0.0.1:5000, http://10.0.0.2:5000/", "http"),
-    ("replicate:someone/pnp", "replicate"), ("replicate:someone/pnp:" + "ab12" * 16, "replicate"),
-])
+@pytest.mark.parametrize(
+    "text, kind",
+    [
+        ("local", "local"),
+        ("http://127.0.0.1:5000, http://10.0.0.2:5000/", "http"),
+        ("replicate:someone/pnp", "replicate"),
+        ("replicate:someone/pnp:" + "ab12" * 16, "replicate"),
+    ],
+)
 def test_backend_syntax(text, kind):
     assert parse_backend(text).kind == kind
 
@@ -140,12 +159,20 @@ def test_a_bad_benchmark_is_one_line_and_exit_status_2_before_torch_loads(tmp_pa
     import subprocess
     import sys
 
-    probe = ("import sys, runpy; sys.argv = ['pnp', 'evaluate', 'missing.yaml', '--out', 'out']\n"
-             "try:\n    runpy.run_module('pnp', run_name='__main__')\n"
-             "except SystemExit as exit:\n    print(exit.code, 'loaded' if 'torch' in sys.modules else 'light')")
+    probe = (
+        "import sys, runpy; sys.argv = ['pnp', 'evaluate', 'missing.yaml', '--out', 'out']\n"
+        "try:\n    runpy.run_module('pnp', run_name='__main__')\n"
+        "except SystemExit as exit:\n    print(exit.code, 'loaded' if 'torch' in sys.modules else 'light')"
+    )
     root = ROOT
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=60,
-                          env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        env={**__import__("os").environ, "PYTHONPATH": str(root)},
+    )
     assert done.stdout.split() == ["2", "light"], done.stderr
     assert done.stderr.strip().splitlines() == ["error: BENCHMARK: no file at missing.yaml"]
     assert not (tmp_path / "out").exists()

@@ -7,8 +7,8 @@ from PIL import Image
 
 from pnp.config import PnPConfig
 from pnp.evaluation.backends import make_job
-from pnp.evaluation.local import LocalBackend, batches
 from pnp.evaluation.benchmarks import Generation, Source
+from pnp.evaluation.local import LocalBackend, batches
 
 BASE = PnPConfig(prompt="unused", num_inference_steps=3, resolution=128)
 
@@ -18,9 +18,12 @@ def sources(tmp_path: Path, photo) -> list[Source]:
     photo.rotate(180).save(tmp_path / "b.png")
     photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "c.png")
     shared = ("a cat", "a dog")
-    return [Source("a", shared, tmp_path / "a.png"), Source("b", shared, tmp_path / "b.png"),
-            Source("c", ("a bird",), tmp_path / "c.png"),
-            Source("g", shared, generation=Generation("a house", 1, 5.0, 3))]
+    return [
+        Source("a", shared, tmp_path / "a.png"),
+        Source("b", shared, tmp_path / "b.png"),
+        Source("c", ("a bird",), tmp_path / "c.png"),
+        Source("g", shared, generation=Generation("a house", 1, 5.0, 3)),
+    ]
 
 
 def test_runs_of_images_with_equal_settings_are_batched(tmp_path, photo):

@@ -1,4 +1,5 @@
-"""The metrics against hand-worked cases, on tiny random CLIP and DINO-ViT models built from the transformers classes."""
+"""The metrics against hand-worked cases, on tiny random CLIP and DINO-ViT models built from the transformers
+classes."""
 
 import math
 
@@ -29,6 +30,7 @@ def pattern(seed, size=(96, 64)):
 
 # --- background preservation (PIE-Bench) ---
 
+
 def test_a_known_background_perturbation_has_a_known_psnr_and_mse():
     source = np.full((64, 64, 3), 100, dtype=np.uint8)
     output = source.copy()
@@ -51,7 +53,9 @@ def test_ssim_of_two_flat_images_is_the_luminance_term():
     # Flat images have no variance: the contrast-structure term is C2 / C2 = 1 in every window.
     assert scores["ssim"] == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1), abs=1e-5)
     # Identical images: 1, up to float32 variances (E[x^2] - mu^2 leaves ~1e-8 against C2 = 9e-4).
-    assert background_scores(gray(90), gray(90), np.zeros((64, 64), dtype=np.float32))["ssim"] == pytest.approx(1.0, abs=1e-4)
+    assert background_scores(gray(90), gray(90), np.zeros((64, 64), dtype=np.float32))["ssim"] == pytest.approx(
+        1.0, abs=1e-4
+    )
 
 
 def test_without_background_every_score_is_nan():
@@ -100,10 +104,16 @@ def test_lpips_loads_or_says_why_not():
 
 # --- structure distance (Splice / PIE-Bench) ---
 
-@pytest.mark.parametrize("height, width, expected", [
-    (512, 512, (224, 224)), (300, 600, (224, 448)), (600, 300, (448, 224)),
-    (200, 1000, (96, 480)),  # long side 1120 > 480: short = int(480 * 224 / 1120)
-])
+
+@pytest.mark.parametrize(
+    "height, width, expected",
+    [
+        (512, 512, (224, 224)),
+        (300, 600, (224, 448)),
+        (600, 300, (448, 224)),
+        (200, 1000, (96, 480)),  # long side 1120 > 480: short = int(480 * 224 / 1120)
+    ],
+)
 def test_images_are_resized_to_224_on_the_short_side_and_at_most_480(height, width, expected):
     assert resized_size(height, width) == expected
 
@@ -116,6 +126,16 @@ def test_both_input_scales_are_imagenet_normalised(variant, full_scale):
     expected = (value - IMAGENET_MEAN) / IMAGENET_STD
     for channel in range(3):  # a flat image stays flat through the resize; float32 rounding
         np.testing.assert_allclose(tensor[0, channel].numpy(), expected[channel], rtol=1e-5)
+
+
+def test_the_resize_is_bilinear_without_antialiasing():
+    """Halving a side, bilinear interpolation without antialiasing (align_corners=False) samples halfway between
+    each pair of pixels: the mean of each 2x2 block. Antialiasing, bicubic or nearest weigh other pixels."""
+    pixels = np.random.default_rng(0).integers(0, 256, size=(448, 448, 3), dtype=np.uint8)
+    tensor = preprocess(Image.fromarray(pixels), "splice")
+    blocks = pixels.astype(np.float64).reshape(224, 2, 224, 2, 3).mean(axis=(1, 3)) / 255
+    expected = (blocks - IMAGENET_MEAN) / IMAGENET_STD
+    np.testing.assert_allclose(tensor[0].permute(1, 2, 0).numpy(), expected, rtol=0, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +155,9 @@ def test_structure_distance_is_the_mse_of_last_block_key_self_similarities(dino)
     def self_similarity(image):
         # Independently of the hook: the last block's input, its pre-attention norm, then its key projection.
         with torch.no_grad():
-            hidden = dino(pixel_values=preprocess(image, "splice"), interpolate_pos_encoding=True,
-                          output_hidden_states=True).hidden_states[-2]
+            hidden = dino(
+                pixel_values=preprocess(image, "splice"), interpolate_pos_encoding=True, output_hidden_states=True
+            ).hidden_states[-2]
             block = dino.layers[-1]
             keys = block.attention.k_proj(block.layernorm_before(hidden))[0].numpy().astype(np.float64)
         keys /= np.linalg.norm(keys, axis=1, keepdims=True)
@@ -152,6 +173,7 @@ def test_structure_distance_is_the_mse_of_last_block_key_self_similarities(dino)
 
 
 # --- CLIP ---
+
 
 @pytest.fixture(scope="module")
 def clip(clip_model_dir):
@@ -187,6 +209,7 @@ def test_the_edited_region_is_the_image_times_the_mask():
 
 
 # --- model loading ---
+
 
 def test_an_uncached_hub_model_offline_says_how_to_provide_it(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

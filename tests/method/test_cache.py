@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 import torch
-from support.models import load_tiny
 from PIL import Image
 
-from pnp.method.cache import SourceCache, SourceEntry, default_budget
 from pnp.config import ConfigError, PnPConfig
-from pnp.method.trajectory import Trajectory
+from pnp.method.cache import SourceCache, SourceEntry, default_budget
 from pnp.method.plan import inversion_rows, translation_plan, translation_rows
 from pnp.method.text import TextEmbeddings
+from pnp.method.trajectory import Trajectory
+from support.models import load_tiny
 
 FAST = dict(num_inference_steps=5, resolution=128)
 # Cached features were computed in a batch of another composition (with the source row, other
@@ -72,6 +72,7 @@ def test_at_50_steps_a_repeat_plans_100_rows_instead_of_190():
     """The plan the pipeline executes (test_a_repeated_source_... runs it at 5 steps)."""
     config = PnPConfig(prompt="a cat", num_inference_steps=50)
     first = inversion_rows(config) + translation_rows(config)
+
     def every_feature_known(image, timestep, residual, attention):
         return True
 
@@ -80,15 +81,28 @@ def test_at_50_steps_a_repeat_plans_100_rows_instead_of_190():
 
 
 def test_longer_injection_windows_run_the_source_row_only_where_the_cache_lacks_features(cached, photo):
-    latents(cached, prompt="a cat", image=photo, feature_injection_threshold=0.4, attention_injection_threshold=0.2,
-            **FAST)  # features kept for int(5 * 0.4) = 2 steps (attention for 1)
+    latents(
+        cached, prompt="a cat", image=photo, feature_injection_threshold=0.4, attention_injection_threshold=0.2, **FAST
+    )  # features kept for int(5 * 0.4) = 2 steps (attention for 1)
     with Rows(cached.unet) as rows:
-        more = latents(cached, prompt="a cat", image=photo, feature_injection_threshold=0.8,
-                       attention_injection_threshold=0.6, **FAST)
+        more = latents(
+            cached,
+            prompt="a cat",
+            image=photo,
+            feature_injection_threshold=0.8,
+            attention_injection_threshold=0.6,
+            **FAST,
+        )
     # Step 0 has residual and attention features; step 1 lacks attention, steps 2-3 lack both.
     assert rows == [2, 3, 3, 3, 2]
-    plain = latents(load_tiny_like(cached), prompt="a cat", image=photo, feature_injection_threshold=0.8,
-                    attention_injection_threshold=0.6, **FAST)
+    plain = latents(
+        load_tiny_like(cached),
+        prompt="a cat",
+        image=photo,
+        feature_injection_threshold=0.8,
+        attention_injection_threshold=0.6,
+        **FAST,
+    )
     torch.testing.assert_close(more.images, plain.images, **BATCH_TOLERANCE)
 
 
@@ -165,8 +179,10 @@ def test_a_budget_is_none_or_a_whole_number_of_bytes(cached, photo, bad):
 
 
 def test_entries_count_their_bytes_and_an_oversized_one_is_not_kept():
-    entry = SourceEntry(Trajectory({1: torch.zeros(1, 4, 8, 8)}, TextEmbeddings(torch.zeros(1, 77, 32))),
-                        injected={1: {"layer": torch.zeros(1, 10, dtype=torch.float16)}})
+    entry = SourceEntry(
+        Trajectory({1: torch.zeros(1, 4, 8, 8)}, TextEmbeddings(torch.zeros(1, 77, 32))),
+        injected={1: {"layer": torch.zeros(1, 10, dtype=torch.float16)}},
+    )
     assert entry.nbytes == 4 * 256 + 4 * 77 * 32 + 2 * 10
     cache = SourceCache(max_bytes=entry.nbytes - 1)
     assert not cache.put("key", entry, torch.device("cpu")) and len(cache) == 0
@@ -183,8 +199,10 @@ def test_an_interrupted_run_leaves_nothing_in_the_cache(cached, photo):
 
 def at_inversion_step(index, change):
     """A step callback that applies ``change`` to the latents at the ``index``-th inversion step."""
+
     def callback(pipe, step, timestep, tensors):
         return change(tensors["latents"]) if pipe.phase == "inversion" and step == index else {}
+
     return callback
 
 
@@ -193,11 +211,15 @@ def add_one_in_place(latents):
     return {}
 
 
-@pytest.mark.parametrize("change", [
-    lambda latents: {"latents": latents + 1.0},
-    add_one_in_place,
-    lambda latents: {"latents": torch.full_like(latents, float("nan"))},
-], ids=["returned", "in place", "nan"])
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda latents: {"latents": latents + 1.0},
+        add_one_in_place,
+        lambda latents: {"latents": torch.full_like(latents, float("nan"))},
+    ],
+    ids=["returned", "in place", "nan"],
+)
 def test_a_source_that_a_step_callback_changed_is_not_kept(cached, photo, change):
     """Its trajectory is not the image's: reused, a plain call reported cache_hits=1 and differed from a fresh
     pipeline by 1.0 (after NaN latents, every later call on the image returned NaN)."""

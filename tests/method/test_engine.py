@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from support.hooks import all_hooks
 
+from support.hooks import all_hooks
 from support.models import load_tiny
 
 
@@ -81,8 +81,14 @@ def test_unet_rows_follow_the_minimal_schedule(pipe, photo, case):
         result = pipe(image=photo, output_type="latent", **settings)
     inversion = [1] * case["steps"]
     assert counter.rows == inversion + expected_translation_rows(
-        case["prompts"], case["steps"], case["f"], case["a"],
-        case.get("negative", False), case.get("alpha", 1.0), case.get("schedule", "constant"), case.get("chunk"),
+        case["prompts"],
+        case["steps"],
+        case["f"],
+        case["a"],
+        case.get("negative", False),
+        case.get("alpha", 1.0),
+        case.get("schedule", "constant"),
+        case.get("chunk"),
     )
     assert result.metrics["unet_rows"] == sum(counter.rows)
     assert result.metrics["unet_calls"] == len(counter.rows)
@@ -102,8 +108,13 @@ def test_separate_generation_rows(pipe):
     pipe.fuse_generation = False
     try:
         with RowCounter(pipe.unet) as counter:
-            pipe(prompt=["a cat", "a dog"], generation_prompt="a horse", num_inference_steps=5, resolution=128,
-                 output_type="latent")
+            pipe(
+                prompt=["a cat", "a dog"],
+                generation_prompt="a horse",
+                num_inference_steps=5,
+                resolution=128,
+                output_type="latent",
+            )
     finally:
         pipe.fuse_generation = True
     assert counter.rows == [2] * 5 + expected_translation_rows(2, 5, 0.8, 0.5)
@@ -112,8 +123,16 @@ def test_separate_generation_rows(pipe):
 def test_inversion_runs_only_up_to_the_noisiest_sampling_timestep(pipe, photo):
     # 10 sampling steps need latents up to t=901; the 20-step grid (1, 51, ..., 951) reaches it in 19.
     with RowCounter(pipe.unet) as counter:
-        pipe(prompt="a cat", image=photo, num_inference_steps=10, num_inversion_steps=20, resolution=128,
-             feature_injection_threshold=0, attention_injection_threshold=0, output_type="latent")
+        pipe(
+            prompt="a cat",
+            image=photo,
+            num_inference_steps=10,
+            num_inversion_steps=20,
+            resolution=128,
+            feature_injection_threshold=0,
+            attention_injection_threshold=0,
+            output_type="latent",
+        )
     assert counter.rows == [1] * 19 + [2] * 10
 
 
@@ -152,8 +171,13 @@ def test_chunked_equals_unchunked(pipe, photo):
 
 def test_same_inputs_and_seed_give_the_same_output(pipe, photo):
     def generated(seed):
-        out = pipe(prompt="a cat", generation_prompt="a horse", num_inference_steps=4, resolution=128,
-                   generator=torch.Generator().manual_seed(seed))
+        out = pipe(
+            prompt="a cat",
+            generation_prompt="a horse",
+            num_inference_steps=4,
+            resolution=128,
+            generator=torch.Generator().manual_seed(seed),
+        )
         return _pixels([out.source_image, *out.images])
 
     assert np.array_equal(generated(7), generated(7))
@@ -202,10 +226,27 @@ def test_call_layout_lists_rows_in_batch_order():
     from pnp.config import PnPConfig
     from pnp.method.plan import Row, RowKind, translation_plan
 
-    config = PnPConfig(prompt=["a", "b", "c"], num_inference_steps=4, negative_prompt="ugly", negative_prompt_alpha=0.5,
-                       negative_prompt_schedule="constant", max_batch_size=2)
+    config = PnPConfig(
+        prompt=["a", "b", "c"],
+        num_inference_steps=4,
+        negative_prompt="ugly",
+        negative_prompt_alpha=0.5,
+        negative_prompt_schedule="constant",
+        max_batch_size=2,
+    )
     first, second = translation_plan(config)[0].calls
-    assert first.layout == (Row(RowKind.SOURCE), Row(RowKind.TARGET_UNCOND, 0), Row(RowKind.TARGET_UNCOND, 1), Row(RowKind.TARGET_NEGATIVE, 0), Row(RowKind.TARGET_NEGATIVE, 1),
-                            Row(RowKind.TARGET_COND, 0), Row(RowKind.TARGET_COND, 1))
-    assert second.layout == (Row(RowKind.TARGET_UNCOND, 2), Row(RowKind.TARGET_NEGATIVE, 2), Row(RowKind.TARGET_COND, 2))
+    assert first.layout == (
+        Row(RowKind.SOURCE),
+        Row(RowKind.TARGET_UNCOND, 0),
+        Row(RowKind.TARGET_UNCOND, 1),
+        Row(RowKind.TARGET_NEGATIVE, 0),
+        Row(RowKind.TARGET_NEGATIVE, 1),
+        Row(RowKind.TARGET_COND, 0),
+        Row(RowKind.TARGET_COND, 1),
+    )
+    assert second.layout == (
+        Row(RowKind.TARGET_UNCOND, 2),
+        Row(RowKind.TARGET_NEGATIVE, 2),
+        Row(RowKind.TARGET_COND, 2),
+    )
     assert len(first.layout) == first.rows

@@ -2,15 +2,13 @@
 
 import pytest
 import torch
-from support.hooks import Capture, all_hooks
 
 from pnp.method import engine as translate_module
-from pnp.method.injection import SD_LAYERS, FeatureInjector
+from pnp.method.injection import FeatureInjector
 from pnp.method.plan import Row, RowKind
+from support.hooks import Capture, all_hooks
 
-ATTENTION_LAYERS = SD_LAYERS.attention
-[RESIDUAL_LAYER] = SD_LAYERS.residual
-
+RESIDUAL_LAYER = "up_blocks.1.resnets.1.conv2"
 # The paper's decoder layers 4-11, written out from the method's description (not from the code).
 EXPECTED_ATTENTION = {
     "up_blocks.1.attentions.1.transformer_blocks.0.attn1",
@@ -22,12 +20,15 @@ EXPECTED_ATTENTION = {
     "up_blocks.3.attentions.1.transformer_blocks.0.attn1",
     "up_blocks.3.attentions.2.transformer_blocks.0.attn1",
 }
+ATTENTION_LAYERS = sorted(EXPECTED_ATTENTION)
 
 
 def test_layers_are_the_papers(pipe):
     modules = dict(pipe.unet.named_modules())
-    assert set(ATTENTION_LAYERS) == EXPECTED_ATTENTION
-    assert RESIDUAL_LAYER == "up_blocks.1.resnets.1.conv2"
+    layers = pipe.injection_layers
+    assert len(layers.attention) == len(EXPECTED_ATTENTION) and set(layers.attention) == EXPECTED_ATTENTION
+    assert layers.residual == (RESIDUAL_LAYER,)
+    assert FeatureInjector(pipe.unet).layers == layers  # the injector's default: the UNet's architecture's set
     for name in [RESIDUAL_LAYER, *ATTENTION_LAYERS]:
         assert name in modules
     assert type(modules[ATTENTION_LAYERS[0]]).__name__ == "Attention"
@@ -142,7 +143,9 @@ def test_injected_step_counts_are_int_of_n_times_threshold(pipe, photo, monkeypa
     class RecordingInjector(translate_module.FeatureInjector):
         def __enter__(self):
             super().__enter__()
-            self.capture = Capture(self.unet, [RESIDUAL_LAYER, f"{ATTENTION_LAYERS[-1]}.to_q", f"{ATTENTION_LAYERS[0]}.to_k"])
+            self.capture = Capture(
+                self.unet, [RESIDUAL_LAYER, f"{ATTENTION_LAYERS[-1]}.to_q", f"{ATTENTION_LAYERS[0]}.to_k"]
+            )
             self.capture.handles.append(
                 self.unet.register_forward_hook(lambda *_: records.append(dict(self.capture.outputs)))
             )
@@ -153,8 +156,15 @@ def test_injected_step_counts_are_int_of_n_times_threshold(pipe, photo, monkeypa
             super().__exit__(*exc)
 
     monkeypatch.setattr(translate_module, "FeatureInjector", RecordingInjector)
-    pipe(prompt="a cat", image=photo, num_inference_steps=steps, resolution=128,
-         feature_injection_threshold=f, attention_injection_threshold=a, output_type="latent")
+    pipe(
+        prompt="a cat",
+        image=photo,
+        num_inference_steps=steps,
+        resolution=128,
+        feature_injection_threshold=f,
+        attention_injection_threshold=a,
+        output_type="latent",
+    )
     assert all_hooks(pipe.unet) == []
     assert len(records) == steps
     residual = [_rows_equal_source(r[RESIDUAL_LAYER]) and r[RESIDUAL_LAYER].shape[0] == 3 for r in records]

@@ -5,16 +5,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from support.models import load_tiny
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 
 from pnp.method.ddim import DDIMSchedule, ddim_step
-from pnp.method.prediction import noise_from_output
 from pnp.method.generation import generate
 from pnp.method.inversion import invert
-from pnp.method.text import TextEmbeddings
 from pnp.method.noise_predictor import NoisePredictor
+from pnp.method.prediction import noise_from_output
+from pnp.method.text import TextEmbeddings
 from pnp.method.vae import encode, image_to_tensor
+from support.models import load_tiny
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +109,15 @@ def test_guided_v_sampling_matches_diffusers_ddim_scheduler(v_pipe):
     noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
         texts, _ = v_pipe.encode_prompt(["", "a cat"], "cpu", 1, False)
-        _, ours = generate(NoisePredictor(unet, schedule), schedule, noise, TextEmbeddings(texts[:1]),
-                           TextEmbeddings(texts[1:]), steps, scale)
+        _, ours = generate(
+            NoisePredictor(unet, schedule),
+            schedule,
+            noise,
+            TextEmbeddings(texts[:1]),
+            TextEmbeddings(texts[1:]),
+            steps,
+            scale,
+        )
 
         reference = DDIMScheduler.from_config(v_pipe.scheduler.config)
         assert reference.config.prediction_type == "v_prediction"
@@ -199,7 +206,8 @@ def test_v_parametrised_round_trip_error_is_small_and_falls_with_steps(schedule)
 
 
 def test_a_v_model_inverts_exactly_as_its_noise_model(schedule):
-    """Parametrisation-free: the v oracle's inverted latents are the noise oracle's (up to the UNet output's float32 rounding).
+    """Parametrisation-free: the v oracle's inverted latents are the noise oracle's (up to the UNet output's float32
+    rounding).
 
     Planted: reading v as noise, a wrong sign, or converting at the latent's level instead of
     the UNet's timestep each move the latents by more than 1e-3.
@@ -219,9 +227,18 @@ def test_diffusers_v_inverse_scheduler_reconstructs_worse(schedule):
     (measured 0.067 against our 0.037 at 50 steps; sampling back with DDIMScheduler, where both agree)."""
     steps, v_schedule = 50, _double(schedule, "v_prediction")
     unet = VOracleUNet(v_schedule, 0.5)
-    config = dict(DDIMScheduler.from_config(DDIMScheduler().config, beta_start=0.00085, beta_end=0.012,
-                                            beta_schedule="scaled_linear", set_alpha_to_one=False, steps_offset=1,
-                                            clip_sample=False, prediction_type="v_prediction").config)
+    config = dict(
+        DDIMScheduler.from_config(
+            DDIMScheduler().config,
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            set_alpha_to_one=False,
+            steps_offset=1,
+            clip_sample=False,
+            prediction_type="v_prediction",
+        ).config
+    )
     x0 = 0.5 * torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     inverse, sampler = DDIMInverseScheduler.from_config(config), DDIMScheduler.from_config(config)
     inverse.set_timesteps(steps)

@@ -7,15 +7,15 @@ import sys
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
-from support.hub import unreachable_hub_env
-from support.paths import ROOT
 
 from pnp import devices
-from pnp.devices import default_dtype
 from pnp.config import ConfigError
+from pnp.devices import default_dtype
 from pnp.pipelines.loading import ModelError
 from pnp.pipelines.pipeline_pnp import PnPPipeline
 from pnp.pipelines.random_models import build_random_pipeline
+from support.hub import unreachable_hub_env
+from support.paths import ROOT
 
 
 def load_pipeline(model, **kwargs):
@@ -78,8 +78,9 @@ except ModelError as err:
 def test_a_hub_whose_name_does_not_resolve_fails_at_once_without_retries(tmp_path):
     """Offline, the hub client retried five times with backoff (23 s of waiting) before the clear error."""
     env = {**os.environ, **unreachable_hub_env(tmp_path / "hf"), "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", UNREACHABLE_PROBE], capture_output=True, text=True, env=env,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", UNREACHABLE_PROBE], capture_output=True, text=True, env=env, timeout=300
+    )
     seconds, message = done.stdout.strip().split("\n")
     assert float(seconds) < 5 and "pnp-tests/no-such-model" in message and "download-weights" in message
     assert "Retry" not in done.stderr and "thrown while requesting" not in done.stderr, done.stderr
@@ -91,8 +92,10 @@ def test_cuda_asked_for_without_a_gpu(tiny_model_dir):
     with pytest.raises(ConfigError) as caught:
         load_pipeline(tiny_model_dir, device="cuda")
     # Each entry point names the parameter its own way (--device, PNP_DEVICE: tests of the CLI and the predictor).
-    assert (caught.value.param, caught.value.reason) == ("device", "cuda was asked for but no CUDA GPU is available; "
-                                                                   "use cpu")
+    assert (caught.value.param, caught.value.reason) == (
+        "device",
+        "cuda was asked for but no CUDA GPU is available; use cpu",
+    )
 
 
 def test_every_prediction_type_loads_and_others_are_refused(tmp_path, tiny_v_model_dir):
@@ -107,12 +110,20 @@ def test_every_prediction_type_loads_and_others_are_refused(tmp_path, tiny_v_mod
 
 def test_a_unet_without_the_injected_layers_is_refused(tmp_path):
     pipe = build_random_pipeline("tiny")
-    pipe.unet = UNet2DConditionModel(block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-                                     norm_num_groups=8, sample_size=16)
+    pipe.unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        norm_num_groups=8,
+        sample_size=16,
+    )
     pipe.save_pretrained(tmp_path / "other")
-    with pytest.raises(ModelError, match="its UNet has no module up_blocks.2.attentions.0.transformer_blocks.0.attn1, "
-                       "where PnP injects features; it is not a Stable Diffusion 1.x, 2.x or SDXL UNet"):
+    with pytest.raises(
+        ModelError,
+        match="its UNet has no module up_blocks.2.attentions.0.transformer_blocks.0.attn1, "
+        "where PnP injects features; it is not a Stable Diffusion 1.x, 2.x or SDXL UNet",
+    ):
         load_pipeline(tmp_path / "other", device="cpu")
 
 
@@ -128,13 +139,15 @@ def test_sdxl_loads_as_the_xl_pipeline_with_its_size(tiny_sdxl_model_dir, tiny_v
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), name
     assert xl.config.force_zeros_for_empty_prompt and xl.safety_checker is None
     # The model's own size: UNet sample size times the VAE's factor of 8 (SDXL's 128 latents make 1024 px).
-    sizes = [load_pipeline(m, device="cpu", dtype="float32").default_resolution
-             for m in (tiny_model_dir, tiny_v_model_dir)]
+    sizes = [
+        load_pipeline(m, device="cpu", dtype="float32").default_resolution for m in (tiny_model_dir, tiny_v_model_dir)
+    ]
     assert sizes + [xl.default_resolution] == [16 * 8, 24 * 8, 32 * 8]
 
 
 def test_without_a_resolution_each_model_works_at_its_own_size(pipe, tiny_v_model_dir, photo):
-    """160x128 at the tiny model's 128 px is 192x128 (160 rounds up to 192); at tiny-v's 192 px, 256x192 (240 rounds to 256)."""
+    """160x128 at the tiny model's 128 px is 192x128 (160 rounds up to 192); at tiny-v's 192 px, 256x192 (240 rounds to
+    256)."""
     v_pipe = PnPPipeline.from_pretrained(tiny_v_model_dir, device="cpu", dtype="float32")
     v_pipe.set_progress_bar_config(disable=True)
     assert pipe(prompt="a cat", image=photo, num_inference_steps=2).images[0].size == (192, 128)

@@ -4,16 +4,18 @@ cache tells adapters and their scales apart, and the command line and predictor 
 import base64
 import re
 
+import numpy as np
 import pytest
 import torch
-from support.cli import FAST as CLI_FAST
-from support.cli import run_cli
-from support.models import load_tiny, safetensors_bytes, save_random_lora
-from support.predictor import fetched_from, run, sent_as
+from PIL import Image
 
 from pnp.config import ConfigError
 from pnp.pipelines.lora import load_loras, parse_lora
 from pnp.pipelines.weight_files import safetensors_problem
+from support.cli import FAST as CLI_FAST
+from support.cli import run_cli
+from support.models import INSTANCE_TOLERANCE, load_tiny, safetensors_bytes, save_random_lora
+from support.predictor import fetched_from, run, sent_as
 
 SETTINGS = dict(prompt="a cat", num_inference_steps=3, resolution=128, output_type="latent")
 
@@ -39,8 +41,9 @@ def _state(unet):
 
 
 @pytest.mark.parametrize("kind", ["tiny", "tiny-sdxl"])
-def test_an_adapter_changes_the_output_and_unloading_restores_the_unet_bit_for_bit(kind, tiny_model_dir,
-                                                                                     tiny_sdxl_model_dir, photo, tmp_path):
+def test_an_adapter_changes_the_output_and_unloading_restores_the_unet_bit_for_bit(
+    kind, tiny_model_dir, tiny_sdxl_model_dir, photo, tmp_path
+):
     pipe = load_tiny(tiny_model_dir if kind == "tiny" else tiny_sdxl_model_dir)
     modules, state = dict(pipe.unet.named_modules()), _state(pipe.unet)
     before = pipe(image=photo, **SETTINGS).images
@@ -88,8 +91,11 @@ def test_specs_and_files_are_checked(lora_file, tmp_path):
     assert parse_lora(str(lora_file.parent)) == (lora_file.parent, 1.0)
     pickled = tmp_path / "adapter.bin"
     pickled.write_bytes(b"never read")
-    for spec, message in ((f"{lora_file}:1.5", "1.5 is out of range"), (str(tmp_path / "none.safetensors"), "no file at"),
-                          (str(pickled), "pickled file, which is not loaded by default")):
+    for spec, message in (
+        (f"{lora_file}:1.5", "1.5 is out of range"),
+        (str(tmp_path / "none.safetensors"), "no file at"),
+        (str(pickled), "pickled file, which is not loaded by default"),
+    ):
         with pytest.raises(ConfigError, match=message) as error:
             parse_lora(spec)
         assert error.value.param == "lora"
@@ -118,7 +124,7 @@ def test_safetensors_are_known_by_their_content_not_their_name(lora_file, tmp_pa
         "short.safetensors": "is not a safetensors file (it does not start with a safetensors header)",
         "list.safetensors": "is not a safetensors file (its header is not a JSON object)",
         "cut.safetensors": f"is cut short: its header describes {header} bytes of tensors, the file holds "
-                           f"{header - 100}",
+        f"{header - 100}",
     }
     # The command line checks the content before the model loads; a safetensors file named .bin is no pickle.
     assert parse_lora(str(tmp_path / "adapter.bin")) == (tmp_path / "adapter.bin", 1.0)
@@ -133,7 +139,8 @@ def test_an_adapter_under_another_name_loads_as_under_its_own(own, lora_file, tm
     renamed = tmp_path / "tmpabcdefghfile.bin"
     renamed.write_bytes(lora_file.read_bytes())
     load_loras(own, [(renamed, 1.0)])
-    assert torch.equal(own(image=photo, **SETTINGS).images, expected)
+    # Each load makes a new copy of the adapter's weights (INSTANCE_TOLERANCE); the adapter moves them by > 1e-2.
+    torch.testing.assert_close(own(image=photo, **SETTINGS).images, expected, **INSTANCE_TOLERANCE)
     assert list(tmp_path.iterdir()) == [renamed]  # the link diffusers read it through is gone
 
 
@@ -148,7 +155,9 @@ def test_an_adapter_for_another_architecture_is_refused_with_the_reason_and_noth
         r"pytorch_lora_weights\.safetensors cannot be loaded into this model as a LoRA adapter \(\d+ of its layers "
         r"have other shapes than this model's, e\.g\. down_blocks\.1\.attentions\.0\.transformer_blocks\.0\.attn1\."
         r"to_q\.lora_A\.weight: \[4, 64\] in the adapter, \[4, 32\] in the model; it was made for another "
-        r"architecture\)", error.value.reason), error.value.reason
+        r"architecture\)",
+        error.value.reason,
+    ), error.value.reason
     assert own.unet.state_dict().keys() == state.keys()
 
 
@@ -168,20 +177,47 @@ def test_load_errors_call_the_file_by_its_label_not_where_it_lies(own, tmp_path)
         assert own.unet.state_dict().keys() == state.keys()
     assert reasons[0].startswith("lora_weights: odd.safetensors cannot be loaded into this model as a LoRA adapter (")
     assert str(tmp_path) not in reasons[0] and "tmpabcdefgh" not in reasons[0]
-    assert reasons[1] == ("lora_weights: empty.safetensors holds no LoRA layer of this model's UNet or text encoders: "
-                          "it is empty, or was made for another kind of model")
+    assert reasons[1] == (
+        "lora_weights: empty.safetensors holds no LoRA layer of this model's UNet or text encoders: "
+        "it is empty, or was made for another kind of model"
+    )
 
 
 def test_cli_takes_adapters_with_scales(tmp_path, photo, lora_file):
     photo.save(tmp_path / "in.png")
-    done = run_cli("translate", "--image", "in.png", "--prompt", "a cat", "--out", "out", *CLI_FAST,
-                   "--lora", f"{lora_file}:0.8", cwd=tmp_path)
+    done = run_cli(
+        "translate",
+        "--image",
+        "in.png",
+        "--prompt",
+        "a cat",
+        "--out",
+        "out",
+        *CLI_FAST,
+        "--lora",
+        f"{lora_file}:0.8",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
-    assert "LoRA pytorch_lora_weights.safetensors at 0.8" in done.stderr and (tmp_path / "out" / "00-a-cat.png").exists()
-    done = run_cli("translate", "--image", "in.png", "--prompt", "a cat", "--out", "bad", *CLI_FAST,
-                   "--lora", f"{lora_file}:2", cwd=tmp_path)
+    assert (
+        "LoRA pytorch_lora_weights.safetensors at 0.8" in done.stderr and (tmp_path / "out" / "00-a-cat.png").exists()
+    )
+    done = run_cli(
+        "translate",
+        "--image",
+        "in.png",
+        "--prompt",
+        "a cat",
+        "--out",
+        "bad",
+        *CLI_FAST,
+        "--lora",
+        f"{lora_file}:2",
+        cwd=tmp_path,
+    )
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
-        "error: --lora: 2.0 is out of range, use a value from 0 to 1"]
+        "error: --lora: 2.0 is out of range, use a value from 0 to 1"
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -190,8 +226,12 @@ def predictor(tiny_model_dir):
 
     with pytest.MonkeyPatch.context() as mp:
         # The source cache off: predictions are compared bit for bit (test_predict's fixture does the same).
-        for name, value in (("PNP_WEIGHTS", str(tiny_model_dir)), ("PNP_DEVICE", "cpu"), ("PNP_DTYPE", "float32"),
-                            ("PNP_SOURCE_CACHE_BYTES", "0")):
+        for name, value in (
+            ("PNP_WEIGHTS", str(tiny_model_dir)),
+            ("PNP_DEVICE", "cpu"),
+            ("PNP_DTYPE", "float32"),
+            ("PNP_SOURCE_CACHE_BYTES", "0"),
+        ):
             mp.setenv(name, value)
         model = Predictor()
         model.setup()
@@ -221,30 +261,48 @@ def test_the_predictor_knows_an_adapter_by_its_content(predictor, lora_file, tmp
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     inputs = dict(generation_prompt="a house", translation_prompts="a cat", seed=5, lora_scale=1.0)
     named = fetched_from("https://example.com/adapters/style.safetensors", lora_file.read_bytes())
-    expected = [p.read_bytes() for p in run(predictor, lora_weights=named, **inputs)]
+    expected = [_pixels(p) for p in run(predictor, lora_weights=named, **inputs)]
     if sent == "data URI":
         other = sent_as("data:application/octet-stream;base64," + base64.b64encode(lora_file.read_bytes()).decode())
         assert other.name.endswith("file.bin")
     else:
         other = fetched_from("https://example.com/adapters/download?id=3", lora_file.read_bytes())
-    assert [p.read_bytes() for p in run(predictor, lora_weights=other, **inputs)] == expected
+    # Each load makes a new copy of the adapter's weights (tests/helpers.py's INSTANCE_TOLERANCE): a pixel may
+    # move by one level.
+    got = [_pixels(p) for p in run(predictor, lora_weights=other, **inputs)]
+    assert [g.shape for g in got] == [e.shape for e in expected]
+    assert all(np.abs(g - e).max() <= 1 for g, e in zip(got, expected, strict=True))
 
 
-@pytest.mark.parametrize("kind,message", [
-    ("server path", "lora_weights: only a file the request brings is read"),
-    ("pickle", "lora_weights: adapter.bin is not a safetensors file (it does not start with a safetensors header); "
-               "send the LoRA adapter as a .safetensors file"),
-    ("wrong model", "lora_weights: style.safetensors cannot be loaded into this model as a LoRA adapter ("),
-])
-def test_the_predictor_refuses_adapters_it_must_not_or_cannot_read(predictor, lora_file, tmp_path, monkeypatch, kind,
-                                                                   message):
+def _pixels(path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image, dtype=int)
+
+
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("server path", "lora_weights: only a file the request brings is read"),
+        (
+            "pickle",
+            "lora_weights: adapter.bin is not a safetensors file (it does not start with a safetensors header); "
+            "send the LoRA adapter as a .safetensors file",
+        ),
+        ("wrong model", "lora_weights: style.safetensors cannot be loaded into this model as a LoRA adapter ("),
+    ],
+)
+def test_the_predictor_refuses_adapters_it_must_not_or_cannot_read(
+    predictor, lora_file, tmp_path, monkeypatch, kind, message
+):
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     if kind == "server path":
         sent = str(lora_file)
     elif kind == "pickle":
         sent = fetched_from("https://example.com/adapter.bin", b"never read")
     else:
-        sent = fetched_from("https://example.com/style.safetensors", save_random_lora("tiny-sdxl", tmp_path).read_bytes())
+        sent = fetched_from(
+            "https://example.com/style.safetensors", save_random_lora("tiny-sdxl", tmp_path).read_bytes()
+        )
     with pytest.raises(ConfigError) as error:
         run(predictor, generation_prompt="a house", seed=1, lora_weights=sent)
     assert str(error.value).startswith(message)

@@ -1,23 +1,21 @@
 """PnPPipeline as a diffusers pipeline: loading and saving, arguments, outputs, callbacks, and what diffusers offers."""
 
 import logging
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from support.models import load_tiny
 from diffusers import DiffusionPipeline, StableDiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-from support.hooks import all_hooks
 
 import pnp.pipelines.pipeline_pnp
 from pnp.config import ConfigError
 from pnp.method.injection import InjectionError
 from pnp.pipelines.base import PnPPipelineOutput
 from pnp.pipelines.pipeline_pnp import PnPPipeline
+from support.hooks import all_hooks
+from support.models import INSTANCE_TOLERANCE, load_tiny
 from support.paths import DATA
 
 FAST = dict(num_inference_steps=3, resolution=128)
@@ -30,48 +28,57 @@ def latents(pipe, **settings):
 # --- The engine before the pipeline ---
 
 # What PnPEditor, the engine the pipeline replaced, computed (tests/data/engine-v0-latents.npz,
-# written by it before the change on this machine's CPU with torch 2.13.0 and one thread).
+# written by it before the change on an Intel Xeon with torch 2.13.0 and one thread). Another
+# process, and on CI possibly another processor under the same name (virtual machines report
+# "Intel(R) Xeon(R) Processor" for several generations): within INSTANCE_TOLERANCE, not bit for bit.
 ENGINE_V0_CASES = {
-    "real": dict(prompt=["a cat", "a red car"], num_inference_steps=6, num_inversion_steps=6, resolution=128,
-                 negative_prompt="ugly", negative_prompt_alpha=0.5),
+    "real": dict(
+        prompt=["a cat", "a red car"],
+        num_inference_steps=6,
+        num_inversion_steps=6,
+        resolution=128,
+        negative_prompt="ugly",
+        negative_prompt_alpha=0.5,
+    ),
     "generated": dict(prompt=["a cat", "a dog"], generation_prompt="a horse", num_inference_steps=5, resolution=128),
-    "chunked": dict(prompt=["a", "b", "c"], num_inference_steps=6, num_inversion_steps=12, resolution=128,
-                    guidance_scale=7.5, feature_injection_threshold=0.3, attention_injection_threshold=0.9,
-                    max_batch_size=1),
+    "chunked": dict(
+        prompt=["a", "b", "c"],
+        num_inference_steps=6,
+        num_inversion_steps=12,
+        resolution=128,
+        guidance_scale=7.5,
+        feature_injection_threshold=0.3,
+        attention_injection_threshold=0.9,
+        max_batch_size=1,
+    ),
 }
 
 
 @pytest.mark.parametrize("case", ENGINE_V0_CASES)
-def test_outputs_are_bit_identical_to_the_engine_before_the_pipeline(pipe, photo, case):
+def test_outputs_match_the_engine_before_the_pipeline(pipe, photo, case):
     stored = np.load(DATA / "engine-v0-latents.npz")
     settings = ENGINE_V0_CASES[case]
     pipe.fuse_generation = False  # the engine generated the source first, then translated
     try:
-        result = pipe(image=None if "generation_prompt" in settings else photo, output_type="latent",
-                      generator=torch.Generator().manual_seed(7), **settings)
+        result = pipe(
+            image=None if "generation_prompt" in settings else photo,
+            output_type="latent",
+            generator=torch.Generator().manual_seed(7),
+            **settings,
+        )
     finally:
         pipe.fuse_generation = True
     ours = result.images if result.source_image is None else torch.cat([result.source_image[None], result.images])
-    if str(stored["cpu"]) == _cpu_name():
-        assert np.array_equal(ours.numpy(), stored[f"{case}_latents"])
-    else:
-        # Another processor family may order float32 sums differently (see test_translate's BATCH_TOLERANCE).
-        np.testing.assert_allclose(ours.numpy(), stored[f"{case}_latents"], rtol=0, atol=5e-4)
-
-
-def _cpu_name():
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+    torch.testing.assert_close(ours, torch.from_numpy(stored[f"{case}_latents"]), **INSTANCE_TOLERANCE)
 
 
 # --- Loading and saving ---
 
 
 def test_from_pipe_shares_the_components_storage(tiny_model_dir, photo):
-    sd = StableDiffusionPipeline.from_pretrained(tiny_model_dir, safety_checker=None, feature_extractor=None,
-                                                 requires_safety_checker=False)
+    sd = StableDiffusionPipeline.from_pretrained(
+        tiny_model_dir, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
     ours = PnPPipeline.from_pipe(sd)
     for name in ("unet", "vae", "text_encoder"):
         theirs = dict(getattr(sd, name).named_parameters())
@@ -90,16 +97,21 @@ def test_save_pretrained_round_trips(pipe, tmp_path, photo):
         before, after = getattr(pipe, name).state_dict(), getattr(again, name).state_dict()
         assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before), name
     settings = dict(prompt="a cat", image=photo, **FAST)
-    assert torch.equal(latents(again, **settings), latents(pipe, **settings))
+    torch.testing.assert_close(latents(again, **settings), latents(pipe, **settings), **INSTANCE_TOLERANCE)
 
 
 def test_diffusers_loads_the_pipeline_file_as_a_community_pipeline(tiny_model_dir, pipe, photo):
-    loaded = DiffusionPipeline.from_pretrained(tiny_model_dir, custom_pipeline=pnp.pipelines.pipeline_pnp.__file__,
-                                               trust_remote_code=True, safety_checker=None, feature_extractor=None)
+    loaded = DiffusionPipeline.from_pretrained(
+        tiny_model_dir,
+        custom_pipeline=pnp.pipelines.pipeline_pnp.__file__,
+        trust_remote_code=True,
+        safety_checker=None,
+        feature_extractor=None,
+    )
     assert type(loaded).__name__ == "PnPPipeline" and type(loaded) is not PnPPipeline
     loaded.set_progress_bar_config(disable=True)
     settings = dict(prompt="a cat", image=photo, **FAST)
-    assert torch.equal(latents(loaded, **settings), latents(pipe, **settings))
+    torch.testing.assert_close(latents(loaded, **settings), latents(pipe, **settings), **INSTANCE_TOLERANCE)
 
 
 # --- Arguments and outputs ---
@@ -113,8 +125,10 @@ def test_diffusers_loads_the_pipeline_file_as_a_community_pipeline(tiny_model_di
         (dict(prompt="a cat", image=np.zeros((8, 8, 3), np.float32) + 2), "image"),
         (dict(prompt="a cat", image=torch.zeros(1, 4, 8, 8)), "image"),
         (dict(prompt="a cat", generation_prompt="a dog", output_type="jpg"), "output_type"),
-        (dict(prompt="a cat", generation_prompt="a dog", callback_on_step_end_tensor_inputs=["noise"]),
-         "callback_on_step_end_tensor_inputs"),
+        (
+            dict(prompt="a cat", generation_prompt="a dog", callback_on_step_end_tensor_inputs=["noise"]),
+            "callback_on_step_end_tensor_inputs",
+        ),
         (dict(prompt=("a cat", ""), generation_prompt="a dog"), "prompt"),
         (dict(prompt="a \udcff cat", generation_prompt="a dog"), "prompt"),  # a lone surrogate: not UTF-8 text
         (dict(prompt="a cat", image=np.full((8, 8, 3), np.nan, np.float32)), "image"),
@@ -156,8 +170,9 @@ def test_output_types_and_return_dict(pipe, photo):
     settings = dict(prompt=["a cat", "a dog"], generation_prompt="a house", **FAST)
 
     def run(output_type, return_dict=True):
-        return pipe(output_type=output_type, return_dict=return_dict, generator=torch.Generator().manual_seed(1),
-                    **settings)
+        return pipe(
+            output_type=output_type, return_dict=return_dict, generator=torch.Generator().manual_seed(1), **settings
+        )
 
     pil, np_out, pt, latent = run("pil"), run("np"), run("pt"), run("latent")
     assert isinstance(pil, PnPPipelineOutput) and pil.nsfw_content_detected is None
@@ -193,8 +208,15 @@ def test_the_callback_is_called_after_every_step_with_the_latents(pipe, photo):
         seen.append((p.phase, step, timestep, tuple(tensors), tuple(tensors["latents"].shape)))
         return {}
 
-    pipe(prompt=["a cat", "a dog"], image=photo, num_inference_steps=4, num_inversion_steps=8, resolution=128,
-         callback_on_step_end=callback, output_type="latent")
+    pipe(
+        prompt=["a cat", "a dog"],
+        image=photo,
+        num_inference_steps=4,
+        num_inversion_steps=8,
+        resolution=128,
+        callback_on_step_end=callback,
+        output_type="latent",
+    )
     # 8 inversion steps stop at the noisiest of 4 sampling timesteps (751 = 15 * 50 + 1 on the 8-step grid).
     inversion = [s for s in seen if s[0] == "inversion"]
     translation = [s for s in seen if s[0] == "translation"]
@@ -213,16 +235,23 @@ def test_latents_returned_by_the_callback_replace_the_current_ones(pipe, photo):
     assert torch.equal(out.images, torch.zeros(1, 4, 16, 24))
 
 
-@pytest.mark.parametrize("phase,returned,message", [
-    ("translation", lambda latents: {"latents": latents[..., :8]},
-     r"returned latents of shape \(1, 4, 16, 8\), float32, on cpu at step 4 \(translation\); return a tensor of "
-     r"shape \(1, 4, 16, 24\), float32, on cpu"),
-    ("inversion", lambda latents: {"latents": latents.half()}, r"float16, on cpu at step 1 \(inversion\)"),
-    ("inversion", lambda latents: {"latents": latents.numpy()}, r"\"latents\" that are a ndarray at step 1"),
-    ("translation", lambda latents: latents, r"returned a Tensor at step 4 \(translation\); return a dict"),
-])
+@pytest.mark.parametrize(
+    "phase,returned,message",
+    [
+        (
+            "translation",
+            lambda latents: {"latents": latents[..., :8]},
+            r"returned latents of shape \(1, 4, 16, 8\), float32, on cpu at step 4 \(translation\); return a tensor of "
+            r"shape \(1, 4, 16, 24\), float32, on cpu",
+        ),
+        ("inversion", lambda latents: {"latents": latents.half()}, r"float16, on cpu at step 1 \(inversion\)"),
+        ("inversion", lambda latents: {"latents": latents.numpy()}, r"\"latents\" that are a ndarray at step 1"),
+        ("translation", lambda latents: latents, r"returned a Tensor at step 4 \(translation\); return a dict"),
+    ],
+)
 def test_latents_a_callback_returns_are_checked_at_once_naming_the_callback(pipe, photo, phase, returned, message):
     """Latents of another shape failed inside conv2d, without naming the callback."""
+
     def callback(p, step, timestep, tensors):
         return returned(tensors["latents"]) if p.phase == phase and step in (1, 4) else {}
 
@@ -267,9 +296,10 @@ def own_pipe(tiny_model_dir):
     return load_tiny(tiny_model_dir)
 
 
-# Different attention kernels (math vs SDPA) or a fused projection sum in a different order;
-# measured differences on the tiny model over 3 steps stay below 2e-5.
-KERNEL_TOLERANCE = dict(rtol=0, atol=1e-4)
+# Different attention kernels (math vs SDPA) or a fused projection sum in a different order.
+# Measured on the tiny model over 3 steps: below 2e-5 on an Intel Xeon, 6.2e-5 (math vs SDPA) on
+# an AMD EPYC, on latents up to 5.1; the injection's effect is 0.85. As INSTANCE_TOLERANCE.
+KERNEL_TOLERANCE = INSTANCE_TOLERANCE
 
 
 def test_other_attention_processors_and_fused_projections_are_injected_alike(own_pipe, photo):
@@ -289,7 +319,8 @@ def test_other_attention_processors_and_fused_projections_are_injected_alike(own
 
 
 class BypassingProcessor:
-    """Plain attention that computes its keys from to_k's weights without calling the module, as some custom kernels do."""
+    """Plain attention that computes its keys from to_k's weights without calling the module, as some custom kernels
+    do."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
@@ -315,18 +346,24 @@ def test_model_cpu_offload_hooks_coexist_with_the_injection(own_pipe, pipe, phot
     reference = latents(pipe, **settings)
     own_pipe.enable_model_cpu_offload(device="cpu")  # accelerate's hooks, without moving anything here
     assert hasattr(own_pipe.unet, "_hf_hook")
-    assert torch.equal(latents(own_pipe, **settings), reference)
+    # The hooks copy every weight to new memory: equal weights at another alignment (INSTANCE_TOLERANCE).
+    torch.testing.assert_close(latents(own_pipe, **settings), reference, **INSTANCE_TOLERANCE)
 
 
 def test_vae_slicing_tiling_and_dtype_moves(own_pipe, pipe, photo):
     # diffusers 0.42 removed the pipelines' enable_vae_slicing/tiling in favour of the VAE's own methods.
     settings = dict(prompt=["a cat", "a dog"], image=photo, **FAST)
-    reference = np.stack([np.asarray(i) for i in pipe(**settings).images])
+
+    def pixels(pipeline):
+        return np.stack([np.asarray(i) for i in pipeline(**settings).images]).astype(int)
+
+    reference = pixels(pipe)
     own_pipe.vae.enable_slicing()
-    assert np.array_equal(np.stack([np.asarray(i) for i in own_pipe(**settings).images]), reference)
+    # Another instance (INSTANCE_TOLERANCE): its latents may move the 8-bit pixels by one level.
+    assert np.abs(pixels(own_pipe) - reference).max() <= 1
     own_pipe.vae.enable_tiling()  # tiles of the tiny VAE's 64 px sample size, blended
-    tiled = np.stack([np.asarray(i) for i in own_pipe(**settings).images])
-    assert tiled.shape == reference.shape and not np.array_equal(tiled, reference)
+    tiled = pixels(own_pipe)
+    assert tiled.shape == reference.shape and np.abs(tiled - reference).max() > 1
     own_pipe.vae.disable_tiling()
     own_pipe.to("cpu", torch.bfloat16)
     assert own_pipe.unet.dtype == torch.bfloat16
@@ -382,7 +419,8 @@ def test_the_safety_checker_blacks_out_exactly_the_flagged_outputs(checked, pipe
     assert np.asarray(result.images[0]).max() == 0
     assert np.array_equal(np.asarray(result.images[1]), np.asarray(plain[1]))
     assert [m for m in pnp_log if "flagged" in m] == [
-        "the safety checker flagged output 1 ('a cat'); it was replaced by a black image"]
+        "the safety checker flagged output 1 ('a cat'); it was replaced by a black image"
+    ]
 
 
 def test_without_a_checker_nothing_is_flagged(checked, pipe, photo):

@@ -15,43 +15,69 @@ import torch
 from pnp.pipelines.loading import ModelError
 from pnp.pipelines.pipeline_pnp import PnPPipeline
 from pnp.pipelines.random_models import build_random_pipeline
-from support.models import build_random_safety_checker
 from pnp.pipelines.weights import SAFETY_CHECKER, download_weights, locate_weights, select_files
+from support.models import build_random_safety_checker
 
 # The layout of CompVis/stable-diffusion-v1-4 on the hub (main branch), file names only.
 SD14_FILES = [
-    ".gitattributes", "README.md", "model_index.json", "sd-v1-4.ckpt", "sd-v1-4-full-ema.ckpt", "v1-inference.yaml",
+    ".gitattributes",
+    "README.md",
+    "model_index.json",
+    "sd-v1-4.ckpt",
+    "sd-v1-4-full-ema.ckpt",
+    "v1-inference.yaml",
     "feature_extractor/preprocessor_config.json",
-    "safety_checker/config.json", "safety_checker/model.safetensors", "safety_checker/model.fp16.safetensors",
+    "safety_checker/config.json",
+    "safety_checker/model.safetensors",
+    "safety_checker/model.fp16.safetensors",
     "safety_checker/pytorch_model.bin",
     "scheduler/scheduler_config.json",
-    "text_encoder/config.json", "text_encoder/model.safetensors", "text_encoder/model.fp16.safetensors",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "text_encoder/model.fp16.safetensors",
     "text_encoder/pytorch_model.bin",
-    "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+    "tokenizer/merges.txt",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer_config.json",
     "tokenizer/vocab.json",
-    "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
-    "unet/diffusion_pytorch_model.bin", "unet/diffusion_pytorch_model.non_ema.safetensors",
-    "vae/config.json", "vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "unet/diffusion_pytorch_model.fp16.safetensors",
+    "unet/diffusion_pytorch_model.bin",
+    "unet/diffusion_pytorch_model.non_ema.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+    "vae/diffusion_pytorch_model.fp16.safetensors",
     "vae/diffusion_pytorch_model.bin",
 ]
 
 
 def test_only_the_pipeline_files_are_selected_preferring_float16():
-    assert sorted(select_files(SD14_FILES)) == sorted([
-        "model_index.json", "scheduler/scheduler_config.json",
-        "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
-        "tokenizer/vocab.json",
-        "unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors",
-        "vae/config.json", "vae/diffusion_pytorch_model.fp16.safetensors",
-        "text_encoder/config.json", "text_encoder/model.fp16.safetensors",
-    ])
+    assert sorted(select_files(SD14_FILES)) == sorted(
+        [
+            "model_index.json",
+            "scheduler/scheduler_config.json",
+            "tokenizer/merges.txt",
+            "tokenizer/special_tokens_map.json",
+            "tokenizer/tokenizer_config.json",
+            "tokenizer/vocab.json",
+            "unet/config.json",
+            "unet/diffusion_pytorch_model.fp16.safetensors",
+            "vae/config.json",
+            "vae/diffusion_pytorch_model.fp16.safetensors",
+            "text_encoder/config.json",
+            "text_encoder/model.fp16.safetensors",
+        ]
+    )
 
 
 def test_full_weights_are_taken_where_there_is_no_single_float16_file():
     files = [f for f in SD14_FILES if not f.endswith(".fp16.safetensors")]
-    files += ["unet/diffusion_pytorch_model.fp16-00001-of-00002.safetensors",
-              "unet/diffusion_pytorch_model.fp16-00002-of-00002.safetensors",
-              "unet/diffusion_pytorch_model.safetensors.index.fp16.json"]
+    files += [
+        "unet/diffusion_pytorch_model.fp16-00001-of-00002.safetensors",
+        "unet/diffusion_pytorch_model.fp16-00002-of-00002.safetensors",
+        "unet/diffusion_pytorch_model.safetensors.index.fp16.json",
+    ]
     selected = select_files(files)
     assert "unet/diffusion_pytorch_model.safetensors" in selected
     assert "text_encoder/model.safetensors" in selected
@@ -59,9 +85,11 @@ def test_full_weights_are_taken_where_there_is_no_single_float16_file():
 
 
 def test_sharded_full_weights_come_with_their_index():
-    shards = ["unet/diffusion_pytorch_model-00001-of-00002.safetensors",
-              "unet/diffusion_pytorch_model-00002-of-00002.safetensors",
-              "unet/diffusion_pytorch_model.safetensors.index.json"]
+    shards = [
+        "unet/diffusion_pytorch_model-00001-of-00002.safetensors",
+        "unet/diffusion_pytorch_model-00002-of-00002.safetensors",
+        "unet/diffusion_pytorch_model.safetensors.index.json",
+    ]
     files = [f for f in SD14_FILES if not f.startswith("unet/") or f.endswith(".json")] + shards
     assert [f for f in select_files(files) if f.startswith("unet/")] == ["unet/config.json", *shards]
 
@@ -73,7 +101,8 @@ def test_a_repository_without_safetensors_is_refused():
 
 
 def stored_on_hub(kind: str, repo: Path) -> Path:
-    """Random model ``kind`` stored as a hub repository: full and float16 weights, as Stable Diffusion's repositories have."""
+    """Random model ``kind`` stored as a hub repository: full and float16 weights, as Stable Diffusion's repositories
+    have."""
     pipe = build_random_pipeline(kind)
     pipe.save_pretrained(repo)
     pipe.to(torch.float16).save_pretrained(repo, variant="fp16")
@@ -147,7 +176,14 @@ def test_download_fetches_float16_files_that_load_as_the_default_weights(fake_hu
     assert download_weights("owner/model", out) == out
     assert not any("ckpt" in f or ".bin" in f or "safety" in f for f in fake_hub.fetched)
     assert sorted(p.name for p in out.iterdir()) == [
-        "README.md", "model_index.json", "scheduler", "text_encoder", "tokenizer", "unet", "vae"]
+        "README.md",
+        "model_index.json",
+        "scheduler",
+        "text_encoder",
+        "tokenizer",
+        "unet",
+        "vae",
+    ]
     assert sorted(p.name for p in (out / "unet").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
     pipe = PnPPipeline.from_pretrained(out, device="cpu", dtype="float32")
     stored = build_random_pipeline("tiny").unet.to(torch.float16).state_dict()
@@ -193,8 +229,9 @@ def test_weights_are_looked_for_in_order(fake_hub, tmp_path, monkeypatch):
 def test_the_safety_checker_is_fetched_as_safetensors_and_loads(fake_hub, tmp_path):
     out = download_weights("owner/model", tmp_path / "weights", with_safety_checker=True)
     checker_files = sorted(f for f in fake_hub.fetched if f.startswith(SAFETY_CHECKER))
-    assert checker_files == [f"{SAFETY_CHECKER}:{name}" for name in
-                             ("config.json", "model.safetensors", "preprocessor_config.json")]
+    assert checker_files == [
+        f"{SAFETY_CHECKER}:{name}" for name in ("config.json", "model.safetensors", "preprocessor_config.json")
+    ]
     assert sorted(p.name for p in (out / "safety_checker").iterdir()) == ["config.json", "model.safetensors"]
     assert [p.name for p in (out / "feature_extractor").iterdir()] == ["preprocessor_config.json"]
     index = json.loads((out / "model_index.json").read_text())
@@ -225,7 +262,15 @@ def test_an_sdxl_download_has_both_text_encoders_and_loads_as_the_xl_pipeline(sd
     hub = FakeHub(sdxl_repo).serve(monkeypatch)
     out = download_weights("stabilityai/sdxl", tmp_path / "weights")
     assert sorted(p.name for p in out.iterdir()) == [
-        "model_index.json", "scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "vae"]
+        "model_index.json",
+        "scheduler",
+        "text_encoder",
+        "text_encoder_2",
+        "tokenizer",
+        "tokenizer_2",
+        "unet",
+        "vae",
+    ]
     assert sorted(p.name for p in (out / "text_encoder_2").iterdir()) == ["config.json", "model.safetensors"]
     assert not any(f.endswith("model.safetensors") and "fp16" not in f for f in hub.fetched if "text_encoder" in f)
     pipe = PnPPipeline.from_pretrained(out, device="cpu", dtype="float32")

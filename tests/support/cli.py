@@ -12,5 +12,6 @@ FAST = ["--model", "tiny", "--steps", "3", "--resolution", "128", "--dtype", "fl
 
 def run_cli(*args, cwd=ROOT, env=None, timeout=300):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "pnp", *args], capture_output=True, text=True, env=env, cwd=cwd,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pnp", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout
+    )

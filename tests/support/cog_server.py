@@ -20,16 +20,33 @@ from pathlib import Path
 import numpy as np
 import requests
 from PIL import Image
+
 from support.paths import ROOT
 
 PORT_LINE = re.compile(r"Starting coglet server on 127\.0\.0\.1:(\d+)")
 START_TIMEOUT_S = 120
 # The order of the web form, as the tracker specifies it.
 FORM_ORDER = [
-    "input_image", "generation_prompt", "translation_prompts", "scale", "feature_injection_threshold",
-    "attention_injection_threshold", "negative_prompt", "negative_prompt_alpha", "negative_prompt_schedule",
-    "num_inference_steps", "num_inversion_steps", "generation_scale", "seed", "resolution", "output_format",
-    "output_quality", "disable_safety_checker", "feature_maps", "lora_weights", "lora_scale",
+    "input_image",
+    "generation_prompt",
+    "translation_prompts",
+    "scale",
+    "feature_injection_threshold",
+    "attention_injection_threshold",
+    "negative_prompt",
+    "negative_prompt_alpha",
+    "negative_prompt_schedule",
+    "num_inference_steps",
+    "num_inversion_steps",
+    "generation_scale",
+    "seed",
+    "resolution",
+    "output_format",
+    "output_quality",
+    "disable_safety_checker",
+    "feature_maps",
+    "lora_weights",
+    "lora_scale",
 ]
 # Inputs that make a prediction on the tiny model take a fraction of a second.
 FAST = {"num_inference_steps": 2, "num_inversion_steps": 2, "resolution": 128}
@@ -38,8 +55,9 @@ FAST = {"num_inference_steps": 2, "num_inversion_steps": 2, "resolution": 128}
 def write_schema(folder: Path) -> Path:
     """Generate predict.py's schema into ``folder``/.cog/openapi_schema.json (see scripts/openapi_schema.py)."""
     out = folder / ".cog" / "openapi_schema.json"
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "openapi_schema.py"), "--out", str(out)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "openapi_schema.py"), "--out", str(out)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         raise RuntimeError(f"writing the Cog schema failed: {done.stderr.strip()}")
     return out
@@ -66,7 +84,11 @@ class CogServer:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"],
-                cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=folder,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.url = f"http://127.0.0.1:{self._wait_for_port()}"
 
@@ -102,9 +124,11 @@ class CogServer:
 
     def start(self, prediction_id: str, body: dict) -> requests.Response:
         """PUT /predictions/<id> asynchronously (``body`` holds input, webhook, ...), retrying as ``predict`` does."""
-        return self._when_free(lambda: requests.put(
-            f"{self.url}/predictions/{prediction_id}", json=body, headers={"Prefer": "respond-async"}, timeout=10
-        ))
+        return self._when_free(
+            lambda: requests.put(
+                f"{self.url}/predictions/{prediction_id}", json=body, headers={"Prefer": "respond-async"}, timeout=10
+            )
+        )
 
     @staticmethod
     def _when_free(send) -> requests.Response:
@@ -155,7 +179,7 @@ def decode_data_uri(uri: str) -> tuple[str, bytes]:
     """(media type, bytes) of a base64 data URI."""
     header, _, payload = uri.partition(",")
     assert header.startswith("data:") and header.endswith(";base64"), header[:80]
-    return header[len("data:"):-len(";base64")], base64.b64decode(payload)
+    return header[len("data:") : -len(";base64")], base64.b64decode(payload)
 
 
 def sample_photo() -> Image.Image:

@@ -16,6 +16,7 @@ import threading
 import time
 
 import requests
+
 from support.local_http import LocalServer, QuietHandler
 
 TOKEN = "r8_fake_token_for_tests"
@@ -74,11 +75,22 @@ class FakeReplicate:
             prediction_id = f"fake{next(self._ids):04d}"
             self.created.append(body)
         prediction = {
-            "id": prediction_id, "model": model, "version": version, "status": "starting", "input": body["input"],
-            "output": None, "logs": "", "error": None, "metrics": {}, "created_at": "2025-01-01T00:00:00Z",
-            "started_at": None, "completed_at": None,
-            "urls": {"get": f"{self.url}/v1/predictions/{prediction_id}",
-                     "cancel": f"{self.url}/v1/predictions/{prediction_id}/cancel"},
+            "id": prediction_id,
+            "model": model,
+            "version": version,
+            "status": "starting",
+            "input": body["input"],
+            "output": None,
+            "logs": "",
+            "error": None,
+            "metrics": {},
+            "created_at": "2025-01-01T00:00:00Z",
+            "started_at": None,
+            "completed_at": None,
+            "urls": {
+                "get": f"{self.url}/v1/predictions/{prediction_id}",
+                "cancel": f"{self.url}/v1/predictions/{prediction_id}/cancel",
+            },
         }
         self.predictions[prediction_id] = prediction
         threading.Thread(target=self._run, args=(prediction,), daemon=True).start()

@@ -15,10 +15,21 @@ import re
 
 from safetensors.torch import save_file
 
-UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
-               "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
-UNET_FIXED = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-              "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+UNET_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
+UNET_FIXED = {
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "conv_in": "input_blocks.0.0",
+    "conv_norm_out": "out.0",
+    "conv_out": "out.2",
+}
 VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
 
@@ -44,7 +55,7 @@ def write_ldm_checkpoint(pipe, path) -> None:
 def _unet_key(key: str, layers: int, up_attentions: set[int]) -> str:
     for ours, theirs in UNET_FIXED.items():
         if key.startswith(ours + "."):
-            return theirs + key[len(ours):]
+            return theirs + key[len(ours) :]
     if m := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
         block, kind, index, rest = int(m[1]), m[2], int(m[3]), m[4]
         place = f"input_blocks.{block * (layers + 1) + index + 1}"
@@ -71,7 +82,9 @@ def _resnet(rest: str) -> str:
 
 def _vae_key(key: str, blocks: int) -> str:
     fixed = {"conv_norm_out": "norm_out"}
-    if m := re.match(r"(encoder|decoder)\.(down|up)_blocks\.(\d+)\.(resnets|downsamplers|upsamplers)\.(\d+)\.(.*)", key):
+    if m := re.match(
+        r"(encoder|decoder)\.(down|up)_blocks\.(\d+)\.(resnets|downsamplers|upsamplers)\.(\d+)\.(.*)", key
+    ):
         part, direction, block, kind, index, rest = m[1], m[2], int(m[3]), m[4], m[5], m[6]
         number = block if direction == "down" else blocks - 1 - block  # decoder blocks count from the deepest
         if kind == "resnets":

@@ -5,9 +5,9 @@ import io
 
 from cog import Path
 from cog.types import URLPath, get_filename
-from support.cog_server import FAST
 
 from predict import Predictor
+from support.cog_server import FAST
 
 # Every input of predict() and its Input() field, in form order.
 PREDICT_PARAMETERS = {

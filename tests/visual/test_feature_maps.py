@@ -3,22 +3,22 @@
 import numpy as np
 import pytest
 import torch
-from support.hooks import all_hooks
 from PIL import Image
 
-from pnp.visual.capture import ModuleCapture
 from pnp.config import ConfigError
+from pnp.method.injection import FeatureInjector
+from pnp.method.noise_predictor import NoisePredictor
+from pnp.method.plan import RowKind, TranslationStep, UNetCall
+from pnp.method.timesteps import sampling_timesteps
+from pnp.visual.capture import ModuleCapture
 from pnp.visual.maps import (
     DEFAULT_LAYERS,
     default_timesteps,
-    map_request,
     map_names,
+    map_request,
 )
-from pnp.method.injection import FeatureInjector
-from pnp.method.plan import RowKind, TranslationStep, UNetCall
-from pnp.method.timesteps import sampling_timesteps
-from pnp.method.noise_predictor import NoisePredictor
 from pnp.visual.visualise import feature_maps
+from support.hooks import all_hooks
 
 BLOCK = "up_blocks.1.resnets.1"
 ATTN1 = "up_blocks.1.attentions.1.transformer_blocks.0.attn1"
@@ -61,8 +61,17 @@ def test_recorded_features_are_the_unets_own_on_the_same_inputs(pipe, photo):
         return tensors
 
     with ModuleCapture(pipe.unet, [*convs, query], shown.values(), images=3) as capture:
-        pipe(prompt=prompts, image=photo, feature_injection_threshold=0.5, attention_injection_threshold=0.5,
-             max_batch_size=1, output_type="latent", callback_on_step_end=keep, observer=capture, **FAST)
+        pipe(
+            prompt=prompts,
+            image=photo,
+            feature_injection_threshold=0.5,
+            attention_injection_threshold=0.5,
+            max_batch_size=1,
+            output_type="latent",
+            callback_on_step_end=keep,
+            observer=capture,
+            **FAST,
+        )
         with torch.inference_mode():
             capture.record_source(NoisePredictor(pipe.unet))
     assert capture.extra_calls == 1  # for t = 251
@@ -177,11 +186,14 @@ def test_without_prompts_only_the_source_is_computed_and_shown(pipe, photo, gene
 # --- The request ---
 
 
-@pytest.mark.parametrize("steps,expected", [
-    (50, (981, 741, 481, 241, 1)),  # step indices 0, 12, 25 (24.5 rounds up), 37, 49
-    (6, (831, 665, 333, 167, 1)),  # 0, 1, 3 (2.5 up), 4, 5
-    (3, (667, 334, 1)),  # 0, 1, 1, 2, 2: each step once
-])
+@pytest.mark.parametrize(
+    "steps,expected",
+    [
+        (50, (981, 741, 481, 241, 1)),  # step indices 0, 12, 25 (24.5 rounds up), 37, 49
+        (6, (831, 665, 333, 167, 1)),  # 0, 1, 3 (2.5 up), 4, 5
+        (3, (667, 334, 1)),  # 0, 1, 1, 2, 2: each step once
+    ],
+)
 def test_default_timesteps(steps, expected):
     assert default_timesteps(sampling_timesteps(steps)) == expected
 
@@ -189,7 +201,11 @@ def test_default_timesteps(steps, expected):
 def test_layers_name_maps_or_what_is_allowed():
     assert map_names(DEFAULT_LAYERS) == tuple(DEFAULT_MAPS)
     assert map_names(["mid_block.resnets.0.conv2", f"{ATTN1}.attention", f"{ATTN1}"]) == (
-        "mid_block.resnets.0.conv2", f"{ATTN1}.attention", f"{ATTN1}.to_q", f"{ATTN1}.to_k")
+        "mid_block.resnets.0.conv2",
+        f"{ATTN1}.attention",
+        f"{ATTN1}.to_q",
+        f"{ATTN1}.to_k",
+    )
     for bad in ["up_blocks.1.resnets.1.norm1", f"{ATTN1}.to_v", "up_blocks.1.attentions.1.transformer_blocks.0.attn2"]:
         with pytest.raises(ConfigError, match="resnets.1.conv2.*attn1.attention") as caught:
             map_names([bad])

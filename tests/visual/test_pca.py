@@ -65,12 +65,18 @@ def test_missing_components_are_zero_and_drawn_as_zero():
 
 
 def test_colours_are_min_max_scaled_per_image_and_component():
-    scores = torch.tensor([
-        # image 0: three positions
-        [0.0, 4.0, -1.0], [1.0, 4.0, 1.0], [2.0, 4.0, 0.0],
-        # image 1
-        [10.0, 1.0, 0.0], [0.0, 2.0, 0.0], [5.0, 3.0, 1.0],
-    ])
+    scores = torch.tensor(
+        [
+            # image 0: three positions
+            [0.0, 4.0, -1.0],
+            [1.0, 4.0, 1.0],
+            [2.0, 4.0, 0.0],
+            # image 1
+            [10.0, 1.0, 0.0],
+            [0.0, 2.0, 0.0],
+            [5.0, 3.0, 1.0],
+        ]
+    )
     expected = [
         [[0, 0, 0], [128, 0, 255], [255, 0, 128]],  # a constant component is 0; halves round up
         [[255, 0, 0], [0, 128, 0], [128, 255, 255]],
