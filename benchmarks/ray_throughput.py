@@ -1,16 +1,16 @@
 """Throughput of the Ray backend's actors against one local process, on the same rows, as a ratio in one run.
 
-    python -m benchmarks.ray_throughput                       # random-sd15 (SD 1.5 shapes), 256 px, 8 rows
-    python -m benchmarks.ray_throughput --model tiny --rows 6  # seconds: a check that it runs
+    python -m benchmarks.ray_throughput                       # random-sd15 (SD 1.5 shapes): minutes on 2 cores
+    python -m benchmarks.ray_throughput --model tiny          # seconds: a check that it runs
 
-The same jobs (synthetic photos, one prompt each, one image a call) are translated twice: by the
-local backend in this process with ``--threads`` torch threads (2), then on a local Ray cluster of
-as many CPUs by ``--actors`` actors (2) of ``--threads // --actors`` CPUs and torch threads each
-(1). Throughput is counted once every worker has finished its first row, so that neither side's
-start (Ray's cluster and actor processes, each loading the model; the local model load) is in it;
-the times with them are printed too. The outputs of the two runs are checked to be the same images
-(within a level: the thread counts differ, so float sums do). Printed: the load average before
-and after, since the machine may be shared.
+The same jobs (synthetic photos, one prompt each, one image a call) are translated by the local
+backend in this process with ``--threads`` torch threads (2); by the local backend with one thread,
+for reference; and on a local Ray cluster of ``--threads`` CPUs by ``--actors`` actors (2) of
+``--threads // --actors`` CPUs and torch threads each (1). Throughput is counted once every worker
+has finished its first row, so that no start (the model load; Ray's cluster and actor processes,
+each loading the model) is in it; the times with them are printed too. The outputs of the local
+and Ray runs are checked to be the same images (within a level: the thread counts differ, so float
+sums do). The load average before and after is printed, since the machine may be shared.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         default=Path.home() / ".cache" / "pnp",
         help="where a random model is saved on first use (random-sd15 takes 4 GB)",
     )
-    parser.add_argument("--rows", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--rows", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--actors", type=int, default=2)
     parser.add_argument(
         "--threads", type=int, default=2, help="the local process's torch threads, and the cluster's CPUs"
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = make_jobs(Path(tmp), args.rows, args.steps, args.resolution)
         load = os.getloadavg()
         local_times, local_images = run_local(folder, jobs, args.threads)
+        single_times, _ = run_local(folder, jobs, 1)
         ray_times, ray_images = run_ray(folder, jobs, args.actors, args.threads, Path(tmp) / "ray")
         after = os.getloadavg()
     worst = max(
@@ -77,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"ray, {args.actors} actors x {args.threads // args.actors} thread(s): {ray_rate:.3f} rows/s once started; "
         f"all rows {ray_times[-1][0]:.1f} s after the cluster's start began"
+    )
+    single_rate = steady_rate(single_times)
+    print(
+        f"for reference, local with 1 thread: {single_rate:.3f} rows/s ({local_rate / single_rate:.2f}x from the "
+        f"second thread)"
     )
     print(f"ratio ray / local: {ray_rate / local_rate:.2f}; outputs differ by at most {worst:.0f} levels of 255")
     return 0
