@@ -323,7 +323,7 @@ def test_url_schemes_in_any_case_are_urls_and_names_are_repeated_harmlessly(serv
 
 def test_cog_words_failed_downloads_itself(server, web):
     """Pins coglet 0.23.1: fetch and decode failures end the prediction before predict() runs, in Cog's words,
-    without the input's name (README: "Files and URLs"). A Cog upgrade that changes them fails here."""
+    without the input's name (docs/cog.md: "Files and URLs"). A Cog upgrade that changes them fails here."""
     refused = f"http://127.0.0.1:{closed_port()}/horse.png"
     errors = {
         f"{web.url}/missing.png": f"404 Client Error: Not Found for url: {web.url}/missing.png",
@@ -405,7 +405,7 @@ def test_a_cancelled_prediction_is_followed_by_a_successful_one(server, photo):
 
 def test_a_slow_download_holds_the_slot_and_cancelling_waits_for_it(server, web):
     """Pins coglet 0.23.1: the worker fetches URL inputs before predict() runs, without a total time limit,
-    and a cancel takes effect only once the download has ended (README: "Slow URLs")."""
+    and a cancel takes effect only once the download has ended (docs/cog.md: "Slow URLs")."""
     webhook = WebhookReceiver()
     try:
         started = server.start(
@@ -438,7 +438,7 @@ def test_missing_weights_fail_setup_with_the_message_from_setup(tmp_path, schema
         assert health["status"] == "SETUP_FAILED"
         assert f"PNP_WEIGHTS={missing} is not a folder" in health["setup"]["logs"]
         refused = failing.predict({"generation_prompt": "a house"})
-        # Cog's words for every state but READY (coglet service.rs submit_prediction): README, "Failed setup".
+        # Cog's words for every state but READY (coglet service.rs submit_prediction): docs/cog.md, "Failed setup".
         assert (refused.status_code, refused.json()) == (
             503,
             {
@@ -524,7 +524,7 @@ def test_lora_weights_are_known_by_their_content_and_refused_in_words_that_help(
 
 def test_null_for_an_optional_input_is_refused_though_the_schema_says_nullable(server):
     """Pins coglet 0.23.1: it checks inputs against the schema as plain JSON Schema, which knows no OpenAPI
-    `nullable`, so `null` fails the field's type. Leaving the input out is the way to leave it blank (README)."""
+    `nullable`, so `null` fails the field's type. Leaving the input out is the way to leave it blank (docs/cog.md)."""
     schema = requests.get(f"{server.url}/openapi.json", timeout=10).json()["components"]["schemas"]["Input"]
     types = {"seed": "integer", "num_inversion_steps": "integer", "input_image": "string", "lora_weights": "string"}
     for name, json_type in types.items():
@@ -586,14 +586,14 @@ def wait_until(condition, timeout_s=30):
 def test_a_killed_worker_takes_its_outputs_along_and_is_never_replaced(tmp_path, schema_folder, tiny_model_dir):
     """kill -9 of the worker (as the kernel's out-of-memory killer does): its output folder goes at once
     (cog_outputs' watcher). Pins coglet 0.23.1: the server starts no new worker; health stays UNHEALTHY and every
-    later request is refused, 409 "At capacity", until the server is restarted (docs/operations.md). README's
+    later request is refused, 409 "At capacity", until the server is restarted (docs/operations.md). The Cog guide's
     retry-on-409 recipes and docs/operations.md's liveness probe are run against it."""
     killed = start_own_server(tmp_path, schema_folder, tiny_model_dir)
     try:
         done = killed.predict({"generation_prompt": "a house", **FAST}).json()
         assert done["status"] == "succeeded", done.get("error")
         # The shell recipe's health test (run below on the dead server) holds for a healthy one.
-        [healthy] = [line for line in readme_block("Retry on 409", "bash").splitlines() if "health-check" in line]
+        [healthy] = [line for line in cog_guide_block("Retry on 409", "bash").splitlines() if "health-check" in line]
         healthy = healthy.replace("http://127.0.0.1:5000", killed.url).replace(" || break", "")
         assert subprocess.run(["bash", "-c", healthy], timeout=30).returncode == 0
         probe = doc_block("docs/operations.md", "a command can.", "bash").replace("http://127.0.0.1:5000", killed.url)
@@ -619,14 +619,14 @@ def test_a_killed_worker_takes_its_outputs_along_and_is_never_replaced(tmp_path,
             )
             assert health() == "UNHEALTHY"
         assert subprocess.run(["bash", "-c", probe], timeout=30).returncode == 1  # docs/operations.md's liveness probe
-        # README's retry-on-409 recipes give up at once instead of retrying for ever.
+        # The Cog guide's retry-on-409 recipes give up at once instead of retrying for ever.
         recipe = {}
-        exec(readme_block("Retry on 409", "python"), recipe)
+        exec(cog_guide_block("Retry on 409", "python"), recipe)
         started = time.monotonic()
         with pytest.raises(RuntimeError, match="answers 409 and its health is UNHEALTHY: restart it"):
             recipe["predict"]({"generation_prompt": "a house", **FAST}, url=killed.url)
         (tmp_path / "request.json").write_text(json.dumps({"input": {"generation_prompt": "a house", **FAST}}))
-        shell = readme_block("Retry on 409", "bash").replace("http://127.0.0.1:5000", killed.url)
+        shell = cog_guide_block("Retry on 409", "bash").replace("http://127.0.0.1:5000", killed.url)
         done = subprocess.run(["bash", "-c", shell], cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert done.stdout.startswith("HTTP 409") and time.monotonic() - started < 20
     finally:
@@ -641,8 +641,8 @@ def doc_block(document: str, after: str, language: str) -> str:
     return rest[start : rest.index("```", start)]
 
 
-def readme_block(after: str, language: str) -> str:
-    return doc_block("README.md", after, language)
+def cog_guide_block(after: str, language: str) -> str:
+    return doc_block("docs/cog.md", after, language)
 
 
 def test_a_prediction_id_of_256_characters_leaves_the_slot_busy_for_good(tmp_path, schema_folder, tiny_model_dir):
@@ -667,6 +667,8 @@ def test_a_prediction_id_of_256_characters_leaves_the_slot_busy_for_good(tmp_pat
         done = requests.put(f"{stuck.url}/predictions/{'x' * 255}", json=inputs, timeout=60).json()
         assert done["status"] == "succeeded", done.get("error")
         [own] = set(output_folders(stuck)) - set(planted)
+        # coglet frees the slot just after it answers: a request sent at once can still meet 409.
+        assert wait_until(lambda: requests.get(f"{stuck.url}/health-check", timeout=10).json()["status"] == "READY")
 
         failed = requests.put(f"{stuck.url}/predictions/{'x' * 256}", json=inputs, timeout=60)
         assert (failed.status_code, failed.json()["error"]) == (

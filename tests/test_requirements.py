@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 UI_ONLY = ("gradio", "playwright")
 SCALE_ONLY = ("ray", "pyarrow", "pandas", "grpcio")
 # The CUDA (major.minor) that torch's default wheels on PyPI for Linux x86_64 are built for: the
-# cuda-toolkit==X.Y.Z requirement in the wheel's metadata, which the command in README ("With the
+# cuda-toolkit==X.Y.Z requirement in the wheel's metadata, which the command in docs/cog.md ("With the
 # `cog` command") prints. A new torch pin needs its line here, looked up with that command.
 TORCH_WHEEL_CUDA = {"2.13.0": "13.0"}
 
@@ -66,7 +66,8 @@ def cog_build_problems(build: dict, pins: dict[str, str]) -> list[str]:
         return [f'cuda: {cuda!r} must be a quoted major.minor version, e.g. "13.0"']
     if torch not in TORCH_WHEEL_CUDA:
         return [
-            f"torch=={torch}: look up the CUDA its PyPI wheels are built for (README) and add it to TORCH_WHEEL_CUDA"
+            f"torch=={torch}: look up the CUDA its PyPI wheels are built for (docs/cog.md) and add it to "
+            "TORCH_WHEEL_CUDA"
         ]
     if cuda != TORCH_WHEEL_CUDA[torch]:
         return [f"cuda: {cuda!r}, but torch=={torch}'s PyPI wheels are built for CUDA {TORCH_WHEEL_CUDA[torch]}"]

@@ -224,7 +224,7 @@ def _parser() -> argparse.ArgumentParser:
         "--compile",
         action="store_true",
         help="run the UNet through torch.compile after minutes of compiling; meant for GPUs (on a CPU the "
-        "compiled steps were measured slower: README, Performance)",
+        "compiled steps were measured slower: docs/performance.md)",
     )
     add_translate_options(t)
 

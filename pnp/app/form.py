@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from PIL import Image
 
@@ -268,18 +268,12 @@ def form_name(param: str) -> str:
 
 # --- Reading a filled-in form ---
 
-# The form's inputs that PnPConfig takes as they are (under their pipeline names).
-CONFIG_INPUTS = (
-    "generation_prompt",
-    "scale",
-    "feature_injection_threshold",
-    "attention_injection_threshold",
-    "negative_prompt",
-    "negative_prompt_alpha",
-    "negative_prompt_schedule",
-    "num_inference_steps",
-    "num_inversion_steps",
-    "generation_scale",
+# The form's inputs that PnPConfig takes as they are (under their pipeline names); the prompts and the
+# resolution are read from the form's own forms of them.
+CONFIG_INPUTS = tuple(
+    spec.name
+    for spec in FORM_INPUTS
+    if spec.param in {f.name for f in fields(PnPConfig)} and spec.param not in ("prompt", "resolution")
 )
 
 

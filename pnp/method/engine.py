@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -35,7 +35,7 @@ from pnp.method.injection import FeatureInjector, InjectedFeatures
 from pnp.method.inversion import invert
 from pnp.method.layers import InjectionLayers
 from pnp.method.noise_predictor import NoisePredictor
-from pnp.method.plan import Row, RowKind, TranslationStep, UNetCall, translation_plan
+from pnp.method.plan import Known, Row, RowKind, TranslationStep, UNetCall, translation_plan
 from pnp.method.sources import SourceGroup
 from pnp.method.text import Prompts, TextEmbeddings
 from pnp.method.trajectory import Trajectory
@@ -227,13 +227,14 @@ class EngineRun:
                     x = self._denoise(call, step, eps, x, t_next, group)
                 for j, features in injector.computed.items():
                     translated.injected.setdefault(j, {})[t] = features
-                # Every target is at t_next now (or clean, after the last step).
+                # Every target is at t_next now (clean after the last step): the one place for what acts on a
+                # whole step's latents, before the step's callback sees them.
                 if (x := step_end(step.index, t, x)) is None:
                     break
                 translated.latents = x
         return translated
 
-    def _cached(self, group: SourceGroup) -> Callable[[int, int, bool, bool], bool]:
+    def _cached(self, group: SourceGroup) -> Known:
         """Whether the cache holds every feature source j needs at timestep t with these injections active."""
 
         def known(j: int, t: int, residual: bool, attention: bool) -> bool:

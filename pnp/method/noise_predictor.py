@@ -44,7 +44,7 @@ class NoisePredictor:
         was told, also when DDIM inversion evaluates it at t on the latent of the step before: so
         the inversion is the one the same model would give in the epsilon parametrisation.
         (diffusers' DDIMInverseScheduler converts at the latent's own level instead; on Gaussian
-        data with its exact predictor that doubles the round-trip error, see tests/test_inversion.py.)
+        data with its exact predictor that doubles the round-trip error, see tests/method/test_inversion.py.)
         """
         self.batch_sizes.append(latents.shape[0])
         # The timestep as a tensor: a compiled UNet would recompile for every new Python number.

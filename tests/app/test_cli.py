@@ -276,7 +276,7 @@ def test_offline_model_error_says_what_to_do(tmp_path, photo):
 )
 def test_without_the_model_hub_the_first_command_fails_at_once_in_one_line(tmp_path, photo, command):
     """A host name that does not resolve is no passing fault: the hub client's five retries are not waited for
-    (test_models times it)."""
+    (test_loading times it)."""
     photo.save(tmp_path / "in.png")
     done = run_cli(*command, cwd=tmp_path, env=unreachable_hub_env(tmp_path / "hf"))
     assert done.returncode == 2

@@ -195,7 +195,7 @@ def test_outputs_are_files_captioned_with_their_prompts_the_generated_source_fir
     again, _ = run(runner, form(generation_prompt="a house", translation_prompts="a tent", seed="3"))
     assert not any(p.exists() for p in result.files)  # the previous run's files are gone
     # The seed was used: the same source, up to rounding (fused into a translation of other prompts,
-    # the generation runs in other batches; see tests/test_cache.py's BATCH_TOLERANCE).
+    # the generation runs in other batches; see tests/method/test_cache.py's BATCH_TOLERANCE).
     assert np.abs(pixels(again.files[0]) - source).max() <= 1
     assert again.status.startswith("1 translation in ")  # one prompt: singular
     as_jpg, _ = run(runner, form(generation_prompt="a house", translation_prompts="a castle", output_format="jpg"))

@@ -157,7 +157,7 @@ def results(out):
 
 # A server runs the translation in another process, with its own copy of the weights, and may take a
 # source from its cache, running other batches: float32 sums in another order (tests/helpers.py's
-# INSTANCE_TOLERANCE, test_translate's BATCH_TOLERANCE), which can move an 8-bit pixel by one level,
+# INSTANCE_TOLERANCE, test_engine's BATCH_TOLERANCE), which can move an 8-bit pixel by one level,
 # and the scores computed from it. One level added to or taken from every pixel of the PIE-Bench
 # sample's outputs moved their scores by at most 1.8e-3 of their size (clip_cosine: 5.2e-4 of 0.33;
 # on 1% of the pixels, 4.5e-4): 1e-2 of it. A setting that fails to reach a server moves pixels by far more.

@@ -15,7 +15,7 @@ from support.models import load_tiny
 FAST = dict(num_inference_steps=5, resolution=128)
 # Cached features were computed in a batch of another composition (with the source row, other
 # prompts), and batch composition changes float32 sums inside the UNet: the same bound as
-# test_translate's BATCH_TOLERANCE (measured there: at most 1.8e-4 on latents up to 14 in size).
+# test_engine's BATCH_TOLERANCE (measured there: at most 1.8e-4 on latents up to 14 in size).
 BATCH_TOLERANCE = dict(rtol=0, atol=5e-4)
 
 

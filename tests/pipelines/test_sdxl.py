@@ -258,7 +258,7 @@ def test_without_injection_a_translation_is_plain_ddim_with_sdxls_added_conditio
             finals.append(x)
     # Batched differently (all prompts' rows in one call here, one call per prompt there), float32
     # sums inside the UNet differ: measured 4.8e-5 on latents up to 9 in size, the bound of
-    # tests/test_reference.py's LATENT_TOLERANCE. Planted in pnp: the empty prompt's text instead of
+    # tests/method/test_reference.py's LATENT_TOLERANCE. Planted in pnp: the empty prompt's text instead of
     # zeros moved them by 10.3, time ids of twice the size by 6.0, the first prompt's pooled
     # embedding on every conditional row by 2.1.
     torch.testing.assert_close(ours, torch.cat(finals), rtol=0, atol=5e-4)

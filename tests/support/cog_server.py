@@ -132,7 +132,7 @@ class CogServer:
 
     @staticmethod
     def _when_free(send) -> requests.Response:
-        # The slot can stay busy a few milliseconds after a response (README, "One prediction at a time").
+        # The slot can stay busy a few milliseconds after a response (docs/cog.md, "One prediction at a time").
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             response = send()
