@@ -47,6 +47,9 @@ def test_the_cog_image_gets_no_ray_and_the_tests_install_it_pinned_on_the_packag
     assert not set(SCALE_ONLY) & set(image), "the Cog image installs requirements.txt; keep Ray in -scale.txt"
     assert set(SCALE_ONLY) <= set(scale) and image.items() <= scale.items()
     assert scale.items() <= dev.items()  # .ci/run installs requirements-dev.txt, so the Ray tests run in CI
+    build = yaml.safe_load((ROOT / "cog.yaml").read_text())["build"]
+    assert build["python_requirements"] == "requirements.txt"  # the file checked above, and nothing else:
+    assert not any(name in str(build.get(key, "")) for name in SCALE_ONLY for key in ("python_packages", "run"))
 
 
 def cog_build_problems(build: dict, pins: dict[str, str]) -> list[str]:

@@ -3,7 +3,7 @@
 Importing this module imports neither torch nor Ray. The flags, the manifest and the output folder
 are checked before any model loads or any cluster starts; rows with bad settings are recorded as
 failed and the others go on. Exit status: 0 when every row is translated, 1 when some failed (the
-results file and the console name them), 2 for bad input.
+results file and the console name them) or the Ray job stopped, 2 for bad input.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pnp.batch.manifest import read_manifest
 from pnp.config import ConfigError, check_int
-from pnp.evaluation.backends import IMAGES_PER_CALL, LOCAL, RAY, parse_backend
+from pnp.evaluation.backends import IMAGES_PER_CALL, LOCAL, RAY, BackendError, parse_backend
 from pnp.evaluation.ray_backend import add_ray_arguments
 from pnp.evaluation.records import check_folder
 from pnp.outputs import OUTPUT_FORMATS, OutputOptions
@@ -98,6 +98,9 @@ def run_batch(args: argparse.Namespace, flag: Callable[[str], str]) -> int:
     plan = BatchPlan(tuple(rows), out, manifest, options, column=lambda param: flag(param).lstrip("-"))
     try:
         summary = run(plan, backend, quiet=args.quiet, log=lambda line: print(line, file=sys.stderr))
+    except BackendError as err:  # the rows filed so far keep their records
+        print(f"error: {err}; run the same command again to resume", file=sys.stderr)
+        return 1
     finally:
         getattr(backend, "close", lambda: None)()
     done = summary["rows"] - summary["failed"]

@@ -28,6 +28,7 @@ from pnp.outputs import OutputOptions, output_names, save_image, write_atomic
 
 RESULTS = "results.csv"
 ROW_COLUMNS = ("id", "row", "image", "seed", "prompt", "output", "error", "worker")
+NO_RESULT = "the backend returned no result for this row; run the command again to redo it"
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ def run(plan: BatchPlan, backend, quiet: bool = False, log=print) -> dict:
             row = by_key[translation.job.source.key]
             records[row.key] = file_translation(plan, row, translation)
             bar.update()
+    for row in todo:  # a backend that ended without a row's result: recorded as failed, so a rerun redoes it
+        if records[row.key] is None:
+            records[row.key] = _file_failure(plan.out, row, NO_RESULT, worker=None)
     ordered = [records[row.key] for row in plan.rows]
     results = write_results(plan.out, ordered, plan.column)
     failed = [record for record in ordered if record.get("error")]

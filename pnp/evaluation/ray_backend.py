@@ -184,13 +184,16 @@ class RayBackend:
             num_gpus=self.gpus_per_actor,
             udf_modifying_row_count=False,
         )
-        for row in dataset.iter_rows():
-            by_key = {job.source.key: job for job in calls[row["call"]]}
-            for result in pickle.loads(row["results"]):
-                translation = _translation(by_key[result["key"]], result)
-                if translation.error is not None and not self.keep_going:
-                    raise BackendError(f"{translation.job.source.key}: {translation.error}")
-                yield translation
+        try:
+            for row in dataset.iter_rows():
+                by_key = {job.source.key: job for job in calls[row["call"]]}
+                for result in pickle.loads(row["results"]):
+                    translation = _translation(by_key[result["key"]], result)
+                    if translation.error is not None and not self.keep_going:
+                        raise BackendError(f"{translation.job.source.key}: {translation.error}")
+                    yield translation
+        except ray.exceptions.RayError as err:  # the job itself failed (its nodes gone, an actor that cannot start)
+            raise BackendError(f"the Ray job stopped: {_reason(err)}") from None
 
     def close(self) -> None:
         """Shut down the local cluster this backend started (a joined one keeps running)."""
@@ -199,6 +202,15 @@ class RayBackend:
 
             ray.shutdown()
             self.started = False
+
+
+def _reason(err: Exception) -> str:
+    """A Ray error in a line: an actor whose constructor raised (the model missing on a node) by that exception's
+    own message, the last line of the traceback Ray's message carries; any other by its first line."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    if getattr(err, "actor_init_failed", False) and lines:
+        return f"an actor could not load the pipeline: {lines[-1].strip()}"
+    return first_line(err)
 
 
 def _probe(address: str) -> None:

@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pnp.app.cli import main
+from pnp.app.cli import flag, main
+from pnp.batch.manifest import read_manifest
+from pnp.batch.run import NO_RESULT, BatchPlan, run
+from pnp.evaluation.backends import Translation
+from pnp.outputs import OutputOptions
 from support.local_http import LocalServer, QuietHandler
 
 FAST = ["--steps", "2", "--resolution", "128", "--dtype", "float32", "--device", "cpu", "--quiet"]
@@ -127,3 +131,29 @@ def test_a_folder_holding_another_job_is_refused(photos, tiny_model_dir, tmp_pat
     assert batch(tmp_path / "m.csv", tmp_path / "out", model=tiny_model_dir) == 0
     assert batch(tmp_path / "m.csv", tmp_path / "out", "--format", "webp", model=tiny_model_dir) == 2
     assert "holds a batch job with other format ('png', now 'webp')" in capsys.readouterr().err
+
+
+def test_a_row_the_backend_never_returns_is_recorded_as_failed_and_redone(tmp_path):
+    """A backend that ends without one row's result (a bug, a lost reply): the row is failed, not lost."""
+    (tmp_path / "m.csv").write_text("id,image,prompt\nkept,a.png,a cat\nlost,b.png,a dog\n")
+    rows = tuple(read_manifest(tmp_path / "m.csv", {}, flag))
+    plan = BatchPlan(rows, tmp_path / "out", {"kind": "batch"}, OutputOptions())
+
+    class Forgetful:
+        def __init__(self):
+            self.asked = []
+
+        def translate(self, jobs):
+            jobs = list(jobs)
+            self.asked.append([job.source.key for job in jobs])
+            yield Translation(jobs[0], [Image.new("RGB", (8, 8))], None, "test")
+
+    backend = Forgetful()
+    summary = run(plan, backend, quiet=True, log=lambda line: None)
+    assert (summary["rows"], summary["failed"]) == (2, 1)
+    assert [(line["id"], line["output"], line["error"]) for line in results(tmp_path / "out")] == [
+        ("kept", "images/kept/00-a-cat.png", ""),
+        ("lost", "", NO_RESULT),
+    ]
+    run(plan, backend, quiet=True, log=lambda line: None)
+    assert backend.asked == [["kept", "lost"], ["lost"]]

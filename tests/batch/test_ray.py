@@ -202,6 +202,17 @@ def test_a_killed_actor_loses_no_row(cluster, images, tiny_model_dir, tmp_path, 
     assert killed[0] in workers and len(workers) == 3  # the killed actor's restart finished its rows
 
 
+def test_actors_that_cannot_load_the_model_stop_the_job_with_one_line(cluster, images, tmp_path, capsys):
+    """As when the model's folder is not mounted on the worker nodes: the driver cannot know, the actors fail."""
+    manifest = write_manifest(images / "nomodel.csv", [{"image": "p0.png", "prompt": "a cat"}])
+    (tmp_path / "empty").mkdir()
+    assert batch(manifest, tmp_path / "job", tmp_path / "empty", "--backend", "ray") == 1
+    [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: the Ray job stopped: an actor could not load the pipeline: ")
+    assert f"{tmp_path / 'empty'} is not a complete diffusers" in line and line.endswith("again to resume")
+    assert not (tmp_path / "job" / "records").exists() or not any((tmp_path / "job" / "records").iterdir())
+
+
 @pytest.fixture(scope="module")
 def evaluate(tiny_model_dir, clip_model_dir, dino_model_dir):
     def run(out, *extra):
