@@ -126,12 +126,9 @@ class RayBackend:
             self._init(ray)
         resources = ray.cluster_resources()
         cluster_gpus, cluster_cpus = resources.get("GPU", 0), resources.get("CPU", 0)
-        if self.gpus_per_actor is None:
-            self.gpus_per_actor = 1.0 if cluster_gpus else 0.0
-        if self.actors is None:
-            self.actors = max(1, int(cluster_gpus // self.gpus_per_actor)) if self.gpus_per_actor else 1
-        if self.cpus_per_actor is None:
-            self.cpus_per_actor = 1 if self.gpus_per_actor else max(1, int(cluster_cpus // self.actors))
+        self.actors, self.gpus_per_actor, self.cpus_per_actor = actor_resources(
+            cluster_gpus, cluster_cpus, self.actors, self.gpus_per_actor, self.cpus_per_actor
+        )
         wanted = (("GPU", self.gpus_per_actor, cluster_gpus), ("CPU", self.cpus_per_actor, cluster_cpus))
         for name, each, total in wanted:
             if each * self.actors > total:
@@ -202,6 +199,22 @@ class RayBackend:
 
             ray.shutdown()
             self.started = False
+
+
+def actor_resources(
+    cluster_gpus: float, cluster_cpus: float, actors: int | None, gpus: float | None, cpus: int | None
+) -> tuple[int, float, int]:
+    """(actors, GPUs each, CPUs each) on a cluster of these resources, those given (not None) kept.
+
+    Each actor takes one GPU where the cluster has GPUs, none where it has not; there is one actor
+    per GPU (or one, on CPUs); an actor with a GPU takes one CPU, one without shares the CPUs.
+    """
+    gpus = (1.0 if cluster_gpus else 0.0) if gpus is None else gpus
+    if actors is None:
+        actors = max(1, int(cluster_gpus // gpus)) if gpus else 1
+    if cpus is None:
+        cpus = 1 if gpus else max(1, int(cluster_cpus // actors))
+    return actors, gpus, cpus
 
 
 def _reason(err: Exception) -> str:

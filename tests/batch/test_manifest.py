@@ -1,4 +1,4 @@
-"""Reading a batch manifest (CSV or JSONL) into jobs, and the Ray backend's addresses. Torch-free."""
+"""Reading a batch manifest (CSV or JSONL) into jobs. Torch-free."""
 
 import json
 
@@ -7,7 +7,6 @@ import pytest
 from pnp.app.cli import flag
 from pnp.batch.manifest import read_manifest
 from pnp.config import ConfigError, PnPConfig
-from pnp.evaluation.backends import parse_backend
 
 DEFAULTS = {"num_inference_steps": 20, "guidance_scale": 9.0, "seed": 3}
 
@@ -81,23 +80,3 @@ def test_a_broken_manifest_is_refused_before_any_work(tmp_path, name, text, mess
     with pytest.raises(ConfigError, match="manifest") as caught:
         read(tmp_path / name)
     assert message in caught.value.reason
-
-
-@pytest.mark.parametrize(
-    "text, address",
-    [
-        ("ray", None),
-        ("ray:auto", "auto"),
-        ("ray:10.0.0.5:6379", "10.0.0.5:6379"),
-        ("ray://head.svc:10001", "ray://head.svc:10001"),
-    ],
-)
-def test_ray_backends_name_a_cluster(text, address):
-    spec = parse_backend(text)
-    assert (spec.kind, spec.address) == ("ray", address)
-
-
-@pytest.mark.parametrize("text", ["ray:", "ray:head", "ray://head", "rays", "ray:head:port"])
-def test_bad_ray_addresses_are_refused(text):
-    with pytest.raises(ConfigError, match="Ray cluster's address|not a server URL"):
-        parse_backend(text)
