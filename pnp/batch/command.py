@@ -42,8 +42,8 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
         "--backend",
         default=LOCAL,
         help="where to translate: local (default, this process), ray (a local Ray cluster), "
-        "ray:auto or ray:HOST:PORT (join a cluster; run on its head node) or ray://HOST:PORT "
-        "(Ray Client)",
+        "ray:auto or ray:HOST:PORT (join a cluster, from one of its nodes; not ray://: Ray Data does not "
+        "run through Ray Client)",
     )
     add_ray_arguments(parser)
     parser.add_argument(

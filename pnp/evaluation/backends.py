@@ -30,11 +30,12 @@ OUTPUT_TIMEOUT_S = 300
 REPLICATE_PREFIX = "replicate:"
 RAY = "ray"
 # ray starts a local cluster; ray:auto joins the one this machine belongs to; ray:HOST:PORT a head
-# node's GCS address; ray://HOST:PORT a cluster through Ray Client (ray.init's addresses).
-_RAY_ADDRESS = re.compile(r"^(auto|ray://[\w.-]+:\d+|[\w.-]+:\d+)$")
+# node's GCS address (ray.init's addresses). Not ray://HOST:PORT: Ray Data does not run through Ray
+# Client (its driver needs a core worker; ray-project/ray#48682), so the job would fail once started.
+_RAY_ADDRESS = re.compile(r"^(auto|[\w.-]+:\d+)$")
+RAY_CLIENT = "ray://"
 BACKEND_SYNTAX = (
-    "local, ray[:auto|:HOST:PORT], ray://HOST:PORT, http://HOST:PORT[,http://HOST2:PORT...] "
-    "or replicate:OWNER/MODEL[:VERSION]"
+    "local, ray[:auto|:HOST:PORT], http://HOST:PORT[,http://HOST2:PORT...] or replicate:OWNER/MODEL[:VERSION]"
 )
 # OWNER/MODEL or OWNER/MODEL:VERSION, as Replicate names them.
 _REPLICATE_REF = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(:[0-9a-f]{16,64})?$")
@@ -79,7 +80,7 @@ def parse_backend(text: str) -> BackendSpec:
     text = text.strip()
     if text == LOCAL:
         return BackendSpec(LOCAL)
-    if text == RAY or text.startswith(("ray:", "ray://")):
+    if text == RAY or text.startswith("ray:"):
         return parse_ray_backend(text)
     if text.startswith(REPLICATE_PREFIX):
         model = text[len(REPLICATE_PREFIX) :]
@@ -101,15 +102,22 @@ def parse_backend(text: str) -> BackendSpec:
 
 
 def parse_ray_backend(text: str) -> BackendSpec:
-    """``ray`` (a local cluster, started for the run), ``ray:auto``, ``ray:HOST:PORT`` or ``ray://HOST:PORT``."""
+    """``ray`` (a local cluster, started for the run), ``ray:auto`` or ``ray:HOST:PORT`` (a head node's GCS)."""
     if text == RAY:
         return BackendSpec(RAY)
-    address = text if text.startswith("ray://") else text.removeprefix("ray:")
+    if text.startswith(RAY_CLIENT):
+        raise ConfigError(
+            "backend",
+            f"{text!r}: Ray Data cannot run through Ray Client (ray://); run the command on a node of the "
+            "cluster with ray:auto, submit it as a Ray job (ray job submit --address http://HEAD:8265 -- "
+            "pnp ... --backend ray:auto), or join by the head's GCS address, ray:HEAD:6379",
+        )
+    address = text.removeprefix("ray:")
     if not _RAY_ADDRESS.match(address):
         raise ConfigError(
             "backend",
-            f"{text!r} is not a Ray cluster's address; use ray (a local cluster), ray:auto, "
-            "ray:HOST:PORT (the head node's GCS) or ray://HOST:PORT (Ray Client)",
+            f"{text!r} is not a Ray cluster's address; use ray (a local cluster), ray:auto or "
+            "ray:HOST:PORT (the head node's GCS address)",
         )
     return BackendSpec(RAY, address=address)
 

@@ -46,7 +46,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         "--backend",
         default=LOCAL,
         help="where to translate: local (default), ray[:ADDRESS] (actors on a Ray cluster: ray "
-        "starts a local one, ray:auto or ray://HOST:PORT joins one), http://HOST:PORT[,http://"
+        "starts a local one, ray:auto or ray:HOST:PORT joins one), http://HOST:PORT[,http://"
         "HOST2:PORT...] (Cog servers running predict.py) or replicate:OWNER/MODEL[:VERSION] "
         "(needs REPLICATE_API_TOKEN)",
     )

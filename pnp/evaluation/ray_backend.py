@@ -39,6 +39,7 @@ MODEL_OPTIONS = ("model", "config", "allow_pickle", "injection_layers", "device"
 INSTALL = "pip install -r requirements-scale.txt"
 LOOPBACK = "127.0.0.1"
 PROBE_TIMEOUT_S = 10
+AUTH_MODE = "RAY_AUTH_MODE"
 
 
 def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
@@ -148,10 +149,17 @@ class RayBackend:
                 _probe(self.address)
             ray.init(address="local" if local else self.address, logging_level=logging.WARNING, **options)
         except (ConnectionError, RuntimeError, ValueError, OSError) as err:
+            # A cluster started where a token exists (~/.ray/auth_token: any local ray.init makes one) wants it
+            # from its drivers, and a driver sends it only when told to: the refusal shows as a failed connection.
+            token = (
+                ""
+                if os.environ.get(AUTH_MODE)
+                else f"; if the cluster uses token authentication, set {AUTH_MODE}=token"
+            )
             raise ConfigError(
                 "backend",
                 f"no Ray cluster answers at {self.address} ({first_line(err)}); start one "
-                "(ray start --head), or use ray for a local one",
+                f"(ray start --head), or use ray for a local one{token}",
             ) from None
         self.started = local
 
@@ -228,7 +236,7 @@ def _reason(err: Exception) -> str:
 
 def _probe(address: str) -> None:
     """Fail fast (OSError) if nothing listens at a HOST:PORT address: Ray itself waits minutes for it."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host, _, port = address.rpartition(":")
     if host and port.isdigit():
         socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
 

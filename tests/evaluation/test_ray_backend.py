@@ -13,7 +13,7 @@ from pnp.evaluation.ray_backend import actor_resources
         ("ray", None),
         ("ray:auto", "auto"),
         ("ray:10.0.0.5:6379", "10.0.0.5:6379"),
-        ("ray://head.svc:10001", "ray://head.svc:10001"),
+        ("ray:head.svc:6379", "head.svc:6379"),
     ],
 )
 def test_ray_backends_name_a_cluster(text, address):
@@ -21,10 +21,18 @@ def test_ray_backends_name_a_cluster(text, address):
     assert (spec.kind, spec.address) == ("ray", address)
 
 
-@pytest.mark.parametrize("text", ["ray:", "ray:head", "ray://head", "rays", "ray:head:port"])
+@pytest.mark.parametrize("text", ["ray:", "ray:head", "rays", "ray:head:port", "ray:ray://head:10001"])
 def test_bad_ray_addresses_are_refused(text):
     with pytest.raises(ConfigError, match="Ray cluster's address|not a server URL"):
         parse_backend(text)
+
+
+def test_ray_client_addresses_are_refused_with_what_works_instead():
+    """Ray Data's driver needs a core worker, which a Ray Client connection does not have: the job would fail."""
+    with pytest.raises(ConfigError) as caught:
+        parse_backend("ray://head.svc:10001")
+    assert "cannot run through Ray Client" in caught.value.reason
+    assert "ray:auto" in caught.value.reason and "ray job submit" in caught.value.reason
 
 
 @pytest.mark.parametrize(
