@@ -25,6 +25,7 @@ from PIL import Image
 
 from pnp.app.cli import main
 from pnp.evaluation.ray_backend import RayBackend
+from support.cli import run_cli
 from support.paths import SAMPLES
 
 SETTINGS = ["--steps", "2", "--resolution", "128", "--dtype", "float32", "--device", "cpu", "--quiet"]
@@ -200,6 +201,19 @@ def test_a_killed_actor_loses_no_row(cluster, images, tiny_model_dir, tmp_path, 
     assert len(found) == 8 and all(len(record["pairs"]) == 1 and not record.get("error") for record in found.values())
     workers = {int(record["worker"].rsplit(":", 1)[1]) for record in found.values()}
     assert killed[0] in workers and len(workers) == 3  # the killed actor's restart finished its rows
+
+
+def test_another_process_joins_the_running_cluster_by_its_address(cluster, local_job, tiny_model_dir, tmp_path):
+    """As on a head node: a second driver, in its own process, joins by the GCS address (ray:HOST:PORT); it
+    inherits RAY_AUTH_MODE=token, which Ray set here when it started the cluster with token authentication."""
+    address = cluster.get_runtime_context().gcs_address
+    manifest = write_manifest(local_job[0].parent / "join.csv", ROWS[:2])  # p0 and p1: one call, as locally
+    args = ["batch", str(manifest), "--out", str(tmp_path / "job"), "--model", str(tiny_model_dir), *SETTINGS]
+    done = run_cli(*args, "--backend", f"ray:{address}", "--actors", "1", "--cpus-per-actor", "1")
+    assert done.returncode == 0, done.stderr
+    assert "2 of 2 rows translated" in done.stdout
+    ours, theirs = outputs(tmp_path / "job"), outputs(local_job[1])
+    assert len(ours) == 4 and all(np.array_equal(image, theirs[name]) for name, image in ours.items())
 
 
 def test_actors_that_cannot_load_the_model_stop_the_job_with_one_line(cluster, images, tmp_path, capsys):
