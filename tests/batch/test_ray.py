@@ -2,22 +2,22 @@
 
 The cluster (two CPUs, no dashboard, its own temporary folder) starts once and is shut down at
 the end of the module whatever happened; it is this process's own (``address="local"``), so a
-second pytest process or another cluster on the machine is never joined. The commands run
-in-process through ``pnp.app.cli.main``; their Ray backend finds the cluster already joined and
-leaves it running. Every actor loads the tiny model from the same folder as the local runs, and
-runs torch with one thread, as this process does: equal weights at equal memory alignment, equal
-thread counts and equal calls, so the outputs must be equal bit for bit.
+second pytest process or another cluster on the machine is never joined. The main job runs as a
+user runs it on a head node: ``python -m pnp batch ... --backend ray:HOST:PORT`` in a process of
+its own, joining the cluster by its GCS address. The other commands run in-process through
+``pnp.app.cli.main``; their Ray backend finds the cluster already joined and leaves it running.
+Every actor loads the tiny model from the same folder as the local runs, and runs torch with one
+thread, as this process does: equal weights at equal memory alignment, equal thread counts and
+equal calls, so the outputs must be equal bit for bit.
 """
 
 import csv
-import io
 import json
 import logging
 import os
 import shutil
 import signal
 import tempfile
-from contextlib import redirect_stderr, redirect_stdout
 
 import numpy as np
 import pytest
@@ -111,13 +111,17 @@ def local_job(images, tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ray_job(cluster, local_job, tiny_model_dir, tmp_path_factory):
-    """The local job's manifest on Ray, one actor of one CPU (one torch thread, as here): folder, status, console."""
+    """The local job's manifest on Ray, one actor of one CPU (one torch thread, as here): folder, status, console.
+
+    A second driver, in its own process, joins the cluster by its GCS address (ray:HOST:PORT); it inherits
+    RAY_AUTH_MODE=token, which Ray set here when it started the cluster with token authentication.
+    """
     manifest, _ = local_job
     out = tmp_path_factory.mktemp("ray-job")
-    capture = io.StringIO()
-    with redirect_stdout(capture), redirect_stderr(capture):
-        status = batch(manifest, out, tiny_model_dir, "--backend", "ray", "--actors", "1", "--cpus-per-actor", "1")
-    return out, status, capture.getvalue()
+    address = cluster.get_runtime_context().gcs_address
+    args = ["batch", str(manifest), "--out", str(out), "--model", str(tiny_model_dir), *SETTINGS]
+    done = run_cli(*args, "--backend", f"ray:{address}", "--actors", "1", "--cpus-per-actor", "1")
+    return out, done.returncode, done.stdout + done.stderr
 
 
 def test_the_ray_backend_writes_the_local_backends_outputs_bit_for_bit(ray_job, local_job):
@@ -201,19 +205,6 @@ def test_a_killed_actor_loses_no_row(cluster, images, tiny_model_dir, tmp_path, 
     assert len(found) == 8 and all(len(record["pairs"]) == 1 and not record.get("error") for record in found.values())
     workers = {int(record["worker"].rsplit(":", 1)[1]) for record in found.values()}
     assert killed[0] in workers and len(workers) == 3  # the killed actor's restart finished its rows
-
-
-def test_another_process_joins_the_running_cluster_by_its_address(cluster, local_job, tiny_model_dir, tmp_path):
-    """As on a head node: a second driver, in its own process, joins by the GCS address (ray:HOST:PORT); it
-    inherits RAY_AUTH_MODE=token, which Ray set here when it started the cluster with token authentication."""
-    address = cluster.get_runtime_context().gcs_address
-    manifest = write_manifest(local_job[0].parent / "join.csv", ROWS[:2])  # p0 and p1: one call, as locally
-    args = ["batch", str(manifest), "--out", str(tmp_path / "job"), "--model", str(tiny_model_dir), *SETTINGS]
-    done = run_cli(*args, "--backend", f"ray:{address}", "--actors", "1", "--cpus-per-actor", "1")
-    assert done.returncode == 0, done.stderr
-    assert "2 of 2 rows translated" in done.stdout
-    ours, theirs = outputs(tmp_path / "job"), outputs(local_job[1])
-    assert len(ours) == 4 and all(np.array_equal(image, theirs[name]) for name, image in ours.items())
 
 
 def test_actors_that_cannot_load_the_model_stop_the_job_with_one_line(cluster, images, tmp_path, capsys):
