@@ -26,6 +26,7 @@ from PIL import Image
 from pnp.app.cli import main
 from pnp.evaluation.ray_backend import RayBackend
 from support.cli import run_cli
+from support.evaluation import run_evaluate
 from support.paths import SAMPLES
 
 SETTINGS = ["--steps", "2", "--resolution", "128", "--dtype", "float32", "--device", "cpu", "--quiet"]
@@ -221,22 +222,8 @@ def test_actors_that_cannot_load_the_model_stop_the_job_with_one_line(cluster, i
 @pytest.fixture(scope="module")
 def evaluate(tiny_model_dir, clip_model_dir, dino_model_dir):
     def run(out, *extra):
-        return main(
-            [
-                "evaluate",
-                str(SAMPLES / "pie-bench"),
-                "--out",
-                str(out),
-                "--model",
-                str(tiny_model_dir),
-                "--clip-model",
-                str(clip_model_dir),
-                "--dino-model",
-                str(dino_model_dir),
-                *SETTINGS,
-                *extra,
-            ]
-        )
+        models = (tiny_model_dir, clip_model_dir, dino_model_dir)
+        return run_evaluate(SAMPLES / "pie-bench", out, *models, *SETTINGS, *extra)
 
     return run
 

@@ -21,6 +21,7 @@ from PIL import Image
 from pnp.app.cli import main
 from pnp.evaluation.metrics import METRICS
 from support.cog_server import CogServer, write_schema
+from support.evaluation import run_evaluate
 from support.fake_replicate import TOKEN, FakeReplicate
 from support.paths import SAMPLES
 
@@ -65,27 +66,8 @@ def servers(tmp_path_factory, tiny_model_dir):
 @pytest.fixture(scope="module")
 def evaluate(tiny_model_dir, clip_model_dir, dino_model_dir):
     def run(benchmark, out, *extra):
-        return main(
-            [
-                "evaluate",
-                str(benchmark),
-                "--out",
-                str(out),
-                "--model",
-                str(tiny_model_dir),
-                "--clip-model",
-                str(clip_model_dir),
-                "--dino-model",
-                str(dino_model_dir),
-                "--device",
-                "cpu",
-                "--dtype",
-                "float32",
-                "--quiet",
-                *SETTINGS,
-                *extra,
-            ]
-        )
+        fast = ["--device", "cpu", "--dtype", "float32", "--quiet", *SETTINGS]
+        return run_evaluate(benchmark, out, tiny_model_dir, clip_model_dir, dino_model_dir, *fast, *extra)
 
     return run
 
