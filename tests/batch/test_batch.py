@@ -5,6 +5,8 @@ The command runs in-process through ``pnp.app.cli.main`` (the same code as ``pyt
 
 import csv
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -157,3 +159,15 @@ def test_a_row_the_backend_never_returns_is_recorded_as_failed_and_redone(tmp_pa
     ]
     run(plan, backend, quiet=True, log=lambda line: None)
     assert backend.asked == [["kept", "lost"], ["lost"]]
+
+
+def test_without_ray_installed_the_ray_backend_says_how_to_get_it(tmp_path):
+    """Ray is optional (requirements-scale.txt; not in the Cog image): without it, one line says what to install."""
+    (tmp_path / "m.csv").write_text("image,prompt\na.png,a cat\n")
+    argv = ["pnp", "batch", "m.csv", "--out", "out", "--model", "tiny", "--backend", "ray"]
+    blocked = "import sys, runpy; sys.modules['ray'] = None"  # as if not installed: importing it raises
+    probe = f"{blocked}; sys.argv = {argv!r}; runpy.run_module('pnp', run_name='__main__')"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: --backend: the Ray backend needs Ray: pip install -r requirements-scale.txt"
+    assert not (tmp_path / "out").exists()
