@@ -119,13 +119,6 @@ def _plan(args: argparse.Namespace):
     random_metrics = args.model in RANDOM_MODELS
     args.clip_model = args.clip_model or (RANDOM if random_metrics else DEFAULT_CLIP_MODEL)
     args.dino_model = args.dino_model or (RANDOM if random_metrics else DEFAULT_DINO_MODEL)
-    backend = None
-    if spec.kind not in (LOCAL, RAY):
-        for job in jobs:
-            form_inputs(job.config, job.seed)  # refuses prompts the form cannot carry
-    if spec.kind != LOCAL:
-        backend = _remote_backend(spec, args)
-        backend.check()
     settings = {k: v for k, v in base.as_kwargs().items() if k not in ("prompt", "generation_prompt")}
     manifest = {
         "benchmark": str(benchmark.path.resolve()),
@@ -138,6 +131,14 @@ def _plan(args: argparse.Namespace):
     }
     out = Path(args.out)
     check_folder(out, manifest, args.overwrite)  # written once the models have loaded, by the run
+    if spec.kind not in (LOCAL, RAY):
+        for job in jobs:
+            form_inputs(job.config, job.seed)  # refuses prompts the form cannot carry
+    # A remote backend last: starting a Ray cluster or probing servers is the slow part of the checks.
+    backend = None
+    if spec.kind != LOCAL:
+        backend = _remote_backend(spec, args)
+        backend.check()
     return Plan(benchmark, jobs, out, manifest), backend
 
 

@@ -20,6 +20,7 @@ from PIL import Image
 
 from pnp.app.cli import main
 from pnp.evaluation.metrics import METRICS
+from pnp.evaluation.records import MANIFEST
 from support.cog_server import CogServer, write_schema
 from support.evaluation import run_evaluate
 from support.fake_replicate import TOKEN, FakeReplicate
@@ -281,6 +282,15 @@ def test_an_unreachable_server_is_named_before_work(evaluate, tmp_path, capsys):
     assert evaluate(PIE, tmp_path / "out", "--backend", "http://127.0.0.1:9") == 2
     assert "error: --backend: no Cog server answers at http://127.0.0.1:9" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_of_another_run_is_refused_before_any_backend_starts(evaluate, tmp_path, capsys):
+    # Starting a Ray cluster or probing servers takes seconds: the folder, a file read, is checked first.
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / MANIFEST).write_text(json.dumps({"benchmark": "another.yaml"}))
+    assert evaluate(PIE, tmp_path / "out", "--backend", "http://127.0.0.1:9") == 2
+    error = capsys.readouterr().err
+    assert "holds an evaluation with other benchmark ('another.yaml'" in error and "no Cog server" not in error
 
 
 def test_an_unavailable_metric_model_is_said_before_work_and_leaves_no_folder(evaluate, tmp_path, capsys, monkeypatch):
