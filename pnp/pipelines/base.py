@@ -402,8 +402,9 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
         pictures = [resize_for_model(original, config.resolution) for original in originals]
         masks = [None] * len(pictures)
         if mask_image is not None:
-            sizes = [picture.size for picture in pictures]
-            masks = latent_masks(listed(mask_image), originals, sizes, self.vae_scale_factor, config.mask_dilation)
+            masks = latent_masks(
+                listed(mask_image), originals, config.resolution, self.vae_scale_factor, config.mask_dilation
+            )
         sizes = sorted({picture.size for picture in pictures})
         if output_type != "pil" and len(sizes) > 1:
             raise ConfigError(

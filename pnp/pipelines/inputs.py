@@ -9,7 +9,7 @@ import PIL.Image
 import torch
 
 from pnp.config import ConfigError
-from pnp.images import to_rgb
+from pnp.images import to_rgb, working_size
 from pnp.method.mask import binary_mask, latent_mask
 
 logger = logging.getLogger("pnp.pipeline")
@@ -81,36 +81,24 @@ def mask_values(mask, label: str) -> np.ndarray:
     return values
 
 
-def check_mask_size(mask_size: tuple[int, int], image_size: tuple[int, int], label: str) -> None:
-    """A mask must have its image's aspect ratio: scaled to the image's width, within a pixel of its height.
-
-    A mask of the image's shape but another size is scaled to the working size with the image.
-    """
-    (mw, mh), (iw, ih) = mask_size, image_size
-    if abs(mh * iw / mw - ih) < 1 and abs(mw * ih / mh - iw) < 1:
-        return
-    raise ConfigError(
-        "mask_image",
-        f"{label} is {mw}x{mh} pixels but its image is {iw}x{ih}: another aspect ratio ({mw / mh:.3g} against "
-        f"{iw / ih:.3g}); give a mask of the image's size, white where the edit may happen",
-    )
-
-
-def latent_masks(masks: list, images: list[PIL.Image.Image], working: list[tuple[int, int]], scale: int, dilation: int):
+def latent_masks(masks: list, images: list[PIL.Image.Image], resolution: int, scale: int, dilation: int):
     """Each image's (1, 1, h, w) bool latent mask (``pnp.method.mask.latent_mask``), None where it has none.
 
-    ``images`` are the inputs at their own size, ``working`` their working sizes and ``scale`` the VAE's
-    factor. Every check is made here, before any model work: ConfigError("mask_image") for a mask of another
-    aspect ratio, or one that marks nothing (all black, or too little for a latent pixel) or everything.
+    ``images`` are the inputs as given, translated at ``resolution``; ``scale`` is the VAE's factor. A mask
+    must have its image's aspect ratio: sized by the images' rule (``pnp.images.working_size``), it must land
+    on its image's working size, so a mask of another size is scaled with its image (and a mask of the
+    original photo fits an image already read at its working size). Every check is made here, before any
+    model work: ConfigError("mask_image") for a mask of another aspect ratio, or one that marks nothing (all
+    black, or too little for a latent pixel) or everything.
     """
     latent = []
-    for n, (mask, image, (width, height)) in enumerate(zip(masks, images, working)):
+    for n, (mask, image) in enumerate(zip(masks, images)):
         if mask is None:
             latent.append(None)
             continue
         label = "the mask" if len(masks) == 1 else f"mask {n + 1} of {len(masks)}"
         values = mask_values(mask, label)
-        check_mask_size((values.shape[1], values.shape[0]), image.size, label)
+        width, height = _mask_working_size(values.shape[::-1], image.size, resolution, label)
         white = binary_mask(torch.from_numpy(values))
         if not white.any():
             raise ConfigError(
@@ -134,3 +122,21 @@ def latent_masks(masks: list, images: list[PIL.Image.Image], working: list[tuple
             logger.warning(f"{label} keeps no latent pixel of the image: only the paste (mask_paste) would keep any")
         latent.append(result)
     return latent
+
+
+def _mask_working_size(size: tuple[int, int], image_size: tuple[int, int], resolution: int, label: str):
+    """The working size of the image, which the mask (of ``size``) must land on too."""
+    working = working_size(*image_size, resolution)
+    try:
+        masked = working_size(*size, resolution)
+    except ConfigError as err:
+        raise ConfigError("mask_image", f"{label}: {err.reason}") from None
+    if masked != working:
+        (mw, mh), (iw, ih) = size, image_size
+        raise ConfigError(
+            "mask_image",
+            f"{label} is {mw}x{mh} pixels but its image is {iw}x{ih}: another aspect ratio ({mw / mh:.3g} against "
+            f"{iw / ih:.3g}; at resolution {resolution} they are {masked[0]}x{masked[1]} and "
+            f"{working[0]}x{working[1]}); give a mask of the image's size, white where the edit may happen",
+        )
+    return working

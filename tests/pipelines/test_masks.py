@@ -172,7 +172,7 @@ def black(size=(128, 192)):
 
 
 BAD_MASKS = [
-    (dict(mask_image=rectangle_mask(size=(128, 128))), "mask_image", "128x128 pixels but its image is 192x128"),
+    (dict(mask_image=rectangle_mask(size=(128, 128))), "mask_image", "128x128 pixels but its image is 192x128: another aspect ratio"),
     (dict(mask_image=black()), "mask_image", "all black: it allows no change anywhere"),
     (dict(mask_image=Image.new("L", (192, 128), 255)), "mask_image", "all white: every pixel may change, which is"),
     (dict(mask_image=rectangle_mask(slice(0, 2), slice(0, 2))), "mask_image", "covers no 8x8 block"),
@@ -203,3 +203,13 @@ def test_a_mask_with_a_generated_source_is_refused(pipe):
     with pytest.raises(ConfigError, match="a generated source is not known before the call") as caught:
         pipe(prompt="a cat", generation_prompt="a dog", mask_image=rectangle_mask(), **FAST)
     assert caught.value.param == "mask_image"
+
+
+def test_a_mask_of_the_photo_fits_the_photo_read_at_its_working_size(pipe, photo):
+    """The entry points read images at their working size (160x128 -> 192x128), masks at their own."""
+    from pnp.images import resize_for_model
+
+    mask = rectangle_mask(ROWS, slice(50, 110), (128, 160))
+    given = pipe(prompt="a cat", image=photo, mask_image=mask, output_type="latent", **FAST).images
+    read = pipe(prompt="a cat", image=resize_for_model(photo, 128), mask_image=mask, output_type="latent", **FAST)
+    assert torch.equal(read.images, given)
