@@ -172,10 +172,12 @@ def test_openapi_lists_every_input_in_form_order(server):
 
     for name, field in inputs.items():
         assert len(field["description"]) > 60, name
-        assert ("default" in field) != (name in ("input_image", "seed", "num_inversion_steps", "lora_weights")), name
+        assert ("default" in field) != (
+            name in ("input_image", "mask", "seed", "num_inversion_steps", "lora_weights")
+        ), name
         if field.get("type") in ("integer", "number"):
             assert "minimum" in field and "maximum" in field, name
-    assert inputs["input_image"]["format"] == "uri" and inputs["seed"]["nullable"]
+    assert inputs["input_image"]["format"] == "uri" and inputs["mask"]["format"] == "uri" and inputs["seed"]["nullable"]
     assert inputs["num_inversion_steps"]["nullable"]
     assert inputs["num_inference_steps"]["maximum"] == MAX_SAMPLING_STEPS
     assert choices("negative_prompt_schedule") == list(NEGATIVE_SCHEDULES)
@@ -197,6 +199,32 @@ def test_an_image_sent_as_data_uri_is_translated(server, photo):
     metrics = prediction["metrics"]
     assert metrics["unet_rows"] > 0 and metrics["inversion_s"] > 0 and metrics["translation_s"] > 0
     assert "inversion:" in prediction["logs"] and "translation:" in prediction["logs"]
+
+
+def test_a_mask_keeps_the_photos_pixels_outside_it_with_the_paste(server, photo):
+    white = np.zeros((128, 256, 4), np.uint8)
+    white[32:96, 96:192] = 255  # a white rectangle on a transparent layer
+    inputs = {"input_image": data_uri(photo), "mask": data_uri(Image.fromarray(white, "RGBA")), **FAST}
+    prediction = server.predict({**inputs, "mask_paste": True, "mask_feather": 0}).json()
+    assert prediction["status"] == "succeeded", prediction.get("error")
+    [(_, image)] = decoded_images(prediction["output"])
+    pixels, source = np.asarray(image.convert("RGB")), np.asarray(photo)
+    inside = np.zeros((128, 256), bool)
+    inside[32:96, 96:192] = True
+    assert np.array_equal(pixels[~inside], source[~inside])
+    assert (pixels[inside] != source[inside]).any(axis=-1).mean() > 0.5
+
+    errors = {
+        data_uri(Image.new("L", (256, 128))): "ConfigError: mask: the mask is all black",
+        data_uri(Image.new("L", (128, 128), 255)): "ConfigError: mask: the mask is 128x128 pixels but its image",
+        "/etc/passwd": "ImageError: mask: only a file the request brings is read",
+        "data:text/plain;base64,aGVsbG8=": "ImageError: mask: the uploaded file is not a readable image",
+    }
+    for mask, message in errors.items():
+        prediction = server.predict({**inputs, "mask": mask}).json()
+        assert prediction["status"] == "failed" and prediction["error"].startswith(PREDICT_ERROR + message), mask
+    prediction = server.predict({**inputs, "generation_prompt": "a dog"}).json()
+    assert prediction["error"].startswith(PREDICT_ERROR + "ConfigError: mask: a mask marks part of input_image")
 
 
 def test_generation_mode_returns_the_source_first(server):

@@ -172,7 +172,11 @@ def black(size=(128, 192)):
 
 
 BAD_MASKS = [
-    (dict(mask_image=rectangle_mask(size=(128, 128))), "mask_image", "128x128 pixels but its image is 192x128: another aspect ratio"),
+    (
+        dict(mask_image=rectangle_mask(size=(128, 128))),
+        "mask_image",
+        "is 128x128 pixels but its image is 192x128: another",
+    ),
     (dict(mask_image=black()), "mask_image", "all black: it allows no change anywhere"),
     (dict(mask_image=Image.new("L", (192, 128), 255)), "mask_image", "all white: every pixel may change, which is"),
     (dict(mask_image=rectangle_mask(slice(0, 2), slice(0, 2))), "mask_image", "covers no 8x8 block"),

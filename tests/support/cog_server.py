@@ -28,6 +28,7 @@ START_TIMEOUT_S = 120
 # The order of the web form, as the tracker specifies it.
 FORM_ORDER = [
     "input_image",
+    "mask",
     "generation_prompt",
     "translation_prompts",
     "scale",
@@ -41,6 +42,10 @@ FORM_ORDER = [
     "generation_scale",
     "seed",
     "resolution",
+    "mask_blend_threshold",
+    "mask_dilation",
+    "mask_paste",
+    "mask_feather",
     "output_format",
     "output_quality",
     "disable_safety_checker",
