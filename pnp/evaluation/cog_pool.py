@@ -24,6 +24,8 @@ from pnp.evaluation.backends import (
     Translation,
     decode_image,
     file_data_uri,
+    image_data_uri,
+    job_mask,
     read_output,
     split_outputs,
 )
@@ -116,6 +118,9 @@ class CogPool:
         inputs = form_inputs(job.config, job.seed)
         if not job.config.generating:
             inputs["input_image"] = file_data_uri(job.source.image)
+        mask = job_mask(job)
+        if mask is not None:
+            inputs["mask"] = image_data_uri(mask)
         failures, busy_since = 0, None
         while True:
             try:

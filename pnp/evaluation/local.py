@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from pnp.evaluation.backends import IMAGES_PER_CALL, LOCAL, Job, Translation
+from pnp.evaluation.backends import IMAGES_PER_CALL, LOCAL, Job, Translation, job_mask
 from pnp.images import load_image
 from pnp.method.generation import noise_generator
 
@@ -21,7 +21,9 @@ class LocalBackend:
             first = batch[0]
             images = None if first.config.generating else [load_image(job.source.image) for job in batch]
             generator = noise_generator(first.seed)
-            result = self.pipe(image=images, generator=generator, **first.config.as_kwargs())
+            masks = [job_mask(job) for job in batch]
+            masks = masks if any(mask is not None for mask in masks) else None
+            result = self.pipe(image=images, mask_image=masks, generator=generator, **first.config.as_kwargs())
             count = len(first.config.prompt)
             for k, job in enumerate(batch):
                 yield Translation(job, list(result.images[k * count : (k + 1) * count]), result.source_image, LOCAL)

@@ -17,7 +17,16 @@ import requests
 
 from pnp.app.form import form_inputs
 from pnp.config import ConfigError
-from pnp.evaluation.backends import BackendError, Job, Translation, decode_image, read_output, split_outputs
+from pnp.evaluation.backends import (
+    BackendError,
+    Job,
+    Translation,
+    decode_image,
+    image_data_uri,
+    job_mask,
+    read_output,
+    split_outputs,
+)
 from pnp.messages import first_line
 
 TOKEN_ENV = "REPLICATE_API_TOKEN"
@@ -88,6 +97,9 @@ class ReplicateBackend:
         try:
             if source is not None:
                 inputs["input_image"] = source
+            mask = job_mask(job)
+            if mask is not None:
+                inputs["mask"] = image_data_uri(mask)
             options = {"input": inputs, "file_encoding_strategy": "base64"}
             if self.version:
                 return self._client.predictions.create(version=self.version, **options)
