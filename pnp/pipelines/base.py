@@ -40,7 +40,7 @@ from pnp.method.sources import SourceGroup
 from pnp.method.text import Prompts, TextEmbeddings
 from pnp.method.vae import decode, image_to_tensor
 from pnp.pipelines import single_file
-from pnp.pipelines.inputs import MASK_TYPES, as_pil, latent_masks, listed
+from pnp.pipelines.inputs import MASK_TYPES, as_pil, edit_masks, listed
 from pnp.pipelines.loading import check_supported, choose_device_and_dtype, loading_errors, loading_options
 
 logger = logging.getLogger("pnp.pipeline")
@@ -402,7 +402,7 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
         pictures = [resize_for_model(original, config.resolution) for original in originals]
         masks = [None] * len(pictures)
         if mask_image is not None:
-            masks = latent_masks(
+            masks = edit_masks(
                 listed(mask_image), originals, config.resolution, self.vae_scale_factor, config.mask_dilation
             )
         sizes = sorted({picture.size for picture in pictures})
@@ -527,7 +527,7 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
         for index, (picture, mask) in enumerate(zip(pictures, masks)):
             key = self._source_key(config, image_digest(picture), picture.size, config.num_inversion_steps)
             group = groups.setdefault(picture.size, SourceGroup())
-            group.add(index, key, self.source_cache.get(key), picture, uncond, mask)
+            group.add(index, key, self.source_cache.get(key), picture, uncond, None if mask is None else mask.latent)
         return list(groups.values())
 
     def _generation_group(
@@ -563,7 +563,7 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
     def _postprocess(self, config, latents: list[torch.Tensor], generated, output_type, device, pastes):
         """Decode, paste, check and convert the latents one image at a time (bounded memory; sizes may differ).
 
-        ``pastes`` holds, per latent, the (latent mask, source picture) of the pixel paste, or None.
+        ``pastes`` holds, per latent, the (``EditMask``, source picture) of the pixel paste, or None.
         """
         if generated is not None:
             latents, pastes = [generated, *latents], [None, *pastes]
@@ -575,7 +575,7 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
             decoded = decode(self.vae, latent, self._vae_float32).float()
             if pasted is not None:
                 mask, picture = pasted
-                alpha = paste_alpha(mask, self.vae_scale_factor, config.mask_feather).to(decoded.device)
+                alpha = paste_alpha(mask.pixels, config.mask_feather).to(decoded.device)
                 decoded = paste(decoded, image_to_tensor(picture).to(decoded.device), alpha)
             bad = False
             if self.safety_checker is not None:
@@ -686,7 +686,7 @@ def _in_input_order(
 
 
 def _check_masks(config: PnPConfig, image, mask_image, output_type: str) -> None:
-    """What can be told of ``mask_image`` without reading its pixels (``inputs.latent_masks`` reads them)."""
+    """What can be told of ``mask_image`` without reading its pixels (``inputs.edit_masks`` reads them)."""
     if config.generating:
         raise ConfigError(
             "mask_image",

@@ -10,7 +10,7 @@ import torch
 
 from pnp.config import ConfigError
 from pnp.images import to_rgb, working_size
-from pnp.method.mask import binary_mask, latent_mask
+from pnp.method.mask import EditMask, binary_mask
 
 logger = logging.getLogger("pnp.pipeline")
 
@@ -81,8 +81,8 @@ def mask_values(mask, label: str) -> np.ndarray:
     return values
 
 
-def latent_masks(masks: list, images: list[PIL.Image.Image], resolution: int, scale: int, dilation: int):
-    """Each image's (1, 1, h, w) bool latent mask (``pnp.method.mask.latent_mask``), None where it has none.
+def edit_masks(masks: list, images: list[PIL.Image.Image], resolution: int, scale: int, dilation: int):
+    """Each image's ``pnp.method.mask.EditMask`` (its latent and working-size masks), None where it has none.
 
     ``images`` are the inputs as given, translated at ``resolution``; ``scale`` is the VAE's factor. A mask
     must have its image's aspect ratio: sized by the images' rule (``pnp.images.working_size``), it must land
@@ -111,14 +111,14 @@ def latent_masks(masks: list, images: list[PIL.Image.Image], resolution: int, sc
                 f"{label} is all white: every pixel may change, which is the same as giving no mask; leave it out, "
                 "or paint black where the image must stay as it is",
             )
-        result = latent_mask(white, (height // scale, width // scale), dilation)
-        if not result.any():
+        result = EditMask.of(white, (width, height), scale, dilation)
+        if not result.latent.any():
             raise ConfigError(
                 "mask_image",
                 f"{label}'s white area covers no {scale}x{scale} block of the working image by half or more, so "
                 f"nothing could change: paint a larger area",
             )
-        if result.all():
+        if result.latent.all():
             logger.warning(f"{label} keeps no latent pixel of the image: only the paste (mask_paste) would keep any")
         latent.append(result)
     return latent
