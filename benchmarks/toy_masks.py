@@ -14,6 +14,9 @@ each output. Printed per mode:
   lowest over the scenes; a scene whose background is exact counts as ``EXACT_PSNR``);
 - edited: how often the shape inside the mask takes the target colour.
 
+A first row judges the source's own VAE reconstruction (decoded from its encoding) as the "output":
+what latent blending to the end can keep at best, since it keeps the source's latents, decoded.
+
 Needs the toy model and its world (``pnp.toy``, from the toy-model issue). With ``--figure``, draws a
 few scenes: source, mask, then the outputs of each mode.
 """
@@ -42,6 +45,7 @@ MODES = {
     "blend, threshold 0.8": dict(mask_blend_threshold=0.8),
     "blend, threshold 1.0": dict(mask_blend_threshold=1.0),
     "blend 1.0 + paste": dict(mask_blend_threshold=1.0, mask_paste=True),
+    "blend 1.0 + paste, feather 2": dict(mask_blend_threshold=1.0, mask_paste=True, mask_feather=2),
 }
 
 
@@ -68,21 +72,36 @@ def main(argv: list[str] | None = None) -> None:
     pipe.set_progress_bar_config(disable=True)
     cases = [edit_case(k) for k in range(args.cases)]
     print(f"toy model {args.model}: {args.cases} two-shape scenes, {args.steps} steps, guidance {GUIDANCE}")
-    print(f"{'mode':22} {'kept':>6} {'kept IoU':>9} {'bg PSNR mean':>13} {'bg PSNR min':>12} {'edited':>7}")
+    print(f"{'mode':30} {'kept':>6} {'kept IoU':>9} {'bg PSNR mean':>13} {'bg PSNR min':>12} {'edited':>7}")
+    print_row("VAE reconstruction", [judge(case, reconstruction(pipe, case[0].image)) for case in cases])
     outputs = {}
     for name, settings in MODES.items():
         outputs[name] = [translate(pipe, case, settings, args.steps) for case in cases]
-        judged = [judge(case, output) for case, output in zip(cases, outputs[name])]
-        kept, iou, psnr, edited = (np.array(values, float) for values in zip(*judged))
-        print(
-            f"{name:22} {kept.mean():6.1%} {iou.mean():9.3f} {psnr.mean():10.2f} dB {psnr.min():9.2f} dB "
-            f"{edited.mean():7.1%}",
-            flush=True,
-        )
+        print_row(name, [judge(case, output) for case, output in zip(cases, outputs[name])])
     print(f"measured in {time.perf_counter() - start:.0f} s")
     if args.figure:
         figure(cases[:4], {name: images[:4] for name, images in outputs.items()}).save(args.figure, optimize=True)
         print(f"wrote {args.figure}")
+
+
+def print_row(name: str, judged: list[tuple]) -> None:
+    kept, iou, psnr, edited = (np.array(values, float) for values in zip(*judged))
+    print(
+        f"{name:30} {kept.mean():6.1%} {iou.mean():9.3f} {psnr.mean():10.2f} dB {psnr.min():9.2f} dB "
+        f"{edited.mean():7.1%}",
+        flush=True,
+    )
+
+
+def reconstruction(pipe, image: Image.Image) -> Image.Image:
+    """``image`` encoded and decoded by the model's VAE."""
+    import torch
+
+    from pnp.method.vae import decode, encode, image_to_tensor
+
+    with torch.inference_mode():
+        decoded = decode(pipe.vae, encode(pipe.vae, image_to_tensor(image)))
+    return pipe.image_processor.postprocess(decoded, output_type="pil")[0]
 
 
 def edit_case(k: int):
