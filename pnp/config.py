@@ -49,6 +49,10 @@ RANGES = {
 }
 
 
+# The settings of masked editing: they act only with a mask (which the pipeline takes apart, as the image).
+MASK_SETTINGS = ("mask_blend_threshold", "mask_dilation", "mask_paste", "mask_feather")
+
+
 class ConfigError(ValueError):
     """A parameter has a value the method cannot use.
 

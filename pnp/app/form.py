@@ -26,6 +26,7 @@ from dataclasses import dataclass, fields
 from PIL import Image
 
 from pnp.config import (
+    MASK_SETTINGS,
     MAX_PROMPTS,
     NEGATIVE_SCHEDULES,
     RANGES,
@@ -431,14 +432,16 @@ def config_resolution(value: int) -> int | None:
 # --- Filling in the form for a running predictor ---
 
 
-def form_inputs(config: PnPConfig, seed: int) -> dict:
+def form_inputs(config: PnPConfig, seed: int, masked: bool = False) -> dict:
     """The form inputs that make the predictor translate as ``config`` and ``seed`` do locally, into lossless PNGs.
 
-    The source (``input_image``) is not included: it is a file, which each client sends its own way.
+    The source (``input_image``) and its ``mask`` are not included: they are files, which each client sends its
+    own way. The mask settings are included only for a ``masked`` source, so that a predictor from before masked
+    editing takes the inputs of an unmasked one.
     """
     inputs = {}
     for name, value in config.as_kwargs().items():
-        if name in NOT_ON_FORM:
+        if name in NOT_ON_FORM or (name in MASK_SETTINGS and not masked):
             continue
         if name == "prompt":
             value = join_prompts(value)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pnp.app.form import form_inputs
 from pnp.app.options import load_pipeline, translation_config
-from pnp.config import ConfigError, check_int
+from pnp.config import MASK_SETTINGS, ConfigError, check_int
 from pnp.evaluation.backends import IMAGES_PER_CALL, LOCAL, BackendError, make_job, parse_backend
 from pnp.evaluation.benchmarks import PIE_BENCH
 from pnp.evaluation.load import load_benchmark
@@ -130,7 +130,7 @@ def _plan(args: argparse.Namespace):
         backend.check()
     settings = {k: v for k, v in base.as_kwargs().items() if k not in ("prompt", "generation_prompt")}
     if not args.use_masks:  # the mask settings do nothing without masks
-        settings = {k: v for k, v in settings.items() if not k.startswith("mask_")}
+        settings = {k: v for k, v in settings.items() if k not in MASK_SETTINGS}
     manifest = {
         "benchmark": str(benchmark.path.resolve()),
         "kind": benchmark.kind,

@@ -92,12 +92,12 @@ class ReplicateBackend:
         return split_outputs(job, images, f"replicate {prediction.id}")
 
     def _create(self, job: Job):
-        inputs = form_inputs(job.config, job.seed)
+        mask = job_mask(job)
+        inputs = form_inputs(job.config, job.seed, masked=mask is not None)
         source = None if job.config.generating else open(job.source.image, "rb")  # noqa: SIM115
         try:
             if source is not None:
                 inputs["input_image"] = source
-            mask = job_mask(job)
             if mask is not None:
                 inputs["mask"] = image_data_uri(mask)
             options = {"input": inputs, "file_encoding_strategy": "base64"}

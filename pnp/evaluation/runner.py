@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from pnp.config import MASK_SETTINGS
 from pnp.evaluation.backends import Translation, job_mask
 from pnp.evaluation.benchmarks import PIE_BENCH
 from pnp.evaluation.contact_sheet import write_contact_sheet
@@ -67,7 +68,7 @@ def file_translation(plan: Plan, translation: Translation, suite: MetricSuite) -
     settings = {
         k: v
         for k, v in job.config.as_kwargs().items()
-        if k != "prompt" and (job.use_mask or not k.startswith("mask_"))  # mask settings only where masks are used
+        if k != "prompt" and (job.use_mask or k not in MASK_SETTINGS)  # mask settings only where masks are used
     }
     if job.use_mask:
         settings["mask"] = PIE_BENCH if job_mask(job) is not None else "none: the region is empty or everything"
@@ -137,7 +138,7 @@ def mode(manifest: dict) -> str:
     if manifest.get("masks") is None:
         return "mode: unmasked, the whole image may change"
     settings = manifest["settings"]
-    masked = ", ".join(f"{name} {settings[name]}" for name in settings if name.startswith("mask_"))
+    masked = ", ".join(f"{name} {settings[name]}" for name in MASK_SETTINGS)
     return f"mode: masked editing inside PIE-Bench's masks ({masked})"
 
 
