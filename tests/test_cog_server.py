@@ -268,7 +268,15 @@ def test_whole_numbers_sent_as_floats_count_as_integers(server):
     def json_type(field):
         return field.get("type") or schema[field["allOf"][0]["$ref"].rpartition("/")[2]]["type"]
 
-    integers = {"num_inference_steps": 2, "num_inversion_steps": 2, "seed": 3, "resolution": 128, "output_quality": 40}
+    integers = {
+        "num_inference_steps": 2,
+        "num_inversion_steps": 2,
+        "seed": 3,
+        "resolution": 128,
+        "output_quality": 40,
+        "mask_dilation": 1,
+        "mask_feather": 4,
+    }
     assert sorted(integers) == sorted(n for n, f in schema["Input"]["properties"].items() if json_type(f) == "integer")
 
     def outputs(values):
