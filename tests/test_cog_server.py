@@ -27,7 +27,16 @@ from PIL import Image
 from cog_outputs import PREFIX
 from pnp.config import MAX_RESOLUTION, MAX_SAMPLING_STEPS, MIN_RESOLUTION, NEGATIVE_SCHEDULES
 from pnp.outputs import OUTPUT_FORMATS
-from support.cog_server import FAST, FORM_ORDER, CogServer, data_uri, decode_data_uri, sample_photo, write_schema
+from support.cog_server import (
+    FAST,
+    FORM_ORDER,
+    WHOLE_NUMBERS,
+    CogServer,
+    data_uri,
+    decode_data_uri,
+    sample_photo,
+    write_schema,
+)
 from support.local_http import LocalServer, QuietHandler
 from support.models import safetensors_bytes, save_random_lora
 
@@ -268,15 +277,7 @@ def test_whole_numbers_sent_as_floats_count_as_integers(server):
     def json_type(field):
         return field.get("type") or schema[field["allOf"][0]["$ref"].rpartition("/")[2]]["type"]
 
-    integers = {
-        "num_inference_steps": 2,
-        "num_inversion_steps": 2,
-        "seed": 3,
-        "resolution": 128,
-        "output_quality": 40,
-        "mask_dilation": 1,
-        "mask_feather": 4,
-    }
+    integers = WHOLE_NUMBERS
     assert sorted(integers) == sorted(n for n, f in schema["Input"]["properties"].items() if json_type(f) == "integer")
 
     def outputs(values):

@@ -53,6 +53,16 @@ FORM_ORDER = [
     "lora_weights",
     "lora_scale",
 ]
+# A value for every whole-number input of the form (a new one belongs here too), fast on the tiny model.
+WHOLE_NUMBERS = {
+    "num_inference_steps": 2,
+    "num_inversion_steps": 2,
+    "seed": 3,
+    "resolution": 128,
+    "output_quality": 40,
+    "mask_dilation": 1,
+    "mask_feather": 4,
+}
 # Inputs that make a prediction on the tiny model take a fraction of a second.
 FAST = {"num_inference_steps": 2, "num_inversion_steps": 2, "resolution": 128}
 
