@@ -191,18 +191,7 @@ def _main_fields() -> dict:
             elem_id=image.name,
         )
     }
-    fields["mask"] = gr.ImageEditor(
-        label="mask: paint the region that may change (optional)",
-        type="pil",
-        image_mode="RGBA",
-        sources=["upload", "clipboard"],
-        brush=gr.Brush(colors=[MASK_COLOUR], default_color=MASK_COLOUR, color_mode="fixed"),
-        layers=False,
-        transforms=(),
-        format="png",
-        placeholder=MASK_INFO,
-        elem_id="mask",
-    )
+    fields["mask"] = mask_editor()
     with gr.Group():
         fields["generation_prompt"] = _field(form_input("generation_prompt"))
         fields["seed"] = _field(form_input("seed"))
@@ -214,6 +203,23 @@ def _main_fields() -> dict:
         elem_id="translation_prompts",
     )
     return fields
+
+
+def mask_editor(render: bool = True) -> gr.ImageEditor:
+    """The mask field: an image editor that shows the uploaded image to paint on, with a white brush."""
+    return gr.ImageEditor(
+        label="mask: paint the region that may change (optional)",
+        type="pil",
+        image_mode="RGBA",
+        sources=["upload", "clipboard"],
+        brush=gr.Brush(colors=[MASK_COLOUR], default_color=MASK_COLOUR, color_mode="fixed"),
+        layers=False,
+        transforms=(),
+        format="png",
+        placeholder=MASK_INFO,
+        elem_id="mask",
+        render=render,
+    )
 
 
 def _field(spec: FormInput, info: str | None = None) -> gr.components.Component:
@@ -273,10 +279,11 @@ def _same_picture(picture: Image.Image, path: str) -> bool:
         return image.size == picture.size and np.array_equal(np.asarray(to_rgb(image)), np.asarray(to_rgb(picture)))
 
 
-def run_handler(runner: Runner, editor: gr.ImageEditor):
+def run_handler(runner: Runner, editor: gr.ImageEditor | None = None):
     """The Run button's handler: the form's values by field name, as Gradio sends them unprocessed (an image is
-    Gradio's file data, the uploaded file in its cache; the mask editor's, its own data, read with its own
-    preprocessing), to the gallery's items and a status line."""
+    Gradio's file data, the uploaded file in its cache; the mask ``editor``'s, its own data, read with its own
+    preprocessing: the page's editor, else one like it), to the gallery's items and a status line."""
+    editor = editor or mask_editor(render=False)
 
     async def run(progress=gr.Progress(), **values):
         stop = threading.Event()
@@ -284,7 +291,7 @@ def run_handler(runner: Runner, editor: gr.ImageEditor):
         def work() -> RunResult:
             image = values["input_image"]  # Gradio's file data: the uploaded file is at its path
             path = None if image is None else image["path"]
-            drawn = None if values["mask"] is None else editor.preprocess(EditorData(**values["mask"]))
+            drawn = None if values.get("mask") is None else editor.preprocess(EditorData(**values["mask"]))
             request = read_form(
                 {**values, "input_image": path, "mask": editor_mask(drawn, path)}, runner.pipe.default_resolution
             )
