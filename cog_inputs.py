@@ -33,7 +33,7 @@ from cog.types import get_filename
 from PIL import Image
 
 from pnp.config import ConfigError
-from pnp.images import ImageError, load_image
+from pnp.images import ImageError, load_image, load_mask
 from pnp.pipelines.weight_files import safetensors_problem
 
 # NamedTemporaryFile's name: "tmp", 8 characters of tempfile's alphabet, then the suffix.
@@ -57,10 +57,13 @@ def read_request_image(value: object, resolution: int | None = None) -> Image.Im
     Error messages call the file by the name the user gave it, not by Cog's temporary name.
     Given the ``resolution``, the image is read at its working size (``pnp.images.load_image``).
     """
-    name = _request_file_name(value, ImageError("image", REFUSED))
-    if os.path.getsize(value) == 0:
-        raise ImageError("image", f"{name} is empty: no bytes arrived (with a data: URI, check its base64)")
-    return load_image(value, resolution, name=name)
+    return load_image(value, resolution, name=_request_image_name(value, "image"))
+
+
+def read_request_mask(value: object) -> Image.Image:
+    """The mask in the file Cog made from the request's ``mask``, at its own size, transparency kept
+    (``pnp.images.load_mask``); ImageError("mask_image", ...) otherwise. The same rule as ``read_request_image``."""
+    return load_mask(value, name=_request_image_name(value, "mask_image"))
 
 
 def request_lora_file(value: object) -> tuple[Path, str]:
@@ -106,6 +109,14 @@ def display_name(name: str, limit: int = MAX_NAME_CHARS) -> str:
         return name
     tail = limit // 4
     return f"{name[: limit - tail - 3]}...{name[-tail:]}"
+
+
+def _request_image_name(value: object, param: str) -> str:
+    """The name the user gave an image file Cog made from the request, once it is known to be one and not empty."""
+    name = _request_file_name(value, ImageError(param, REFUSED))
+    if os.path.getsize(value) == 0:
+        raise ImageError(param, f"{name} is empty: no bytes arrived (with a data: URI, check its base64)")
+    return name
 
 
 def _request_file_name(value: object, refused: ConfigError) -> str:

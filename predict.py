@@ -17,7 +17,7 @@ from typing import Optional
 from cog import BasePredictor, Input, Path, current_scope
 from PIL import Image
 
-from cog_inputs import fetch_url, read_request_image, request_lora_file
+from cog_inputs import fetch_url, read_request_image, read_request_mask, request_lora_file
 from cog_outputs import new_output_folder, remove_stale_output_folders, remove_when_this_process_ends
 from pnp.environment import configure_libraries, log_to
 
@@ -96,6 +96,10 @@ class Predictor(BasePredictor):
             default=None,
             description="Image to translate (PNG, JPEG, WebP, ...). It is resized so that its short side is `resolution` pixels. Leave it empty to generate the source image from `generation_prompt` instead.",
         ),
+        mask: Optional[Path] = Input(
+            default=None,
+            description="Where `input_image` may change: an image of its aspect ratio (best, its size), white where the edit may happen, black (or transparent) where the image must stay as it is. Outside the mask the outputs keep the source's latents at every step (see `mask_blend_threshold`), and with `mask_paste` its exact pixels. Costs no extra time. Leave empty to let the whole image change; not with `generation_prompt`.",
+        ),
         generation_prompt: str = Input(
             default="",
             description="Generate the source image from this prompt instead of uploading one; the generated image is returned first. When set, `input_image` is ignored.",
@@ -166,6 +170,28 @@ class Predictor(BasePredictor):
             choices=[0, 128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960, 1024],
             description="Short side of the working image and the outputs, in pixels; the long side follows the input image's aspect ratio (at most twice the short side), generated sources are square. 0 (the default) uses the model's own size, at which it works best: 512 for Stable Diffusion 1.x, 768 for 2.1, 1024 for SDXL. Larger is slower.",
         ),
+        mask_blend_threshold: float = Input(
+            default=1.0,
+            ge=0.0,
+            le=1.0,
+            description="With a `mask`: fraction of the sampling steps, counted from the first, after which the outputs take the source's latents outside the mask, from 0 to 1. 1 keeps the background to the end (as the source's latents decoded: close to the photo, not its exact pixels); lower lets the last steps blend the mask's edge, and the background drift.",
+        ),
+        mask_dilation: int = Input(
+            default=0,
+            ge=0,
+            le=8,
+            description="With a `mask`: grow it by this many latent pixels (8 image pixels each) in every direction, from 0 to 8, to give the edit room at its edge.",
+        ),
+        mask_paste: bool = Input(
+            default=False,
+            description="With a `mask`: after decoding, paste the input image's own pixels back outside the mask, over a soft edge `mask_feather` pixels wide, so that the rest of the image is exactly the input.",
+        ),
+        mask_feather: int = Input(
+            default=8,
+            ge=0,
+            le=64,
+            description="With `mask_paste`: width in pixels of the soft edge outside the mask over which the output fades into the input image, from 0 (a hard edge) to 64.",
+        ),
         output_format: str = Input(
             default="png",
             choices=["png", "webp", "jpg"],
@@ -204,21 +230,24 @@ class Predictor(BasePredictor):
         def read_image(value, resolution):
             return read_request_image(fetch_url(value, fetched, ImageError, "image"), resolution)
 
+        def read_mask(value):
+            return read_request_mask(fetch_url(value, fetched, ImageError, "mask_image"))
+
         try:
-            request = parse_form(form, self.pipe.default_resolution, read_image)
+            request = parse_form(form, self.pipe.default_resolution, read_image, read_mask)
             for note in request.notes:
                 print(note)
             lora = self._lora(fetch_url(lora_weights, fetched, ConfigError, "lora_weights"), request.lora_scale)
             config = request.config
             self.output_dir = new_output_folder()
-            generator = noise_generator(request.seed)
+            inputs = dict(mask_image=request.mask, generator=noise_generator(request.seed), **config.as_kwargs())
             pipe = self.unchecked if request.disable_safety_checker else self.pipe
             with self._adapter(lora):
                 if request.feature_maps:
-                    maps = visualise.feature_maps(pipe, image=request.image, generator=generator, **config.as_kwargs())
+                    maps = visualise.feature_maps(pipe, image=request.image, **inputs)
                     result = maps.translation
                 else:
-                    maps, result = None, pipe(image=request.image, generator=generator, **config.as_kwargs())
+                    maps, result = None, pipe(image=request.image, **inputs)
             paths = write_outputs(result, config.prompt, self.output_dir, request.options)
             if maps:
                 paths += write_feature_grids(maps, self.output_dir, request.options, first=len(paths))

@@ -27,6 +27,10 @@ MIN_RESOLUTION, MAX_RESOLUTION = 128, 1024
 RESOLUTION_MULTIPLE = 64
 MAX_GUIDANCE_SCALE = 50.0
 MAX_SEED = 2**32 - 1
+# A mask grows by at most 8 latent pixels (64 image pixels at Stable Diffusion's 8x): more is a new mask.
+MAX_MASK_DILATION = 8
+# The paste's feathered edge is at most 64 pixels wide, a tenth of a 512-pixel image's side.
+MAX_MASK_FEATHER = 64
 # Every bounded number's range, both ends allowed: checked here, and offered by the forms (``pnp.app.form``).
 RANGES = {
     "num_inference_steps": (1, MAX_SAMPLING_STEPS),
@@ -38,8 +42,15 @@ RANGES = {
     "negative_prompt_alpha": (0.0, 1.0),
     "resolution": (MIN_RESOLUTION, MAX_RESOLUTION),
     "max_batch_size": (1, MAX_PROMPTS),
+    "mask_blend_threshold": (0.0, 1.0),
+    "mask_dilation": (0, MAX_MASK_DILATION),
+    "mask_feather": (0, MAX_MASK_FEATHER),
     "seed": (0, MAX_SEED),  # not a PnPConfig field: the generator's (``check_seed``)
 }
+
+
+# The settings of masked editing: they act only with a mask (which the pipeline takes apart, as the image).
+MASK_SETTINGS = ("mask_blend_threshold", "mask_dilation", "mask_paste", "mask_feather")
 
 
 class ConfigError(ValueError):
@@ -94,6 +105,17 @@ class PnPConfig:
     resolution: int | None = None
     # Most target prompts in one UNet call; None puts all prompts in one call.
     max_batch_size: int | None = None
+    # Masked editing (with a mask image, passed to the pipeline separately; ``pnp.method.mask``).
+    # Fraction of sampling steps, from the first, after which each target's latents outside the mask are
+    # replaced by the source's at the same timestep. 1 blends to the end, as Blended Latent Diffusion does:
+    # the background stays the source's latent (provisional default, to be measured on the toy model).
+    mask_blend_threshold: float = 1.0
+    # Latent pixels the mask grows by, in every direction, after it is taken to latent resolution.
+    mask_dilation: int = 0
+    # Paste the source image's own pixels outside the mask after decoding, so the background is exact.
+    mask_paste: bool = False
+    # Width in pixels of the paste's soft edge outside the mask (0: a hard edge).
+    mask_feather: int = 8
 
     def __post_init__(self) -> None:
         def set_(name, value):  # the one place a frozen field is written: while it is being made
@@ -125,6 +147,7 @@ class PnPConfig:
             "feature_injection_threshold",
             "attention_injection_threshold",
             "negative_prompt_alpha",
+            "mask_blend_threshold",
         ):
             set_(name, check_float(name, getattr(self, name), *RANGES[name]))
         set_(
@@ -137,6 +160,10 @@ class PnPConfig:
                 raise ConfigError("resolution", f"{self.resolution} is not a multiple of {RESOLUTION_MULTIPLE}")
         if self.max_batch_size is not None:
             set_("max_batch_size", check_int("max_batch_size", self.max_batch_size, *RANGES["max_batch_size"]))
+        for name in ("mask_dilation", "mask_feather"):
+            set_(name, check_int(name, getattr(self, name), *RANGES[name]))
+        if not isinstance(self.mask_paste, bool):
+            raise ConfigError("mask_paste", f"expected True or False, got {_shown(self.mask_paste)}")
 
     @property
     def generating(self) -> bool:
@@ -146,12 +173,21 @@ class PnPConfig:
     @property
     def feature_injection_steps(self) -> int:
         """Number of leading sampling steps with residual feature injection."""
-        return int(self.num_inference_steps * self.feature_injection_threshold)
+        return self._leading_steps(self.feature_injection_threshold)
 
     @property
     def attention_injection_steps(self) -> int:
         """Number of leading sampling steps with attention Q/K injection."""
-        return int(self.num_inference_steps * self.attention_injection_threshold)
+        return self._leading_steps(self.attention_injection_threshold)
+
+    @property
+    def mask_blend_steps(self) -> int:
+        """Number of leading sampling steps after which a masked target is blended with its source."""
+        return self._leading_steps(self.mask_blend_threshold)
+
+    def _leading_steps(self, fraction: float) -> int:
+        """The leading sampling steps a fraction of them stands for: rounded down."""
+        return int(self.num_inference_steps * fraction)
 
     def resolved(self, model_resolution: int) -> PnPConfig:
         """This configuration with the model's own size, ``model_resolution``, where it has no resolution."""

@@ -105,6 +105,19 @@ def load_image_at(location: str | Path, resolution: int | None = None) -> Image.
     return load_image(io.BytesIO(data), resolution, name=location)
 
 
+def load_mask(source: str | Path | BinaryIO, name: str | None = None, param: str = "mask_image") -> Image.Image:
+    """Open a mask image file at its own size, EXIF orientation applied, in its own mode: unlike ``load_image``,
+    transparency is kept (``pnp.pipelines.inputs.mask_values`` reads transparent as black). Read as safely as
+    images, with the same limits; an ImageError names ``param``."""
+    try:
+        with _opened(source, _name(source, name)) as image:
+            image.seek(0)
+            image.load()
+            return ImageOps.exif_transpose(image)
+    except ImageError as err:
+        raise ImageError(param, err.reason) from None
+
+
 def check_image(source: str | Path | BinaryIO, name: str | None = None) -> tuple[int, int]:
     """Check an image file from its header alone: it exists, Pillow reads it, it is neither too large nor too long.
 

@@ -27,7 +27,16 @@ from PIL import Image
 from cog_outputs import PREFIX
 from pnp.config import MAX_RESOLUTION, MAX_SAMPLING_STEPS, MIN_RESOLUTION, NEGATIVE_SCHEDULES
 from pnp.outputs import OUTPUT_FORMATS
-from support.cog_server import FAST, FORM_ORDER, CogServer, data_uri, decode_data_uri, sample_photo, write_schema
+from support.cog_server import (
+    FAST,
+    FORM_ORDER,
+    WHOLE_NUMBERS,
+    CogServer,
+    data_uri,
+    decode_data_uri,
+    sample_photo,
+    write_schema,
+)
 from support.local_http import LocalServer, QuietHandler
 from support.models import safetensors_bytes, save_random_lora
 
@@ -172,10 +181,12 @@ def test_openapi_lists_every_input_in_form_order(server):
 
     for name, field in inputs.items():
         assert len(field["description"]) > 60, name
-        assert ("default" in field) != (name in ("input_image", "seed", "num_inversion_steps", "lora_weights")), name
+        assert ("default" in field) != (
+            name in ("input_image", "mask", "seed", "num_inversion_steps", "lora_weights")
+        ), name
         if field.get("type") in ("integer", "number"):
             assert "minimum" in field and "maximum" in field, name
-    assert inputs["input_image"]["format"] == "uri" and inputs["seed"]["nullable"]
+    assert inputs["input_image"]["format"] == "uri" and inputs["mask"]["format"] == "uri" and inputs["seed"]["nullable"]
     assert inputs["num_inversion_steps"]["nullable"]
     assert inputs["num_inference_steps"]["maximum"] == MAX_SAMPLING_STEPS
     assert choices("negative_prompt_schedule") == list(NEGATIVE_SCHEDULES)
@@ -197,6 +208,32 @@ def test_an_image_sent_as_data_uri_is_translated(server, photo):
     metrics = prediction["metrics"]
     assert metrics["unet_rows"] > 0 and metrics["inversion_s"] > 0 and metrics["translation_s"] > 0
     assert "inversion:" in prediction["logs"] and "translation:" in prediction["logs"]
+
+
+def test_a_mask_keeps_the_photos_pixels_outside_it_with_the_paste(server, photo):
+    white = np.zeros((128, 256, 4), np.uint8)
+    white[32:96, 96:192] = 255  # a white rectangle on a transparent layer
+    inputs = {"input_image": data_uri(photo), "mask": data_uri(Image.fromarray(white, "RGBA")), **FAST}
+    prediction = server.predict({**inputs, "mask_paste": True, "mask_feather": 0}).json()
+    assert prediction["status"] == "succeeded", prediction.get("error")
+    [(_, image)] = decoded_images(prediction["output"])
+    pixels, source = np.asarray(image.convert("RGB")), np.asarray(photo)
+    inside = np.zeros((128, 256), bool)
+    inside[32:96, 96:192] = True
+    assert np.array_equal(pixels[~inside], source[~inside])
+    assert (pixels[inside] != source[inside]).any(axis=-1).mean() > 0.5
+
+    errors = {
+        data_uri(Image.new("L", (256, 128))): "ConfigError: mask: the mask is all black",
+        data_uri(Image.new("L", (128, 128), 255)): "ConfigError: mask: the mask is 128x128 pixels but its image",
+        "/etc/passwd": "ImageError: mask: only a file the request brings is read",
+        "data:text/plain;base64,aGVsbG8=": "ImageError: mask: the uploaded file is not a readable image",
+    }
+    for mask, message in errors.items():
+        prediction = server.predict({**inputs, "mask": mask}).json()
+        assert prediction["status"] == "failed" and prediction["error"].startswith(PREDICT_ERROR + message), mask
+    prediction = server.predict({**inputs, "generation_prompt": "a dog"}).json()
+    assert prediction["error"].startswith(PREDICT_ERROR + "ConfigError: mask: a mask marks part of input_image")
 
 
 def test_generation_mode_returns_the_source_first(server):
@@ -240,7 +277,7 @@ def test_whole_numbers_sent_as_floats_count_as_integers(server):
     def json_type(field):
         return field.get("type") or schema[field["allOf"][0]["$ref"].rpartition("/")[2]]["type"]
 
-    integers = {"num_inference_steps": 2, "num_inversion_steps": 2, "seed": 3, "resolution": 128, "output_quality": 40}
+    integers = WHOLE_NUMBERS
     assert sorted(integers) == sorted(n for n, f in schema["Input"]["properties"].items() if json_type(f) == "integer")
 
     def outputs(values):

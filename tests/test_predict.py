@@ -31,7 +31,7 @@ from pnp.outputs import OUTPUT_FORMATS, OutputOptions
 from pnp.pipelines.loading import ModelError
 from pnp.pipelines.lora import LORA_SCALE_RANGE
 from predict import Predictor
-from support.cog_server import FORM_ORDER, data_uri, sample_photo
+from support.cog_server import FORM_ORDER, WHOLE_NUMBERS, data_uri, sample_photo
 from support.hooks import all_hooks
 from support.predictor import PREDICT_PARAMETERS, fetched_from, run, sent_as
 
@@ -52,6 +52,9 @@ ENGINE_FIELDS = {
     "output_format": "output_format",
     "output_quality": "output_quality",
     "generation_prompt": "generation_prompt",
+    "mask_blend_threshold": "mask_blend_threshold",
+    "mask_dilation": "mask_dilation",
+    "mask_feather": "mask_feather",
 }
 OUTPUT_FIELDS = ("output_format", "output_quality")
 PREDICT_HINTS = typing.get_type_hints(Predictor.predict)
@@ -333,7 +336,7 @@ def test_bad_inputs_name_the_input_to_change(predictor, outputs_root, photo_file
 
 def test_whole_numbers_sent_as_floats_count_as_integers(predictor, outputs_root):
     """JSON's 2.0 passes the server's integer schema and arrives as a float (see cog_inputs.py)."""
-    integers = {"num_inference_steps": 2, "num_inversion_steps": 2, "seed": 3, "resolution": 128, "output_quality": 40}
+    integers = WHOLE_NUMBERS
     assert sorted(integers) == sorted(INTEGER_INPUTS)  # a new integer input belongs here too
 
     def output_bytes(values):

@@ -26,7 +26,7 @@ from pnp.app.options import (
 from pnp.batch.command import add_batch_arguments, run_batch
 from pnp.config import ConfigError, PnPConfig, check_seed
 from pnp.evaluation.command import add_evaluate_arguments, run_evaluate
-from pnp.images import ImageError, check_image, load_image
+from pnp.images import ImageError, check_image, load_image, load_mask
 from pnp.outputs import OUTPUT_FORMATS, OutputOptions, check_output_folder, write_outputs
 from pnp.pipelines.loading import DEFAULT_MODEL, ModelError
 from pnp.visual.maps import DEFAULT_LAYERS, LAYER_HELP, map_request, run_config
@@ -43,6 +43,7 @@ FLAGS = {
     "benchmark": "BENCHMARK",
     "manifest": "MANIFEST",
     "injection_layers": "--injection-layers",
+    "mask_image": "--mask",
 }
 
 
@@ -74,6 +75,7 @@ def _translate(args: argparse.Namespace) -> int:
     seed = check_seed(args.seed)
     options = OutputOptions(args.format, args.quality)
     images = _source_images(args, config.resolution)
+    masks = _masks(args, config)
     loras = model_checks(args)
     out = check_output_folder(args.out, args.overwrite)
 
@@ -84,7 +86,7 @@ def _translate(args: argparse.Namespace) -> int:
         pipe.compile_unet()
     from pnp.method.generation import noise_generator
 
-    result = pipe(image=images or None, generator=noise_generator(seed), **config.as_kwargs())
+    result = pipe(image=images or None, mask_image=masks, generator=noise_generator(seed), **config.as_kwargs())
     labels = [Path(path).stem for path in args.image or []]
     with _writing_into_out():
         paths = write_outputs(result, config.prompt, out, options, labels)
@@ -149,6 +151,22 @@ def _source_images(args: argparse.Namespace, resolution: int | None) -> list | N
             check_image(path)
         return None
     return [load_image(path, resolution) for path in args.image or []]
+
+
+def _masks(args: argparse.Namespace, config: PnPConfig) -> list | None:
+    """Every ``--mask``, one per ``--image`` in order, read at its own size (the pipeline checks its pixels against
+    its image's, before any UNet work); None without masks."""
+    if not args.mask:
+        return None
+    if config.generating:
+        raise ConfigError("mask_image", "a mask marks part of an --image; a generated source has none to mark")
+    images = args.image or []
+    if len(args.mask) != len(images):
+        raise ConfigError(
+            "mask_image",
+            f"give one --mask per --image, in the same order: {len(images)} images, {len(args.mask)} masks",
+        )
+    return [load_mask(path) for path in args.mask]
 
 
 def _loaded(args: argparse.Namespace, config, images: list | None, loras: list):
@@ -218,6 +236,12 @@ def _parser() -> argparse.ArgumentParser:
         help="replace an earlier run's outputs in --out (deleted once this run's are all written)",
     )
     _add_source_options(t, "image to translate (PNG, JPEG, WebP, GIF, ...); repeat for several, each into every prompt")
+    t.add_argument(
+        "--mask",
+        action="append",
+        help="where the --image may change: white there, black (or transparent) where it must stay; an image "
+        "of its aspect ratio. Repeat as --image, one each, in the same order",
+    )
     t.add_argument("--format", default=OutputOptions.output_format, help=f"output format: {', '.join(OUTPUT_FORMATS)}")
     t.add_argument("--quality", type=int, default=OutputOptions.output_quality, help="webp/jpg quality (1-100)")
     t.add_argument(

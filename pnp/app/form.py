@@ -26,6 +26,7 @@ from dataclasses import dataclass, fields
 from PIL import Image
 
 from pnp.config import (
+    MASK_SETTINGS,
     MAX_PROMPTS,
     NEGATIVE_SCHEDULES,
     RANGES,
@@ -103,6 +104,13 @@ FORM_INPUTS = (
         None,
         param="image",
         description="Image to translate (PNG, JPEG, WebP, ...). It is resized so that its short side is `resolution` pixels. Leave it empty to generate the source image from `generation_prompt` instead.",
+    ),
+    FormInput(
+        "mask",
+        "image",
+        None,
+        param="mask_image",
+        description="Where `input_image` may change: an image of its aspect ratio (best, its size), white where the edit may happen, black (or transparent) where the image must stay as it is. Outside the mask the outputs keep the source's latents at every step (see `mask_blend_threshold`), and with `mask_paste` its exact pixels. Costs no extra time. Leave empty to let the whole image change; not with `generation_prompt`.",
     ),
     FormInput(
         "generation_prompt",
@@ -205,6 +213,37 @@ FORM_INPUTS = (
         choices=(MODEL_RESOLUTION, *range(_MIN_SIDE, _MAX_SIDE + 1, RESOLUTION_MULTIPLE)),
         description=f"Short side of the working image and the outputs, in pixels; the long side follows the input image's aspect ratio (at most twice the short side), generated sources are square. {MODEL_RESOLUTION} (the default) uses the model's own size, at which it works best: 512 for Stable Diffusion 1.x, 768 for 2.1, 1024 for SDXL. Larger is slower.",
     ),
+    _ranged(
+        "mask_blend_threshold",
+        "float",
+        "mask_blend_threshold",
+        _CONFIG.mask_blend_threshold,
+        RANGES["mask_blend_threshold"],
+        "With a `mask`: fraction of the sampling steps, counted from the first, after which the outputs take the source's latents outside the mask, from {low} to {high}. 1 keeps the background to the end (as the source's latents decoded: close to the photo, not its exact pixels); lower lets the last steps blend the mask's edge, and the background drift.",
+    ),
+    _ranged(
+        "mask_dilation",
+        "int",
+        "mask_dilation",
+        _CONFIG.mask_dilation,
+        RANGES["mask_dilation"],
+        "With a `mask`: grow it by this many latent pixels (8 image pixels each) in every direction, from {low} to {high}, to give the edit room at its edge.",
+    ),
+    FormInput(
+        "mask_paste",
+        "bool",
+        _CONFIG.mask_paste,
+        param="mask_paste",
+        description="With a `mask`: after decoding, paste the input image's own pixels back outside the mask, over a soft edge `mask_feather` pixels wide, so that the rest of the image is exactly the input.",
+    ),
+    _ranged(
+        "mask_feather",
+        "int",
+        "mask_feather",
+        _CONFIG.mask_feather,
+        RANGES["mask_feather"],
+        "With `mask_paste`: width in pixels of the soft edge outside the mask over which the output fades into the input image, from {low} (a hard edge) to {high}.",
+    ),
     FormInput(
         "output_format",
         "text",
@@ -290,15 +329,19 @@ class Request:
     disable_safety_checker: bool = False
     lora_scale: float = FORM_LORA_SCALE
     notes: tuple[str, ...] = ()
+    mask: Image.Image | None = None  # the image's mask, at its own size (the pipeline's ``mask_image``)
 
 
 def parse_form(
-    values: dict, model_resolution: int | None, read_image: Callable[[object, int | None], Image.Image]
+    values: dict,
+    model_resolution: int | None,
+    read_image: Callable[[object, int | None], Image.Image],
+    read_mask: Callable[[object], Image.Image] | None = None,
 ) -> Request:
     """Check a filled-in form (values by input name) before any model work; ConfigError names the input to change.
 
     Inputs left out take the form's defaults. ``read_image(value, resolution)`` reads ``input_image``
-    (the predictor accepts only files the request brought). ``model_resolution`` is the model's own
+    (the predictor accepts only files the request brought), ``read_mask(value)`` the ``mask``. ``model_resolution`` is the model's own
     size, which the form's resolution 0 stands for; without it the image is read at its own size and
     the pipeline resizes it.
 
@@ -333,6 +376,15 @@ def parse_form(
             image = read_image(values["input_image"], config.resolution)
         else:
             raise ConfigError("image", "give an input image or a generation prompt")
+        mask = None
+        if values["mask"] is not None:
+            if config.generating:
+                raise ConfigError(
+                    "mask_image",
+                    "a mask marks part of input_image, and generation_prompt is set: leave out the mask, or the "
+                    "generation prompt",
+                )
+            mask = read_mask(values["mask"])
     except ConfigError as err:  # and its kinds (ImageError): named as the form names the input
         raise type(err)(form_name(err.param), err.reason) from None
     return Request(
@@ -344,6 +396,7 @@ def parse_form(
         bool(values["disable_safety_checker"]),
         lora_scale,
         tuple(notes),
+        mask,
     )
 
 
@@ -379,14 +432,16 @@ def config_resolution(value: int) -> int | None:
 # --- Filling in the form for a running predictor ---
 
 
-def form_inputs(config: PnPConfig, seed: int) -> dict:
+def form_inputs(config: PnPConfig, seed: int, masked: bool = False) -> dict:
     """The form inputs that make the predictor translate as ``config`` and ``seed`` do locally, into lossless PNGs.
 
-    The source (``input_image``) is not included: it is a file, which each client sends its own way.
+    The source (``input_image``) and its ``mask`` are not included: they are files, which each client sends its
+    own way. The mask settings are included only for a ``masked`` source, so that a predictor from before masked
+    editing takes the inputs of an unmasked one.
     """
     inputs = {}
     for name, value in config.as_kwargs().items():
-        if name in NOT_ON_FORM:
+        if name in NOT_ON_FORM or (name in MASK_SETTINGS and not masked):
             continue
         if name == "prompt":
             value = join_prompts(value)

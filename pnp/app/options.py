@@ -61,6 +61,29 @@ def add_translate_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="most (image, prompt) targets per UNet call, to bound memory (default: all)",
     )
+    parser.add_argument(
+        "--mask-blend-threshold",
+        type=float,
+        default=defaults.mask_blend_threshold,
+        help="with a mask: fraction of steps after which the background takes the source's latents (0-1; 1: all)",
+    )
+    parser.add_argument(
+        "--mask-dilation",
+        type=int,
+        default=defaults.mask_dilation,
+        help="with a mask: latent pixels (8 image pixels each) to grow it by",
+    )
+    parser.add_argument(
+        "--mask-paste",
+        action="store_true",
+        help="with a mask: paste the source's own pixels back outside it after decoding (an exact background)",
+    )
+    parser.add_argument(
+        "--mask-feather",
+        type=int,
+        default=defaults.mask_feather,
+        help="with --mask-paste: width in pixels of the soft edge outside the mask (0: hard)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_model_options(parser)
 
@@ -126,6 +149,10 @@ def translation_settings(args: argparse.Namespace) -> dict:
         negative_prompt_schedule=args.negative_prompt_schedule,
         resolution=args.resolution,
         max_batch_size=args.max_batch_size,
+        mask_blend_threshold=args.mask_blend_threshold,
+        mask_dilation=args.mask_dilation,
+        mask_paste=args.mask_paste,
+        mask_feather=args.mask_feather,
     )
 
 

@@ -1,6 +1,7 @@
 """The local web UI (``python -m pnp ui``): a Gradio page around one loaded pipeline.
 
-The page holds the source (an uploaded or pasted image, or a generation prompt and seed), the
+The page holds the source (an uploaded or pasted image, or a generation prompt and seed), a mask
+editor showing the uploaded image to paint the region to edit on (or to upload a mask into), the
 target prompts one per line, Run and Stop, and an "Advanced" section with the other translation
 inputs, built from the same table as the Cog predictor's form (``pnp.app.form``). Runs wait in
 Gradio's queue, one at a time on the model; the progress bar follows the pipeline's steps.
@@ -24,11 +25,15 @@ import threading
 import traceback
 
 import gradio as gr
+import numpy as np
+from gradio.components.image_editor import EditorData
+from PIL import Image
 
 from pnp.app.form import FORM_INPUTS, FormInput, form_input
 from pnp.app.samples import write_samples
 from pnp.app.ui_runs import Runner, RunResult, read_form
 from pnp.config import MAX_PROMPTS, ConfigError
+from pnp.images import to_rgb
 from pnp.messages import first_line
 
 logger = logging.getLogger("pnp.ui")
@@ -36,12 +41,17 @@ logger = logging.getLogger("pnp.ui")
 # The fields above the Advanced section, and those elsewhere: feature_maps on the Features tab,
 # disable_safety_checker nowhere (an API-only input of the predictor), nor the LoRA inputs (the
 # page's model takes its adapters when it loads: python -m pnp ui --lora PATH[:SCALE]).
-MAIN_FIELDS = ("input_image", "generation_prompt", "seed", "translation_prompts")
+MAIN_FIELDS = ("input_image", "mask", "generation_prompt", "seed", "translation_prompts")
 OTHER_FIELDS = ("feature_maps", "disable_safety_checker", "lora_weights", "lora_scale")
 ADVANCED_FIELDS = tuple(s.name for s in FORM_INPUTS if s.name not in (*MAIN_FIELDS, *OTHER_FIELDS))
 PROMPTS_INFO = (
     f"What the outputs should show, keeping the layout of the source: one prompt per line (or separated by "
     f"';'), one output each, at most {MAX_PROMPTS}."
+)
+MASK_COLOUR = "#ffffff"  # strokes count by where they are, whatever their colour: white, as masks are drawn
+MASK_INFO = (
+    "Paint over the region that may change; everything else is kept (see mask_paste in Advanced). Or upload a "
+    "black-and-white mask here, white where the edit may happen. Leave it unpainted to change the whole image."
 )
 # Slider steps: the form gives ranges, the page also needs a resolution for its sliders.
 SLIDER_STEPS = {"float": 0.01, "int": 1}
@@ -137,8 +147,10 @@ def build_page(runner: Runner, model: str, samples: dict) -> gr.Blocks:
         # By name, so that API clients see the form's names (input_image, resolution, ...), as errors call them.
         # Unprocessed: the form's own check reads every value and names the field it refuses, where Gradio's
         # checks (an image its image field cannot open, a choice sent as a number) fail naming none.
+        # The editor shows the uploaded image, to paint the region to edit on.
+        fields["input_image"].change(_background, inputs=fields["input_image"], outputs=fields["mask"])
         started = run.click(
-            run_handler(runner),
+            run_handler(runner, fields["mask"]),
             inputs_kwargs=fields,
             outputs=[gallery, status, grids],
             preprocess=False,
@@ -179,6 +191,7 @@ def _main_fields() -> dict:
             elem_id=image.name,
         )
     }
+    fields["mask"] = mask_editor()
     with gr.Group():
         fields["generation_prompt"] = _field(form_input("generation_prompt"))
         fields["seed"] = _field(form_input("seed"))
@@ -190,6 +203,23 @@ def _main_fields() -> dict:
         elem_id="translation_prompts",
     )
     return fields
+
+
+def mask_editor(render: bool = True) -> gr.ImageEditor:
+    """The mask field: an image editor that shows the uploaded image to paint on, with a white brush."""
+    return gr.ImageEditor(
+        label="mask: paint the region that may change (optional)",
+        type="pil",
+        image_mode="RGBA",
+        sources=["upload", "clipboard"],
+        brush=gr.Brush(colors=[MASK_COLOUR], default_color=MASK_COLOUR, color_mode="fixed"),
+        layers=False,
+        transforms=(),
+        format="png",
+        placeholder=MASK_INFO,
+        elem_id="mask",
+        render=render,
+    )
 
 
 def _field(spec: FormInput, info: str | None = None) -> gr.components.Component:
@@ -225,17 +255,45 @@ def _examples(fields: dict, samples: dict) -> None:
     )
 
 
-def run_handler(runner: Runner):
+def _background(image: str | None) -> str | None:
+    """The mask editor's new value when an image is uploaded: that image, to paint on."""
+    return image
+
+
+def editor_mask(value: dict | None, image_path: str | None) -> Image.Image | None:
+    """The mask the editor holds (its value as ``type="pil"`` gives it): white where strokes were painted; with no
+    strokes, an uploaded mask (a picture other than the input image); else None, no mask."""
+    if value is None:
+        return None
+    strokes = [np.asarray(layer.convert("RGBA"))[..., 3] > 0 for layer in value.get("layers") or []]
+    if any(stroke.any() for stroke in strokes):
+        return Image.fromarray(np.logical_or.reduce(strokes).astype(np.uint8) * 255, "L")
+    background = value.get("background")
+    if background is None or (image_path is not None and _same_picture(background, image_path)):
+        return None
+    return background
+
+
+def _same_picture(picture: Image.Image, path: str) -> bool:
+    with Image.open(path) as image:
+        return image.size == picture.size and np.array_equal(np.asarray(to_rgb(image)), np.asarray(to_rgb(picture)))
+
+
+def run_handler(runner: Runner, editor: gr.ImageEditor | None = None):
     """The Run button's handler: the form's values by field name, as Gradio sends them unprocessed (an image is
-    Gradio's file data, the uploaded file in its cache), to the gallery's items and a status line."""
+    Gradio's file data, the uploaded file in its cache; the mask ``editor``'s, its own data, read with its own
+    preprocessing: the page's editor, else one like it), to the gallery's items and a status line."""
+    editor = editor or mask_editor(render=False)
 
     async def run(progress=gr.Progress(), **values):
         stop = threading.Event()
 
         def work() -> RunResult:
             image = values["input_image"]  # Gradio's file data: the uploaded file is at its path
+            path = None if image is None else image["path"]
+            drawn = None if values.get("mask") is None else editor.preprocess(EditorData(**values["mask"]))
             request = read_form(
-                {**values, "input_image": None if image is None else image["path"]}, runner.pipe.default_resolution
+                {**values, "input_image": path, "mask": editor_mask(drawn, path)}, runner.pipe.default_resolution
             )
             progress(0, desc="starting")
             return runner.run(request, lambda phase, done, total: progress((done, total), desc=phase), stop)

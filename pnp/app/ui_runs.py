@@ -15,9 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+
 from pnp.app.feature_files import write_feature_grids
 from pnp.app.form import Request, parse_form
-from pnp.images import load_image
+from pnp.images import load_image, load_mask
 from pnp.messages import plural
 from pnp.method.generation import noise_generator
 from pnp.outputs import OutputOptions, write_outputs
@@ -56,7 +58,10 @@ def read_form(values: dict, model_resolution: int | None = None) -> Request:
     def read_image(path, resolution):
         return load_image(path, resolution, name=Path(path).name)
 
-    return parse_form(values, model_resolution, read_image)
+    def read_mask(mask):  # the page hands over a mask drawn in its editor as an image, an uploaded one as a file
+        return mask if isinstance(mask, Image.Image) else load_mask(mask, name=Path(mask).name)
+
+    return parse_form(values, model_resolution, read_image, read_mask)
 
 
 class Runner:
@@ -103,6 +108,7 @@ class Runner:
         status = " ".join(
             [
                 f"{plural(len(config.prompt), 'translation')} in {seconds:.1f} s.",
+                *([_masked(config)] if request.mask is not None else []),
                 *(f"{note}." for note in request.notes),
             ]
         )
@@ -112,6 +118,7 @@ class Runner:
         """The pipeline's output, and the feature maps (None unless asked for), made in the same run."""
         kwargs = dict(
             image=request.image,
+            mask_image=request.mask,
             generator=noise_generator(request.seed),
             callback_on_step_end=step_end,
             **request.config.as_kwargs(),
@@ -127,3 +134,9 @@ class Runner:
             shutil.rmtree(self._outputs, ignore_errors=True)
         self._outputs = Path(tempfile.mkdtemp(prefix="run-", dir=self.folder))
         return self._outputs
+
+
+def _masked(config) -> str:
+    """The status line's word on masked editing: which mode ran."""
+    paste = " and its pixels pasted back" if config.mask_paste else ""
+    return f"Edited inside the mask only: the rest kept as the source's latents{paste}."

@@ -21,6 +21,7 @@ from PIL import Image
 
 from pnp.config import ConfigError, PnPConfig
 from pnp.evaluation.benchmarks import Source
+from pnp.evaluation.piebench import editing_mask
 
 LOCAL = "local"
 # The local backend translates real images with the same prompts and settings (ImageNet-R-TI2I's
@@ -48,6 +49,7 @@ class Job:
     source: Source
     config: PnPConfig
     seed: int
+    use_mask: bool = False  # edit only inside the source's own mask (PIE-Bench's, ``--use-masks``)
 
 
 @dataclass
@@ -122,12 +124,13 @@ def parse_ray_backend(text: str) -> BackendSpec:
     return BackendSpec(RAY, address=address)
 
 
-def make_job(source: Source, base: PnPConfig) -> Job:
+def make_job(source: Source, base: PnPConfig, use_mask: bool = False) -> Job:
     """The job of ``source`` under the run's settings; a generated source brings its own prompt, scale, steps and
-    seed."""
+    seed. With ``use_mask`` a source with a mask (PIE-Bench's) is edited only inside it."""
     generation = source.generation
     if generation is None:
-        return Job(source, replace(base, prompt=source.prompts), seed=0)
+        mask = use_mask and source.mask is not None
+        return Job(source, replace(base, prompt=source.prompts), seed=0, use_mask=mask)
     config = replace(
         base,
         prompt=source.prompts,
@@ -137,6 +140,23 @@ def make_job(source: Source, base: PnPConfig) -> Job:
         num_inversion_steps=None,
     )
     return Job(source, config, generation.seed)
+
+
+def job_mask(job: Job) -> Image.Image | None:
+    """The mask a job's source is translated with (``piebench.editing_mask``), or None: without ``use_mask``, or
+    where the source's mask is empty or the whole image."""
+    if not job.use_mask:
+        return None
+    with Image.open(job.source.image) as image:  # the header gives the size
+        width, height = image.size
+    return editing_mask(job.source.mask, height, width)
+
+
+def image_data_uri(image: Image.Image) -> str:
+    """An image as a PNG data URI."""
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return f"data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}"
 
 
 def file_data_uri(path: Path) -> str:

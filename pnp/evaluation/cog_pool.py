@@ -24,6 +24,8 @@ from pnp.evaluation.backends import (
     Translation,
     decode_image,
     file_data_uri,
+    image_data_uri,
+    job_mask,
     read_output,
     split_outputs,
 )
@@ -113,9 +115,12 @@ class CogPool:
                     return
 
     def _predict(self, session: requests.Session, url: str, job: Job) -> Translation:
-        inputs = form_inputs(job.config, job.seed)
+        mask = job_mask(job)
+        inputs = form_inputs(job.config, job.seed, masked=mask is not None)
         if not job.config.generating:
             inputs["input_image"] = file_data_uri(job.source.image)
+        if mask is not None:
+            inputs["mask"] = image_data_uri(mask)
         failures, busy_since = 0, None
         while True:
             try:

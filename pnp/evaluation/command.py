@@ -14,8 +14,9 @@ from pathlib import Path
 
 from pnp.app.form import form_inputs
 from pnp.app.options import load_pipeline, translation_config
-from pnp.config import check_int
+from pnp.config import MASK_SETTINGS, ConfigError, check_int
 from pnp.evaluation.backends import IMAGES_PER_CALL, LOCAL, RAY, BackendError, make_job, parse_backend
+from pnp.evaluation.benchmarks import PIE_BENCH
 from pnp.evaluation.load import load_benchmark
 from pnp.evaluation.metric_models import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL, RANDOM
 from pnp.evaluation.metrics import STRUCTURE_VARIANTS
@@ -75,6 +76,12 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"DINO ViT model-hub id or folder (default {DEFAULT_DINO_MODEL}; '{RANDOM}' with a random --model)",
     )
     parser.add_argument(
+        "--use-masks",
+        action="store_true",
+        help="PIE-Bench: edit only inside each source's own mask (masked editing; see the --mask-* options), so "
+        "the background scores show its effect",
+    )
+    parser.add_argument(
         "--structure-variant",
         default=BOTH,
         choices=(*STRUCTURE_VARIANTS, BOTH),
@@ -115,11 +122,15 @@ def _plan(args: argparse.Namespace):
     check_int("images_per_call", args.images_per_call, 1, 64)
     spec = parse_backend(args.backend)
     benchmark = load_benchmark(args.benchmark).limited(limit)
-    jobs = tuple(make_job(source, base) for source in benchmark.sources)
+    if args.use_masks and benchmark.kind != PIE_BENCH:
+        raise ConfigError("use_masks", f"{args.benchmark} has no masks: --use-masks takes a PIE-Bench folder")
+    jobs = tuple(make_job(source, base, args.use_masks) for source in benchmark.sources)
     random_metrics = args.model in RANDOM_MODELS
     args.clip_model = args.clip_model or (RANDOM if random_metrics else DEFAULT_CLIP_MODEL)
     args.dino_model = args.dino_model or (RANDOM if random_metrics else DEFAULT_DINO_MODEL)
     settings = {k: v for k, v in base.as_kwargs().items() if k not in ("prompt", "generation_prompt")}
+    if not args.use_masks:  # the mask settings do nothing without masks
+        settings = {k: v for k, v in settings.items() if k not in MASK_SETTINGS}
     manifest = {
         "benchmark": str(benchmark.path.resolve()),
         "kind": benchmark.kind,
@@ -129,6 +140,8 @@ def _plan(args: argparse.Namespace):
         "dino_model": args.dino_model,
         "structure_variants": list(_variants(args)),
     }
+    if args.use_masks:  # only then: an unmasked run's manifest is as before, so its folder resumes
+        manifest["masks"] = PIE_BENCH
     out = Path(args.out)
     check_folder(out, manifest, args.overwrite)  # written once the models have loaded, by the run
     if spec.kind not in (LOCAL, RAY):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from pnp.evaluation.backends import IMAGES_PER_CALL, LOCAL, Job, Translation
+from pnp.evaluation.backends import IMAGES_PER_CALL, LOCAL, Job, Translation, job_mask
 from pnp.images import load_image_at
 from pnp.messages import first_line
 from pnp.method.generation import noise_generator
@@ -42,7 +42,10 @@ class LocalBackend:
     def _call(self, batch: list[Job], images: list | None) -> Iterator[Translation]:
         first = batch[0]
         try:
-            result = self.pipe(image=images, generator=noise_generator(first.seed), **first.config.as_kwargs())
+            masks = [job_mask(job) for job in batch]
+            masks = masks if any(mask is not None for mask in masks) else None
+            generator = noise_generator(first.seed)
+            result = self.pipe(image=images, mask_image=masks, generator=generator, **first.config.as_kwargs())
         except Exception as err:
             if not self.keep_going:
                 raise

@@ -87,6 +87,19 @@ def decode_mask(rle: tuple[int, ...] | list[int], height: int, width: int) -> np
     return mask
 
 
+def editing_mask(rle: tuple[int, ...] | list[int], height: int, width: int) -> Image.Image | None:
+    """PIE-Bench's edited region as a mask to edit with (``--use-masks``): white inside, at the image's size.
+
+    Unlike ``decode_mask``, the border is left as annotated. None where the region is empty or the whole image:
+    nothing, or everything, would be masked, so the source is translated without a mask (the pipeline refuses
+    both, as masks that say nothing).
+    """
+    region = decode_runs(rle, height * width).reshape(height, width)
+    if not region.any() or region.all():
+        return None
+    return Image.fromarray((region * 255).astype(np.uint8), "L")
+
+
 def decode_runs(rle: tuple[int, ...] | list[int], length: int) -> np.ndarray:
     """A flat float array of ``length`` zeros with each [start, length] run of ``rle`` set to 1."""
     flat = np.zeros(length, dtype=np.float32)

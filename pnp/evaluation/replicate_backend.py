@@ -17,7 +17,16 @@ import requests
 
 from pnp.app.form import form_inputs
 from pnp.config import ConfigError
-from pnp.evaluation.backends import BackendError, Job, Translation, decode_image, read_output, split_outputs
+from pnp.evaluation.backends import (
+    BackendError,
+    Job,
+    Translation,
+    decode_image,
+    image_data_uri,
+    job_mask,
+    read_output,
+    split_outputs,
+)
 from pnp.messages import first_line
 
 TOKEN_ENV = "REPLICATE_API_TOKEN"
@@ -83,11 +92,14 @@ class ReplicateBackend:
         return split_outputs(job, images, f"replicate {prediction.id}")
 
     def _create(self, job: Job):
-        inputs = form_inputs(job.config, job.seed)
+        mask = job_mask(job)
+        inputs = form_inputs(job.config, job.seed, masked=mask is not None)
         source = None if job.config.generating else open(job.source.image, "rb")  # noqa: SIM115
         try:
             if source is not None:
                 inputs["input_image"] = source
+            if mask is not None:
+                inputs["mask"] = image_data_uri(mask)
             options = {"input": inputs, "file_encoding_strategy": "base64"}
             if self.version:
                 return self._client.predictions.create(version=self.version, **options)

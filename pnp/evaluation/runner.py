@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pnp.evaluation.backends import Translation
+from pnp.config import MASK_SETTINGS
+from pnp.evaluation.backends import Translation, job_mask
 from pnp.evaluation.benchmarks import PIE_BENCH
 from pnp.evaluation.contact_sheet import write_contact_sheet
 from pnp.evaluation.metrics import MetricSuite, finite_or_none
@@ -64,7 +65,13 @@ def file_translation(plan: Plan, translation: Translation, suite: MetricSuite) -
         mask = decode_mask(source.mask, source_image.height, source_image.width)
         mask_path = save_image(Image.fromarray((mask * 255).astype(np.uint8), "L"), folder / "mask.png", LOSSLESS)
     scores = suite.score(source, source_image, translation.outputs)
-    settings = {k: v for k, v in job.config.as_kwargs().items() if k != "prompt"}
+    settings = {
+        k: v
+        for k, v in job.config.as_kwargs().items()
+        if k != "prompt" and (job.use_mask or k not in MASK_SETTINGS)  # mask settings only where masks are used
+    }
+    if job.use_mask:
+        settings["mask"] = PIE_BENCH if job_mask(job) is not None else "none: the region is empty or everything"
     record = {
         "key": source.key,
         "editing_type": source.editing_type,
@@ -108,6 +115,7 @@ def write_report(plan: Plan, records: list[dict], unavailable: dict[str, str]) -
         f"{summary['pairs']} pairs from {summary['sources']} sources of {benchmark.path}",
         f"model {plan.manifest['model']}; metric models: CLIP {plan.manifest['clip_model']}, "
         f"DINO {plan.manifest['dino_model']}",
+        mode(plan.manifest),
         *(f"{name} not computed: {reason}" for name, reason in unavailable.items()),
     ]
     paths.append(
@@ -123,6 +131,15 @@ def write_report(plan: Plan, records: list[dict], unavailable: dict[str, str]) -
     summary["files"] = [str(p) for p in paths]
     summary["table"] = summary_table(summary["means"])
     return summary
+
+
+def mode(manifest: dict) -> str:
+    """Which mode ran, as the contact sheet says it: masked editing (with its settings) or the whole image."""
+    if manifest.get("masks") is None:
+        return "mode: unmasked, the whole image may change"
+    settings = manifest["settings"]
+    masked = ", ".join(f"{name} {settings[name]}" for name in MASK_SETTINGS)
+    return f"mode: masked editing inside PIE-Bench's masks ({masked})"
 
 
 def _relative(path: Path, out: Path) -> str:

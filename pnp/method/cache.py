@@ -57,7 +57,7 @@ class SourceEntry:
     def nbytes(self) -> int:
         tensors = [*self.trajectory.latents.values(), *self.trajectory.embedding.tensors]
         tensors += [t for features in self.injected.values() for t in features.values()]
-        tensors += [] if self.clean is None else [self.clean]
+        tensors += [c for c in (self.clean, self.trajectory.clean) if c is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def holds(self, t: int, names: tuple[str, ...]) -> bool:

@@ -10,8 +10,9 @@ sources group by group (sources of one working size share their UNet calls, ``pn
 
 A translation step runs the UNet calls of its entry in the plan (``pnp.method.plan``), each with
 its rows in the order of ``UNetCall.layout``: guidance combines a target's rows, a DDIM step moves
-it to the next timestep, and once every call of the step has run the step's callback sees the
-targets' latents at that next timestep.
+it to the next timestep, and once every call of the step has run, masked targets take their
+source's latents outside their mask (``pnp.method.mask``, in the first ``config.mask_blend_steps``
+steps) and the step's callback sees the targets' latents at that next timestep.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pnp.method.guidance import guided_noise
 from pnp.method.injection import FeatureInjector, InjectedFeatures
 from pnp.method.inversion import invert
 from pnp.method.layers import InjectionLayers
+from pnp.method.mask import blend
 from pnp.method.noise_predictor import NoisePredictor
 from pnp.method.plan import Known, Row, RowKind, TranslationStep, UNetCall, translation_plan
 from pnp.method.sources import SourceGroup
@@ -165,6 +167,7 @@ class EngineRun:
             )
         for n, k in enumerate(misses):
             group.trajectories[k].latents.update({t: z[n : n + 1] for t, z in latents.items()})
+            group.trajectories[k].clean = latent[n : n + 1]
         group.changed_by_callback = self.callbacks.changed
 
     def _generate(self, group: SourceGroup) -> None:
@@ -209,6 +212,7 @@ class EngineRun:
             sources[0].latents[first] = group.noise
         x = torch.cat([source.latents[first].expand(count, -1, -1, -1) for source in sources])
         translated = Translated(x)
+        masks = self._target_masks(group, x)
         following = [step.timestep for step in plan[1:]] + [None]
         with (
             self.metrics.timed("translation_s"),
@@ -229,10 +233,31 @@ class EngineRun:
                     translated.injected.setdefault(j, {})[t] = features
                 # Every target is at t_next now (clean after the last step): the one place for what acts on a
                 # whole step's latents, before the step's callback sees them.
+                if masks is not None and step.index < self.config.mask_blend_steps:
+                    x = blend(x, self._sources_at(group, t_next), masks)
                 if (x := step_end(step.index, t, x)) is None:
                     break
                 translated.latents = x
         return translated
+
+    def _target_masks(self, group: SourceGroup, x: torch.Tensor) -> torch.Tensor | None:
+        """Each target's latent mask, in the targets' order of ``x`` (an unmasked image's: all of it); None without
+        masks."""
+        if all(mask is None for mask in group.masks):
+            return None
+        count = len(self.prompts.targets)
+        everywhere = torch.ones(1, 1, *x.shape[-2:], dtype=torch.bool)
+        masks = [everywhere if m is None else m for m in group.masks]
+        return torch.cat([m.to(x.device).expand(count, -1, -1, -1) for m in masks])
+
+    def _sources_at(self, group: SourceGroup, t: int | None) -> torch.Tensor:
+        """Each target's source latent at timestep ``t`` (None: the clean end), in the targets' order."""
+        count = len(self.prompts.targets)
+        latents = [
+            source.latents[t] if t is not None else source.clean if source.clean is not None else group.clean
+            for source in group.trajectories
+        ]
+        return torch.cat([z.expand(count, -1, -1, -1) for z in latents])
 
     def _cached(self, group: SourceGroup) -> Known:
         """Whether the cache holds every feature source j needs at timestep t with these injections active."""

@@ -26,17 +26,30 @@ class SourceGroup:
     entries: list[SourceEntry | None] = field(default_factory=list)  # None: not in the cache
     trajectories: list[Trajectory] = field(default_factory=list)
     pictures: list[Image.Image | None] = field(default_factory=list)  # at working size; None when generated
+    # Per source, its (1, 1, h, w) bool latent mask (``pnp.method.mask``); None: unmasked. Not source data: no key
+    # or cache entry depends on it.
+    masks: list[torch.Tensor | None] = field(default_factory=list)
     noise: torch.Tensor | None = None  # a generated source's initial noise
     clean: torch.Tensor | None = None  # a generated source's final latent, once known
     fused: bool = False  # a generated source made in the translation's own UNet calls
     changed_by_callback: bool = False  # a step callback changed the latents that made the uncached trajectories
 
-    def add(self, index: int, key: SourceKey, entry: SourceEntry | None, picture, embedding: TextEmbeddings) -> None:
-        """Add a source: its cache entry's trajectory, or an empty one (with its prompt embedding) to fill."""
+    def add(
+        self,
+        index: int,
+        key: SourceKey,
+        entry: SourceEntry | None,
+        picture,
+        embedding: TextEmbeddings,
+        mask: torch.Tensor | None = None,
+    ) -> None:
+        """Add a source: its cache entry's trajectory, or an empty one (with its prompt embedding) to fill, and the
+        latent mask of its edit (None: unmasked)."""
         self.indices.append(index)
         self.keys.append(key)
         self.entries.append(entry)
         self.pictures.append(picture)
+        self.masks.append(mask)
         self.trajectories.append(entry.trajectory if entry is not None else Trajectory({}, embedding))
         if entry is not None and entry.clean is not None:
             self.clean = entry.clean

@@ -1,4 +1,5 @@
-"""A source's trajectory: its latents at every sampling timestep, inverted from an image or generated."""
+"""A source's trajectory: its latents at every sampling timestep, inverted from an image or generated, and where an
+inversion started."""
 
 from __future__ import annotations
 
@@ -15,3 +16,5 @@ class Trajectory:
 
     latents: dict[int, torch.Tensor]  # timestep -> (1, 4, h, w) float32
     embedding: TextEmbeddings  # one row: the empty prompt for real images, the generation prompt otherwise
+    clean: torch.Tensor | None = None  # (1, 4, h, w): the encoded image an inversion started from (masked editing's
+    # source at the clean end); None for a generated source, whose clean latent is the generation's result

@@ -28,17 +28,19 @@ from diffusers.utils.torch_utils import randn_tensor
 from pnp.config import ConfigError, PnPConfig
 from pnp.devices import dtype_name
 from pnp.images import resize_for_model
+from pnp.messages import plural
 from pnp.method.cache import SourceCache, SourceKey, generation_digest, image_digest
 from pnp.method.ddim import DDIMSchedule, StepEnd
 from pnp.method.engine import EngineRun, Metrics, Observer
 from pnp.method.injection import FeatureInjector
 from pnp.method.layers import InjectionLayers, architecture_layers, injection_layers
+from pnp.method.mask import paste, paste_alpha
 from pnp.method.noise_predictor import NoisePredictor
 from pnp.method.sources import SourceGroup
 from pnp.method.text import Prompts, TextEmbeddings
-from pnp.method.vae import decode
+from pnp.method.vae import decode, image_to_tensor
 from pnp.pipelines import single_file
-from pnp.pipelines.inputs import as_pil, listed
+from pnp.pipelines.inputs import MASK_TYPES, as_pil, edit_masks, listed
 from pnp.pipelines.loading import check_supported, choose_device_and_dtype, loading_errors, loading_options
 
 logger = logging.getLogger("pnp.pipeline")
@@ -246,6 +248,7 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
         callback_on_step_end_tensor_inputs,
         generator=None,
         callback_on_step_end=None,
+        mask_image=None,
         **settings,
     ) -> PnPConfig:
         """Validate every argument before any work; returns the configuration. Raises ConfigError naming the
@@ -268,6 +271,8 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
             ]
             if wrong:
                 raise ConfigError("image", f"expected PIL images, numpy arrays or torch tensors, got {wrong[0]}")
+        if mask_image is not None:
+            _check_masks(config, image, mask_image, output_type)
         if output_type not in OUTPUT_TYPES:
             raise ConfigError("output_type", f"{output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
         unknown = [name for name in callback_on_step_end_tensor_inputs if name not in self._callback_tensor_inputs]
@@ -283,6 +288,7 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
         self,
         prompt: str | list[str] = _DEFAULTS.prompt,
         image: PIL.Image.Image | np.ndarray | torch.Tensor | list | None = None,
+        mask_image: PIL.Image.Image | np.ndarray | torch.Tensor | list | None = None,
         generation_prompt: str | None = None,
         num_inference_steps: int = _DEFAULTS.num_inference_steps,
         num_inversion_steps: int | None = None,
@@ -296,6 +302,10 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
         resolution: int | None = _DEFAULTS.resolution,
         generator: torch.Generator | None = None,
         max_batch_size: int | None = None,
+        mask_blend_threshold: float = _DEFAULTS.mask_blend_threshold,
+        mask_dilation: int = _DEFAULTS.mask_dilation,
+        mask_paste: bool = _DEFAULTS.mask_paste,
+        mask_feather: int = _DEFAULTS.mask_feather,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
@@ -311,6 +321,14 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
                 side is ``resolution`` (the long side at most twice that, both multiples of 64);
                 or a list of images, each translated into every prompt (images of the same
                 working size share their UNet calls; outputs come image by image, prompts in order).
+            mask_image: where each image may change: white there, black where it must stay (any grey level
+                counts as white from half up; transparent as black). A PIL image, an (H, W) or (H, W, 3) array
+                or an (H, W) or (3, H, W) tensor with the image's aspect ratio (of another size it is scaled);
+                with a list of images, a list of as many masks (None for an image edited everywhere). It is
+                taken to latent resolution once (``pnp.method.mask``); outside it, every target's latents are
+                the source's at the same timestep after each of the first int(steps * mask_blend_threshold)
+                steps. Costs no UNet rows. Not with ``generation_prompt``: a generated source is not known
+                before the call, so there is nothing to draw a mask on.
             generation_prompt: generate the source from this prompt instead (``image`` is ignored).
             num_inference_steps: DDIM sampling steps of the translation (and of the generation).
             num_inversion_steps: DDIM inversion steps of ``image``; None means as many as
@@ -328,6 +346,14 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
                 for the model's own size, ``default_resolution`` (512 for SD 1.x, 768 for SD 2.1, 1024 for SDXL).
             generator: the random generator of a generated source's initial noise.
             max_batch_size: most prompts per UNet call (bounds memory; results are the same).
+            mask_blend_threshold: the fraction of sampling steps, from the first, after which masked targets
+                take their source's latents outside the mask; 1 (the default) to the end, which keeps the
+                background as the source's latents (its VAE reconstruction); lower lets the last steps
+                blend the edge, and the background drift.
+            mask_dilation: latent pixels the latent mask grows by (0-8).
+            mask_paste: after decoding, put the source image's own pixels back outside the mask, over a
+                feathered edge: the background is then exact in pixels. Not with ``output_type="latent"``.
+            mask_feather: the paste's soft edge, in pixels outside the mask (0-64; 0: hard).
             output_type: "pil", "np", "pt" or "latent".
             return_dict: return a PnPPipelineOutput, or else a tuple of its fields.
             callback_on_step_end: ``callback(pipe, step, timestep, callback_kwargs)``, called after
@@ -353,6 +379,7 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
             callback_on_step_end_tensor_inputs,
             generator,
             callback_on_step_end,
+            mask_image,
             prompt=prompt,
             generation_prompt=generation_prompt,
             num_inference_steps=num_inference_steps,
@@ -366,8 +393,18 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
             negative_prompt_schedule=negative_prompt_schedule,
             resolution=resolution,
             max_batch_size=max_batch_size,
+            mask_blend_threshold=mask_blend_threshold,
+            mask_dilation=mask_dilation,
+            mask_paste=mask_paste,
+            mask_feather=mask_feather,
         )
-        pictures = [] if config.generating else [resize_for_model(as_pil(i), config.resolution) for i in listed(image)]
+        originals = [] if config.generating else [as_pil(i) for i in listed(image)]
+        pictures = [resize_for_model(original, config.resolution) for original in originals]
+        masks = [None] * len(pictures)
+        if mask_image is not None:
+            masks = edit_masks(
+                listed(mask_image), originals, config.resolution, self.vae_scale_factor, config.mask_dilation
+            )
         sizes = sorted({picture.size for picture in pictures})
         if output_type != "pil" and len(sizes) > 1:
             raise ConfigError(
@@ -387,7 +424,7 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
             noise = self._initial_noise(config.resolution, generator, device)
             groups = [self._generation_group(config, noise, source_text, self.fuse_generation and observer is None)]
         else:
-            groups = self._image_groups(config, pictures, prompts.uncond)
+            groups = self._image_groups(config, pictures, masks, prompts.uncond)
         metrics.values["cache_hits"] = sum(group.hits.count(True) for group in groups)
         schedule = DDIMSchedule.from_config(self.scheduler.config)
         run = EngineRun(
@@ -423,8 +460,12 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
         # 7. Decode, check and convert.
         generated = groups[0].clean if config.generating else None
         with metrics.timed("decode_s"):
+            placed = _in_input_order(groups, outputs, len(config.prompt))
+            pastes = [
+                (masks[i], pictures[i]) if config.mask_paste and masks[i] is not None else None for i, _ in placed
+            ]
             images, source_image, flagged = self._postprocess(
-                config, _in_input_order(groups, outputs, len(config.prompt)), generated, output_type, device
+                config, [latent for _, latent in placed], generated, output_type, device, pastes
             )
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -479,13 +520,14 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
         # float32 noise; with a CPU generator it is drawn on the CPU, so a seed gives the same source on every device.
         return randn_tensor(shape, generator=generator, device=torch.device(device), dtype=torch.float32)
 
-    def _image_groups(self, config: PnPConfig, pictures, uncond: TextEmbeddings) -> list[SourceGroup]:
-        """The input images grouped by working size, in order of first appearance, with their cache entries."""
+    def _image_groups(self, config: PnPConfig, pictures, masks, uncond: TextEmbeddings) -> list[SourceGroup]:
+        """The input images grouped by working size, in order of first appearance, with their cache entries and
+        latent masks (which no key depends on: a mask changes no source data)."""
         groups: dict[tuple[int, int], SourceGroup] = {}
-        for index, picture in enumerate(pictures):
+        for index, (picture, mask) in enumerate(zip(pictures, masks)):
             key = self._source_key(config, image_digest(picture), picture.size, config.num_inversion_steps)
             group = groups.setdefault(picture.size, SourceGroup())
-            group.add(index, key, self.source_cache.get(key), picture, uncond)
+            group.add(index, key, self.source_cache.get(key), picture, uncond, None if mask is None else mask.latent)
         return list(groups.values())
 
     def _generation_group(
@@ -518,16 +560,23 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
         """The modules that compute a source's trajectory and features: every model component but a safety checker."""
         return [m for name, m in self.components.items() if isinstance(m, torch.nn.Module) and name != "safety_checker"]
 
-    def _postprocess(self, config, latents: list[torch.Tensor], generated, output_type, device):
-        """Decode, check and convert the latents one image at a time (bounded memory; sizes may differ)."""
+    def _postprocess(self, config, latents: list[torch.Tensor], generated, output_type, device, pastes):
+        """Decode, paste, check and convert the latents one image at a time (bounded memory; sizes may differ).
+
+        ``pastes`` holds, per latent, the (``EditMask``, source picture) of the pixel paste, or None.
+        """
         if generated is not None:
-            latents = [generated, *latents]
+            latents, pastes = [generated, *latents], [None, *pastes]
         if output_type == "latent":
             images = torch.cat(latents) if latents else torch.empty(0)
             return (*_split_source(images, generated is not None), None)
         converted, flagged = [], []
-        for latent in latents:
+        for latent, pasted in zip(latents, pastes):
             decoded = decode(self.vae, latent, self._vae_float32).float()
+            if pasted is not None:
+                mask, picture = pasted
+                alpha = paste_alpha(mask.pixels, config.mask_feather).to(decoded.device)
+                decoded = paste(decoded, image_to_tensor(picture).to(decoded.device), alpha)
             bad = False
             if self.safety_checker is not None:
                 decoded, [bad] = self.run_safety_checker(decoded, device, self.safety_checker.dtype)
@@ -622,8 +671,10 @@ def _callback_latents(returned, latents: torch.Tensor, step: int, phase: str) ->
     return new
 
 
-def _in_input_order(groups: list[SourceGroup], outputs: list[torch.Tensor], count: int) -> list[torch.Tensor]:
-    """(1, 4, h, w) latents per target, image by image in the call's order, prompts in order.
+def _in_input_order(
+    groups: list[SourceGroup], outputs: list[torch.Tensor], count: int
+) -> list[tuple[int, torch.Tensor]]:
+    """(image index, (1, 4, h, w) latents) per target, image by image in the call's order, prompts in order.
 
     Groups that an interruption left untranslated have no outputs.
     """
@@ -631,7 +682,31 @@ def _in_input_order(groups: list[SourceGroup], outputs: list[torch.Tensor], coun
     for group, latents in zip(groups, outputs):
         for k, index in enumerate(group.indices):
             placed[index] = [latents[k * count + p][None] for p in range(count)]
-    return [latent for index in sorted(placed) for latent in placed[index]]
+    return [(index, latent) for index in sorted(placed) for latent in placed[index]]
+
+
+def _check_masks(config: PnPConfig, image, mask_image, output_type: str) -> None:
+    """What can be told of ``mask_image`` without reading its pixels (``inputs.edit_masks`` reads them)."""
+    if config.generating:
+        raise ConfigError(
+            "mask_image",
+            "a mask marks part of an input image, and a generated source is not known before the call: leave out "
+            "the mask, or give the image instead of a generation prompt",
+        )
+    masks, images = listed(mask_image), listed(image)
+    if len(masks) != len(images):
+        raise ConfigError(
+            "mask_image",
+            f"give one mask per image: {plural(len(images), 'image')}, {plural(len(masks), 'mask')} "
+            "(None for an image that may change everywhere)",
+        )
+    wrong = [type(m).__name__ for m in masks if m is not None and not isinstance(m, MASK_TYPES)]
+    if wrong:
+        raise ConfigError("mask_image", f"expected PIL images, numpy arrays or torch tensors, got {wrong[0]}")
+    if config.mask_paste and output_type == "latent":
+        raise ConfigError(
+            "mask_paste", 'pastes pixels after decoding, so it needs decoded outputs: not output_type="latent"'
+        )
 
 
 def _joined(converted: list, output_type: str):

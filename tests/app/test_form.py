@@ -56,6 +56,7 @@ def test_error_names_are_the_forms():
         "prompt": "translation_prompts",
         "guidance_scale": "scale",
         "generation_guidance_scale": "generation_scale",
+        "mask_image": "mask",
     }
     assert form_name("guidance_scale") == "scale" and form_name("prompt") == "translation_prompts"
     assert form_name("max_batch_size") == "max_batch_size"  # not on the form: named as the pipeline names it

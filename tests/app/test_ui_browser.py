@@ -293,6 +293,7 @@ def generate(api: Client, **inputs) -> tuple[list, str]:
     """A 2-step generation at 128 px through the API, with ``inputs`` changed; the outputs and the status line."""
     inputs = {
         "input_image": None,
+        "mask": None,
         "generation_prompt": "a house",
         "seed": "3",
         "translation_prompts": "a cat",
@@ -332,3 +333,47 @@ def test_the_api_refuses_values_naming_the_input(api, tmp_path):
     notes.write_text("not an image")
     with pytest.raises(AppError, match="^input_image: notes.txt is not a readable image"):
         generate(api, input_image=handle_file(str(notes)), generation_prompt="")
+
+
+def paint_the_middle(page: Page) -> None:
+    """Strokes across the middle of the image the mask editor shows (centred on its canvas), none near its edges."""
+    canvas = page.locator("#mask canvas").first
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    for dy in (-20, -10, 0, 10, 20):
+        page.mouse.move(cx - 60, cy + dy)
+        page.mouse.down()
+        page.mouse.move(cx + 60, cy + dy, steps=8)
+        page.mouse.up()
+
+
+def output_pixels(page: Page) -> np.ndarray:
+    src = page.get_attribute("#gallery .thumbnail-item img", "src")
+    with Image.open(io.BytesIO(requests.get(src, timeout=30).content)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def test_a_mask_painted_on_the_uploaded_image_keeps_the_rest_exactly(page, wide_image):
+    upload(page, wide_image)
+    page.wait_for_selector("#mask canvas")  # the editor shows the uploaded image to paint on
+    fast(page)
+    page.check("#mask_paste input")
+    page.fill("#mask_feather input", "0")
+    run_and_wait(page, 1)
+    unmasked = output_pixels(page)
+    source = np.asarray(Image.open(wide_image).convert("RGB"))
+    assert (unmasked != source).any(axis=-1).mean() > 0.9  # without strokes, no mask: everything may change
+
+    paint_the_middle(page)
+    page.click("#run")
+    page.wait_for_function(
+        "() => document.querySelector('#status').innerText.includes('Edited inside the mask only')",
+        timeout=RUN_TIMEOUT_MS,
+    )
+    changed = (output_pixels(page) != source).any(axis=-1)
+    rows, columns = np.nonzero(changed)
+    # Changed: a block in the middle, the painted strokes on the latent grid; around it, the source's own pixels.
+    assert 0.05 < changed.mean() < 0.6
+    assert rows.min() > 0 and rows.max() < 127 and columns.min() > 16 and columns.max() < 240
+    assert "and its pixels pasted back" in page.inner_text("#status")

@@ -16,11 +16,13 @@ import time
 import numpy as np
 import pytest
 import requests
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from pnp.app.cli import main
 from pnp.evaluation.metrics import METRICS
+from pnp.evaluation.piebench import editing_mask
 from pnp.evaluation.records import MANIFEST
+from pnp.images import resize_for_model
 from support.cog_server import CogServer, write_schema
 from support.evaluation import run_evaluate
 from support.fake_replicate import TOKEN, FakeReplicate
@@ -299,3 +301,43 @@ def test_an_unavailable_metric_model_is_said_before_work_and_leaves_no_folder(ev
     [line] = capsys.readouterr().err.strip().splitlines()[-1:]
     assert line.startswith("error: --clip-model: model 'someone/clip-that-is-not-cached' is not in the local")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def local_pie_masked(evaluate, tmp_path_factory):
+    """The PIE-Bench sample edited inside its own masks with the paste, on the local backend."""
+    out = tmp_path_factory.mktemp("local-pie-masked")
+    assert evaluate(PIE, out, "--use-masks", "--mask-paste", "--mask-feather", "0") == 0
+    return out
+
+
+def test_use_masks_edits_inside_pie_bench_masks_and_says_so(local_pie_masked, local_pie):
+    masked = json.loads((local_pie_masked / "results.json").read_text())
+    plain = json.loads((local_pie[0] / "results.json").read_text())
+    assert masked["masks"] == "pie-bench" and "masks" not in plain
+    assert masked["settings"]["mask_paste"] is True and "mask_paste" not in plain["settings"]
+    assert [row["setting_mask"] for row in masked["rows"]] == ["pie-bench"] * 3
+    mapping = json.loads((PIE / "mapping_file.json").read_text())
+    for ours, theirs in zip(masked["rows"], plain["rows"]):
+        source = Image.open(PIE / "annotation_images" / mapping[ours["source"]]["image_path"]).convert("RGB")
+        # The output is the source at its working size (128 px) outside the mask: there, with the paste, exactly.
+        # Near the mask's edge the latent grid (8 px) decides: a margin of a latent pixel.
+        region = editing_mask(mapping[ours["source"]]["mask"], 512, 512).resize((128, 128), Image.Resampling.BOX)
+        near = np.asarray(region.point(lambda v: 255 * (v > 0)).filter(ImageFilter.MaxFilter(17))) > 0
+        output = np.asarray(Image.open(local_pie_masked / ours["output"]).convert("RGB"))
+        assert np.array_equal(output[~near], np.asarray(resize_for_model(source, 128))[~near]), ours["source"]
+        assert ours["psnr"] > theirs["psnr"], ours["source"]
+    sheet = (local_pie_masked / "index.html").read_text()
+    assert "mode: masked editing inside PIE-Bench&#x27;s masks (mask_blend_threshold 1.0, mask_dilation 0" in sheet
+    assert "mode: unmasked, the whole image may change" in (local_pie[0] / "index.html").read_text()
+
+
+def test_use_masks_sends_the_masks_to_cog_servers(servers, evaluate, local_pie_masked, tmp_path):
+    out = tmp_path / "http-masked"
+    assert evaluate(PIE, out, "--use-masks", "--mask-paste", "--mask-feather", "0", "--backend", servers[0].url) == 0
+    assert_same_results(results(out), results(local_pie_masked))
+
+
+def test_use_masks_needs_a_benchmark_with_masks(evaluate, ti2i, tmp_path, capsys):
+    assert evaluate(ti2i, tmp_path / "out", "--use-masks") == 2
+    assert "error: --use-masks: " in capsys.readouterr().err and not (tmp_path / "out").exists()

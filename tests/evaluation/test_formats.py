@@ -151,6 +151,8 @@ def test_form_inputs_are_the_predictors_inputs():
     assert inputs["translation_prompts"] == "a cat; a dog" and inputs["scale"] == 10.0 and inputs["seed"] == 3
     assert inputs["generation_prompt"] == "" and inputs["negative_prompt"] == "blurry"
     assert inputs["output_format"] == "png"  # lossless, so servers' outputs equal local ones
+    # The mask settings only with a mask: a predictor from before masked editing takes unmasked requests.
+    assert "mask_paste" not in inputs and form_inputs(config, seed=3, masked=True)["mask_paste"] is False
     with pytest.raises(ConfigError, match="contains ';'"):
         form_inputs(PnPConfig(prompt="a cat; a dog"), seed=0)
 

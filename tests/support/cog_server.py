@@ -28,6 +28,7 @@ START_TIMEOUT_S = 120
 # The order of the web form, as the tracker specifies it.
 FORM_ORDER = [
     "input_image",
+    "mask",
     "generation_prompt",
     "translation_prompts",
     "scale",
@@ -41,6 +42,10 @@ FORM_ORDER = [
     "generation_scale",
     "seed",
     "resolution",
+    "mask_blend_threshold",
+    "mask_dilation",
+    "mask_paste",
+    "mask_feather",
     "output_format",
     "output_quality",
     "disable_safety_checker",
@@ -48,6 +53,16 @@ FORM_ORDER = [
     "lora_weights",
     "lora_scale",
 ]
+# A value for every whole-number input of the form (a new one belongs here too), fast on the tiny model.
+WHOLE_NUMBERS = {
+    "num_inference_steps": 2,
+    "num_inversion_steps": 2,
+    "seed": 3,
+    "resolution": 128,
+    "output_quality": 40,
+    "mask_dilation": 1,
+    "mask_feather": 4,
+}
 # Inputs that make a prediction on the tiny model take a fraction of a second.
 FAST = {"num_inference_steps": 2, "num_inversion_steps": 2, "resolution": 128}
 
