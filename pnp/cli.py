@@ -19,7 +19,7 @@ from .evaluation.command import add_evaluate_arguments, run_evaluate
 from .features import DEFAULT_LAYERS, LAYER_HELP, check_feature_folder, feature_request, run_config, write_feature_maps
 from .images import ImageError, check_image, load_image
 from .lora import MAX_LORA_SCALE, MIN_LORA_SCALE, parse_lora
-from .models import DEFAULT_MODEL, RANDOM_MODELS, ModelError
+from .models import DEFAULT_MODEL, RANDOM_MODELS, TOY_MODEL, ModelError
 from .outputs import OUTPUT_FORMATS, OutputOptions, check_output_folder, write_outputs
 
 EXIT_USAGE = 2
@@ -333,7 +333,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     """Which model (its adapters and injected layers), on which device, in which dtype."""
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="diffusers model folder or model-hub id (SD 1.x, 2.x, SDXL), a single-file .safetensors "
-                             f"checkpoint, or one of {', '.join(RANDOM_MODELS)} (random weights, for testing)")
+                             f"checkpoint, {TOY_MODEL} (a small model trained on a world of coloured shapes, shipped "
+                             f"with pnp), or one of {', '.join(RANDOM_MODELS)} (random weights, for testing)")
     parser.add_argument("--config", default=None,
                         help="base configuration of a single-file --model: a diffusers folder or model-hub id of the "
                              "same architecture (needed offline)")

@@ -1,7 +1,8 @@
 """Where a pipeline's weights come from: local folders, the model hub, random test models, and clear errors.
 
 ``PnPPipeline.from_pretrained`` uses these rules; the command line and the web UI open models by
-name with ``open_model``, which also knows the random-weight test models.
+name with ``open_model``, which also knows the random-weight test models. Bundled models (the toy
+model, trained on ``pnp.toy.world``) ship inside the package and load by name everywhere.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from .devices import default_device, default_dtype, parse_dtype
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 # Names of the random-weight test models (``pnp.random_models`` builds them); torch-free here for argument checks.
 RANDOM_MODELS = ("tiny", "tiny-v", "tiny-sdxl", "random-sd15")
+# Models shipped inside the package, by name: diffusers folders that load like any other.
+TOY_MODEL = "toy"
+BUNDLED_MODELS = {TOY_MODEL: Path(__file__).parent / "toy" / "model"}
 # What a UNet may predict; pnp.ddim converts each to noise (torch-free copy of pnp.ddim.PREDICTION_TYPES).
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -40,6 +44,11 @@ def choose_device_and_dtype(device: str | None, dtype) -> tuple[str, object]:
         except ValueError as err:
             raise ModelError(str(err)) from None
     return device, dtype or default_dtype(device)
+
+
+def model_location(model: str | Path) -> str | Path:
+    """Where ``model`` loads from: a bundled model's folder for its name (``toy``), else ``model`` itself."""
+    return BUNDLED_MODELS.get(model, model) if isinstance(model, str) else model
 
 
 def loading_options(model: str | Path, safety_checker: bool = True) -> dict:
@@ -123,14 +132,15 @@ def check_supported(pipe, model: str | Path) -> None:
 
 @contextmanager
 def open_model(name: str):
-    """A path or hub id to load ``name`` from; the random-weight test models are built into a temporary folder."""
+    """A path or hub id to load ``name`` from; the random-weight test models are built into a temporary folder,
+    bundled models come from the package."""
     from .random_models import random_model_folder
 
     if name in RANDOM_MODELS:
         with random_model_folder(name) as folder:
             yield folder
     else:
-        yield name
+        yield model_location(name)
 
 
 def first_line(err: BaseException) -> str:

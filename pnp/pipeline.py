@@ -38,7 +38,9 @@ from pnp.generation import generate
 from pnp.images import resize_for_model, to_rgb
 from pnp.injection import LAYER_SETS, FeatureInjector, InjectionLayers, default_layer_set, injection_layers
 from pnp.inversion import Trajectory, invert
-from pnp.models import check_supported, choose_device_and_dtype, is_sdxl, loading_errors, loading_options
+from pnp.models import (
+    check_supported, choose_device_and_dtype, is_sdxl, loading_errors, loading_options, model_location,
+)
 from pnp.rows import translation_plan
 from pnp.sources import SourceGroup
 from pnp.text import TextEmbeddings
@@ -145,7 +147,8 @@ class PnPPipeline(
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, device: str | None = None, dtype=None, **kwargs):
-        """Load a Stable Diffusion 1.x/2.x or SDXL diffusers folder or model-hub id onto ``device`` in ``dtype``.
+        """Load a Stable Diffusion 1.x/2.x or SDXL diffusers folder or model-hub id (or ``"toy"``, the small model
+        shipped in the package, see ``pnp.toy``) onto ``device`` in ``dtype``.
 
         Called on PnPPipeline, an SDXL model (one whose components include ``text_encoder_2``)
         comes back as its subclass ``pnp.pipeline_xl.PnPXLPipeline``. device defaults to CUDA if
@@ -158,6 +161,7 @@ class PnPPipeline(
         (see ``pnp.single_file``).
         """
         device, dtype = choose_device_and_dtype(device, dtype)
+        pretrained_model_name_or_path = model_location(pretrained_model_name_or_path)
         with loading_errors(pretrained_model_name_or_path):
             if cls is PnPPipeline and is_sdxl(pretrained_model_name_or_path):
                 from pnp.pipeline_xl import PnPXLPipeline

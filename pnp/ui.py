@@ -27,7 +27,7 @@ import gradio as gr
 
 from .config import MAX_PROMPTS, ConfigError
 from .form import FORM_INPUTS, FormInput, form_input
-from .models import first_line
+from .models import TOY_MODEL, first_line
 from .samples import write_samples
 from .ui_runs import Runner, RunResult, parse_form
 
@@ -136,6 +136,10 @@ def _header(pipe, model: str, random_weights: bool) -> str:
     if random_weights:
         lines.append(f"**`{model}` has random weights: its outputs are noise.** It is for trying the page; "
                      "start it with a Stable Diffusion model for real translations.")
+    if model == TOY_MODEL:
+        from .toy.world import summary
+
+        lines.append(f"`{model}` is a small model trained on a world of simple shapes: {summary()}.")
     return "\n\n".join(lines)
 
 
