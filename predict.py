@@ -2,41 +2,46 @@
 
 Every Input() argument is a literal on purpose: `cog build` reads them with a static parser
 that silently drops bounds, choices and descriptions it cannot evaluate without running Python
-(an imported constant, an f-string). tests/test_predict.py checks the literals against pnp.config.
+(an imported constant, an f-string). tests/app/test_form.py checks them against the form's table
+(``pnp.app.form``), which is computed from the configuration; the form's parser reads the inputs.
 """
 
 import os
-import random
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path as LocalPath
 from typing import Optional
 
 from cog import BasePredictor, Input, Path, current_scope
 from PIL import Image
 
-from cog_inputs import read_request_image, request_lora_file, whole_number
+from cog_inputs import fetch_url, read_request_image, request_lora_file
+from cog_outputs import new_output_folder, remove_stale_output_folders, remove_when_this_process_ends
 from pnp.environment import configure_libraries, log_to
 
 # Before diffusers and transformers load: their import-time advice would fill the setup logs.
 configure_libraries()
 
-import torch  # noqa: E402
-
-from pnp.config import ConfigError, PnPConfig, check_float  # noqa: E402
+from pnp.app.feature_files import write_feature_grids  # noqa: E402
+from pnp.app.form import form_name, parse_form  # noqa: E402
+from pnp.config import ConfigError  # noqa: E402
 from pnp.devices import dtype_name  # noqa: E402
-from pnp.features import write_feature_grids  # noqa: E402
-from pnp.form import PROMPT_SEPARATOR, config_resolution, form_name  # noqa: E402
-from pnp.lora import load_loras  # noqa: E402
-from pnp.outputs import OutputOptions, write_outputs  # noqa: E402
-from pnp.pipeline import PnPPipeline  # noqa: E402
-from pnp.weights import locate_weights  # noqa: E402
+from pnp.images import ImageError  # noqa: E402
+from pnp.method.generation import noise_generator  # noqa: E402
+from pnp.outputs import write_outputs  # noqa: E402
+from pnp.pipelines.loading import NO_SAFETY_CHECKER  # noqa: E402
+from pnp.pipelines.lora import load_loras  # noqa: E402
+from pnp.pipelines.pipeline_pnp import PnPPipeline  # noqa: E402
+from pnp.pipelines.weights import locate_weights  # noqa: E402
+from pnp.visual import visualise  # noqa: E402
 
 WEIGHTS_DIR = LocalPath(__file__).resolve().parent / "weights"
 SOURCE_CACHE_ENV = "PNP_SOURCE_CACHE_BYTES"
 COMPILE_ENV = "PNP_COMPILE"
+# The environment variable that sets each loading parameter (ConfigError.param) in setup.
+SETUP_ENV = {"device": "PNP_DEVICE", "dtype": "PNP_DTYPE"}
 
 
 class Predictor(BasePredictor):
@@ -48,25 +53,40 @@ class Predictor(BasePredictor):
         $PNP_DEVICE and $PNP_DTYPE override the device and dtype; $PNP_SOURCE_CACHE_BYTES bounds the
         cache of recent sources (0 turns it off; default: a quarter of the GPU's memory);
         PNP_COMPILE=1 compiles the UNet and warms it up here, so that predictions start compiled.
+        Output folders of ended workers are removed, and this worker's will go when it ends (cog_outputs).
         """
         log_to("stdout")
+        stale = remove_stale_output_folders()
+        if stale:
+            print(f"Removed {len(stale)} output folders of ended processes from {tempfile.gettempdir()}")
+        remove_when_this_process_ends()
         start = time.perf_counter()
         folder = locate_weights(WEIGHTS_DIR)
-        self.pipe = PnPPipeline.from_pretrained(
-            folder, device=os.environ.get("PNP_DEVICE") or None, dtype=os.environ.get("PNP_DTYPE") or None
-        )
+        try:
+            settings = {param: os.environ.get(name) or None for param, name in SETUP_ENV.items()}
+            self.pipe = PnPPipeline.from_pretrained(folder, **settings)
+        except ConfigError as err:
+            raise ConfigError(SETUP_ENV.get(err.param, err.param), err.reason) from None
         dtype = dtype_name(self.pipe.unet.dtype)
-        print(f"Loaded {folder} ({type(self.pipe).__name__}, {self.pipe.default_resolution} px by default) on "
-              f"{self.pipe.device} as {dtype} in {time.perf_counter() - start:.1f} s")
+        print(
+            f"Loaded {folder} ({type(self.pipe).__name__}, {self.pipe.default_resolution} px by default) on "
+            f"{self.pipe.device} as {dtype} in {time.perf_counter() - start:.1f} s"
+        )
         self.pipe.set_source_cache(_env_bytes(SOURCE_CACHE_ENV))
         if os.environ.get(COMPILE_ENV, "").strip() == "1":
             self._compile()
         # The same weights without the checker, for predictions that turn it off. from_pipe casts the
         # shared weights to its dtype argument (float32 by default), so it is given theirs.
-        self.unchecked = self.pipe if self.pipe.safety_checker is None else PnPPipeline.from_pipe(
-            self.pipe, safety_checker=None, feature_extractor=None, dtype=self.pipe.unet.dtype
+        self.unchecked = (
+            self.pipe
+            if self.pipe.safety_checker is None
+            else PnPPipeline.from_pipe(self.pipe, **NO_SAFETY_CHECKER, dtype=self.pipe.unet.dtype)
         )
-        checker = "absent from the weights" if self.pipe.safety_checker is None else "on (disable_safety_checker turns it off)"
+        checker = (
+            "absent from the weights"
+            if self.pipe.safety_checker is None
+            else "on (disable_safety_checker turns it off)"
+        )
         print(f"Safety checker: {checker}")
         self.output_dir = None
 
@@ -82,7 +102,7 @@ class Predictor(BasePredictor):
         ),
         translation_prompts: str = Input(
             default="A photo of a robot horse",
-            description="What the output should show, keeping the layout of the source, e.g. 'a photo of a robot horse'. Separate several prompts with ';' to get one output each, at most 16 per prediction; surrounding spaces and empty prompts are dropped.",
+            description="What the output should show, keeping the layout of the source, e.g. 'a photo of a robot horse'. Separate several prompts with ';' or line breaks to get one output each, at most 16 per prediction; surrounding spaces and empty prompts are dropped.",
         ),
         scale: float = Input(
             default=10.0,
@@ -177,47 +197,31 @@ class Predictor(BasePredictor):
         ),
     ) -> list[Path]:
         """Translate the source into every prompt; the generated source (generation mode) comes first, feature grids last."""
-        # Every integer input: the server's schema lets 2.0 through as a float (see cog_inputs).
-        num_inference_steps, num_inversion_steps, seed, resolution, output_quality = map(
-            whole_number, (num_inference_steps, num_inversion_steps, seed, resolution, output_quality)
-        )
+        form = {name: value for name, value in locals().items() if name != "self"}  # every input, by its form name
         self._remove_outputs()
-        chosen = "random seed" if seed is None else "seed"
-        if seed is None:
-            seed = random.randint(0, 2**32 - 1)
+        fetched = ExitStack()  # files this prediction made of URLs (cog_inputs.fetch_url), deleted when it ends
+
+        def read_image(value, resolution):
+            return read_request_image(fetch_url(value, fetched, ImageError, "image"), resolution)
+
         try:
-            config = PnPConfig(
-                prompt=[p for p in translation_prompts.split(PROMPT_SEPARATOR) if p.strip()],
-                generation_prompt=generation_prompt,
-                num_inference_steps=num_inference_steps,
-                num_inversion_steps=num_inversion_steps,
-                guidance_scale=scale,
-                generation_guidance_scale=generation_scale,
-                feature_injection_threshold=feature_injection_threshold,
-                attention_injection_threshold=attention_injection_threshold,
-                negative_prompt=negative_prompt,
-                negative_prompt_alpha=negative_prompt_alpha,
-                negative_prompt_schedule=negative_prompt_schedule,
-                resolution=config_resolution(resolution),
-            ).resolved(self.pipe.default_resolution)
-            options = OutputOptions(output_format, output_quality)
-            lora = self._lora(lora_weights, lora_scale)
-            image = None
-            if config.generating:
-                print(f"Generating the source image with {chosen} {seed}")
-                if input_image is not None:
-                    print("Both input_image and generation_prompt were given: the generation prompt is used, the image is ignored")
-            elif input_image is not None:
-                image = read_request_image(input_image, config.resolution)
-            self.output_dir = tempfile.mkdtemp(prefix="pnp-outputs-")
-            generator = torch.Generator("cpu").manual_seed(seed)
-            pipe = self.unchecked if disable_safety_checker else self.pipe
+            request = parse_form(form, self.pipe.default_resolution, read_image)
+            for note in request.notes:
+                print(note)
+            lora = self._lora(fetch_url(lora_weights, fetched, ConfigError, "lora_weights"), request.lora_scale)
+            config = request.config
+            self.output_dir = new_output_folder()
+            generator = noise_generator(request.seed)
+            pipe = self.unchecked if request.disable_safety_checker else self.pipe
             with self._adapter(lora):
-                maps = pipe.feature_maps(image=image, generator=generator, **config.as_kwargs()) if feature_maps else None
-                result = maps.translation if maps else pipe(image=image, generator=generator, **config.as_kwargs())
-            paths = write_outputs(result, config.prompt, self.output_dir, options)
+                if request.feature_maps:
+                    maps = visualise.feature_maps(pipe, image=request.image, generator=generator, **config.as_kwargs())
+                    result = maps.translation
+                else:
+                    maps, result = None, pipe(image=request.image, generator=generator, **config.as_kwargs())
+            paths = write_outputs(result, config.prompt, self.output_dir, request.options)
             if maps:
-                paths += write_feature_grids(maps, self.output_dir, options, first=len(paths))
+                paths += write_feature_grids(maps, self.output_dir, request.options, first=len(paths))
         except ConfigError as err:
             self._remove_outputs()
             raise type(err)(form_name(err.param), err.reason) from None
@@ -225,6 +229,8 @@ class Predictor(BasePredictor):
             # Failures and cancellations (cog.CancelationException is a BaseException) leave no files.
             self._remove_outputs()
             raise
+        finally:
+            fetched.close()
         scope = current_scope()
         for name, value in result.metrics.items():
             scope.record_metric(name, value)
@@ -235,10 +241,12 @@ class Predictor(BasePredictor):
         if lora_weights is None:
             return None
         path, name = request_lora_file(lora_weights)
-        check_float("lora_scale", lora_scale, 0.0, 1.0)
         if self.pipe._injector is not None:
-            raise ConfigError("lora_weights", f"{name}: this predictor runs a compiled UNet ({COMPILE_ENV}=1), whose "
-                                              "modules cannot change; run it without compiling to use LoRA adapters")
+            raise ConfigError(
+                "lora_weights",
+                f"{name}: this predictor runs a compiled UNet ({COMPILE_ENV}=1), whose "
+                "modules cannot change; run it without compiling to use LoRA adapters",
+            )
         print(f"LoRA adapter {name} at scale {lora_scale:g}")
         return path, lora_scale, name
 
@@ -267,8 +275,8 @@ class Predictor(BasePredictor):
         print(f"Compiled and warmed up the UNet in {time.perf_counter() - start:.1f} s")
 
     def _remove_outputs(self) -> None:
-        # Outputs live until the next prediction starts (Cog has uploaded or encoded them by then)
-        # or until their own prediction fails.
+        # Outputs live until the next prediction starts (Cog has uploaded or encoded them by then),
+        # until their own prediction fails, or until the worker ends (cog_outputs).
         if self.output_dir is not None:
             shutil.rmtree(self.output_dir, ignore_errors=True)
             self.output_dir = None
@@ -280,5 +288,7 @@ def _env_bytes(name: str) -> int | None:
     if not value:
         return None
     if not value.isdigit():
-        raise ValueError(f"{name}={value!r} is not a whole number of bytes; set it to 0 to turn the cache off, or unset it")
+        raise ValueError(
+            f"{name}={value!r} is not a whole number of bytes; set it to 0 to turn the cache off, or unset it"
+        )
     return int(value)

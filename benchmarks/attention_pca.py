@@ -6,7 +6,7 @@ The largest self-attention layers of Stable Diffusion 1.x are those of ``up_bloc
 of 40 channels over (resolution / 8)^2 positions, so at 512 px each image's maps are
 4096 x 32768 values. Here their queries and keys are random (the memory needed does not depend
 on the values; the number of iterations, and so the time, does), for ``--images`` images at once,
-and ``pnp.pca.matrix_free_pca_scores`` runs on ``pnp.feature_maps.SelfAttentionMaps`` of them.
+and ``pnp.visual.pca.matrix_free_pca_scores`` runs on ``pnp.visual.attention_maps.SelfAttentionMaps`` of them.
 Printed: the working memory the PCA needed beyond its inputs (``benchmarks.memory``), next to
 what holding every map at once, or a Gram matrix of all rows, would take in float32.
 """
@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from pnp.feature_maps import SelfAttentionMaps
-from pnp.pca import matrix_free_pca_scores
+from pnp.visual.attention_maps import SelfAttentionMaps
+from pnp.visual.pca import matrix_free_pca_scores
 
 from .memory import MemoryTracker
 
@@ -28,8 +28,7 @@ MIB = 2**20
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.attention_pca",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.attention_pca", description=__doc__.split("\n\n")[0])
     parser.add_argument("--resolution", type=int, default=512, help="working image side in pixels")
     parser.add_argument("--images", type=int, default=3, help="images shown together (the source and the prompts)")
     parser.add_argument("--device", default="cpu")
@@ -54,11 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - start
 
     rows, columns = maps.shape
-    print(f"{args.images} images at {args.resolution} px: maps {rows} x {columns} "
-          f"({HEADS} heads of {positions} positions)")
+    print(
+        f"{args.images} images at {args.resolution} px: maps {rows} x {columns} "
+        f"({HEADS} heads of {positions} positions)"
+    )
     print(f"PCA working memory {peak.working / MIB:.1f} MiB ({tracker.method}), {seconds:.1f} s, {len(passes)} passes")
-    print(f"all maps at once would take {rows * columns * 4 / MIB:.1f} MiB, "
-          f"a Gram matrix of all rows {rows * rows * 4 / MIB:.1f} MiB")
+    print(
+        f"all maps at once would take {rows * columns * 4 / MIB:.1f} MiB, "
+        f"a Gram matrix of all rows {rows * rows * 4 / MIB:.1f} MiB"
+    )
     return 0
 
 

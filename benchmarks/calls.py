@@ -18,13 +18,13 @@ import sys
 import torch
 
 from pnp.devices import DTYPE_NAMES, default_dtype, dtype_name
-from pnp.injection import FeatureInjector
-from pnp.pipeline import PnPPipeline
-from pnp.text import TextEmbeddings
-from pnp.unet import NoisePredictor
+from pnp.method.injection import FeatureInjector
+from pnp.method.noise_predictor import NoisePredictor
+from pnp.method.text import TextEmbeddings
+from pnp.pipelines.pipeline_pnp import PnPPipeline
 
-from .replay import TIMESTEP, BareReplay, timed
 from .machine import add_machine_options, check_machine_options, model_folder
+from .replay import TIMESTEP, BareReplay, timed
 from .report import markdown_table
 
 
@@ -56,13 +56,19 @@ def main(argv: list[str] | None = None) -> int:
                 times[name].append(timed(bare, pipe.device) if name == "bare" else engine())
     bare_s, engine_s = statistics.median(times["bare"]), statistics.median(times["engine"])
     print(f"python -m benchmarks.calls {' '.join(sys.argv[1:] if argv is None else argv)}")
-    print(f"{args.dtype}, {args.resolution} px, batch {rows} (P = {args.prompts} with the source row), "
-          f"{args.pairs} alternating pairs, {torch.get_num_threads()} threads")
+    print(
+        f"{args.dtype}, {args.resolution} px, batch {rows} (P = {args.prompts} with the source row), "
+        f"{args.pairs} alternating pairs, {torch.get_num_threads()} threads"
+    )
     print()
-    print("\n".join(markdown_table(
-        ["call", "median s", "min s", "max s"],
-        [[name, f"{statistics.median(v):.3f}", f"{min(v):.3f}", f"{max(v):.3f}"] for name, v in times.items()],
-    )))
+    print(
+        "\n".join(
+            markdown_table(
+                ["call", "median s", "min s", "max s"],
+                [[name, f"{statistics.median(v):.3f}", f"{min(v):.3f}", f"{max(v):.3f}"] for name, v in times.items()],
+            )
+        )
+    )
     print(f"\nengine / bare: {engine_s / bare_s:.3f}")
     return 0
 

@@ -16,9 +16,9 @@ import diffusers
 import torch
 import transformers
 
-from pnp import random_models
 from pnp.devices import default_device
-from pnp.models import model_location
+from pnp.pipelines import random_models
+from pnp.pipelines.loading import RANDOM_MODELS, model_location
 
 from .memory import MemoryTracker
 
@@ -26,16 +26,22 @@ from .memory import MemoryTracker
 def add_machine_options(parser: argparse.ArgumentParser) -> None:
     """The model, device and thread options that every benchmark command shares."""
     parser.add_argument(
-        "--model", default="random-sd15",
+        "--model",
+        default="random-sd15",
         help="random-sd15 (Stable Diffusion 1.5 shapes, random weights, built once into --cache-dir), "
         "tiny (a small random model for tests), toy (the small trained model shipped with pnp), or a diffusers "
         "folder of real weights",
     )
-    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "pnp",
-                        help="where a random model is saved on first use (random-sd15 takes 4 GB)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path.home() / ".cache" / "pnp",
+        help="where a random model is saved on first use (random-sd15 takes 4 GB)",
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: torch's own choice, one per core)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for torch (default: torch's own choice, one per core)"
+    )
 
 
 def check_machine_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -50,7 +56,7 @@ def check_machine_options(parser: argparse.ArgumentParser, args: argparse.Namesp
 def model_folder(model: str, cache_dir: Path) -> Path:
     """A diffusers folder for ``model``: random models are built and saved once, then reused; bundled ones (toy)
     come from the package."""
-    if model not in random_models.RANDOM_MODELS:
+    if model not in RANDOM_MODELS:
         return Path(model_location(model))
     folder = cache_dir / f"{model}-{_random_model_stamp()}"
     if not (folder / "model_index.json").is_file():

@@ -6,7 +6,7 @@
 For every dtype, resolution and prompt count it runs one translation through ``PnPPipeline``
 (text encoding, VAE encoding, DDIM inversion, batched translation, decoding), then, in the same
 process, replays the same text-encoder batch, the exact sequence of UNet batch shapes of that run
-(``pnp.rows``) as bare UNet calls, and the same VAE work. The ratio of the two is the overhead of
+(``pnp.method.plan``) as bare UNet calls, and the same VAE work. The ratio of the two is the overhead of
 the implementation over the method's minimum. The model is
 Stable Diffusion 1.5-shaped with random weights (built once, saved, and loaded through the same
 code that loads real weights), or a diffusers folder of real weights.
@@ -28,8 +28,8 @@ from PIL import Image
 from pnp.config import ConfigError, PnPConfig
 from pnp.devices import DTYPE_NAMES, default_dtype, dtype_name
 from pnp.images import load_image, resize_for_model
-from pnp.pipeline import PnPPipeline
-from pnp.rows import inversion_rows, translation_rows
+from pnp.method.plan import inversion_rows, translation_rows
+from pnp.pipelines.pipeline_pnp import PnPPipeline
 
 from .machine import OtherLoad, add_machine_options, check_machine_options, environment, model_folder
 from .memory import MemoryTracker
@@ -102,38 +102,74 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Time complete real-image PnP translations and their bare UNet/VAE floor.",
     )
     add_machine_options(parser)
-    parser.add_argument("--dtypes", type=_names, default=None,
-                        help="comma-separated; default float32,bfloat16 on the CPU, float16 on CUDA")
-    parser.add_argument("--resolutions", type=_numbers, default=None,
-                        help="comma-separated pixel sizes; default 256 on the CPU, 256,512 on CUDA")
-    parser.add_argument("--prompts", type=_numbers, default=None,
-                        help="comma-separated prompt counts P; default 1,2,4 on the CPU, 1,2,4,8 on CUDA")
+    parser.add_argument(
+        "--dtypes",
+        type=_names,
+        default=None,
+        help="comma-separated; default float32,bfloat16 on the CPU, float16 on CUDA",
+    )
+    parser.add_argument(
+        "--resolutions",
+        type=_numbers,
+        default=None,
+        help="comma-separated pixel sizes; default 256 on the CPU, 256,512 on CUDA",
+    )
+    parser.add_argument(
+        "--prompts",
+        type=_numbers,
+        default=None,
+        help="comma-separated prompt counts P; default 1,2,4 on the CPU, 1,2,4,8 on CUDA",
+    )
     parser.add_argument("--steps", type=int, default=None, help="sampling steps N (default 50)")
-    parser.add_argument("--inversion-steps", type=int, default=None,
-                        help="DDIM inversion steps (default: as many as --steps)")
-    parser.add_argument("--max-batch-size", type=int, default=None,
-                        help="most prompts per UNet call, as in PnPConfig (default: all in one call)")
-    parser.add_argument("--image", type=Path, default=None,
-                        help="source image (default: a synthetic one; content does not change the cost)")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="run each translation and its replay this many times, alternately, and keep the "
-                        "fastest of each (default 1); more repeats resist other load on the machine")
-    parser.add_argument("--quick", action="store_true",
-                        help="256 px, P = 1,2, 10/10 steps, the device's default dtype, unless given otherwise: "
-                        "a few minutes on 2 CPU cores")
-    parser.add_argument("--rows-only", action="store_true",
-                        help="print the UNet calls and rows of each prompt count, ours and the public "
-                        "implementations', computed from the schedule; run nothing")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="JSON file to write (default: benchmarks/results/<date-time>.json)")
+    parser.add_argument(
+        "--inversion-steps", type=int, default=None, help="DDIM inversion steps (default: as many as --steps)"
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=None,
+        help="most prompts per UNet call, as in PnPConfig (default: all in one call)",
+    )
+    parser.add_argument(
+        "--image",
+        type=Path,
+        default=None,
+        help="source image (default: a synthetic one; content does not change the cost)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run each translation and its replay this many times, alternately, and keep the "
+        "fastest of each (default 1); more repeats resist other load on the machine",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="256 px, P = 1,2, 10/10 steps, the device's default dtype, unless given otherwise: "
+        "a few minutes on 2 CPU cores",
+    )
+    parser.add_argument(
+        "--rows-only",
+        action="store_true",
+        help="print the UNet calls and rows of each prompt count, ours and the public "
+        "implementations', computed from the schedule; run nothing",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON file to write (default: benchmarks/results/<date-time>.json)"
+    )
     args = parser.parse_args(argv)
 
     check_machine_options(parser, args)
     cuda = torch.device(args.device).type == "cuda"
-    preset = QUICK if args.quick else dict(
-        resolutions=[256, 512] if cuda else [256],
-        prompts=[1, 2, 4, 8] if cuda else [1, 2, 4],
-        steps=50,
+    preset = (
+        QUICK
+        if args.quick
+        else dict(
+            resolutions=[256, 512] if cuda else [256],
+            prompts=[1, 2, 4, 8] if cuda else [1, 2, 4],
+            steps=50,
+        )
     )
     for name, value in preset.items():
         if getattr(args, name) is None:
@@ -177,13 +213,16 @@ def source_image(path: Path | None, resolution: int) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
 
-def measure(pipe: PnPPipeline, replay: BareReplay, tracker: MemoryTracker, config: PnPConfig, image, repeats: int = 1) -> dict:
+def measure(
+    pipe: PnPPipeline, replay: BareReplay, tracker: MemoryTracker, config: PnPConfig, image, repeats: int = 1
+) -> dict:
     """A translation through the pipeline, then its bare replay, ``repeats`` times: the fastest of
     each with the peak memory of that same repeat, and the rows."""
     scheduler = pipe.scheduler.config
     inversion = inversion_rows(config, num_train_timesteps=scheduler.num_train_timesteps, offset=scheduler.steps_offset)
-    translation = translation_rows(config, num_train_timesteps=scheduler.num_train_timesteps,
-                                   offset=scheduler.steps_offset)
+    translation = translation_rows(
+        config, num_train_timesteps=scheduler.num_train_timesteps, offset=scheduler.steps_offset
+    )
     texts = 3 + len(config.prompt)  # the empty, source and negative prompts, then the targets
     replay.warm_up(set(inversion + translation), vae=False, texts=texts)
 
@@ -208,7 +247,9 @@ def measure(pipe: PnPPipeline, replay: BareReplay, tracker: MemoryTracker, confi
 
     count = len(config.prompt)
     steps = config.num_inference_steps
-    phases = {name: metrics[name] for name in ("encode_prompts_s", "encode_s", "inversion_s", "translation_s", "decode_s")}
+    phases = {
+        name: metrics[name] for name in ("encode_prompts_s", "encode_s", "inversion_s", "translation_s", "decode_s")
+    }
     phases["other_s"] = total_s - sum(phases.values())
     return {
         "dtype": dtype_name(pipe.unet.dtype),
@@ -273,8 +314,18 @@ def rows_table(args: argparse.Namespace) -> list[str]:
         batches = inversion_rows(config) + translation_rows(config)
         steps = config.num_inference_steps
         ours, public = sum(batches), public_rows(count, steps)
-        rows.append([count, steps, config.num_inversion_steps, len(batches), ours,
-                     public_calls(count, steps), public, f"{public / ours:.1f}x"])
+        rows.append(
+            [
+                count,
+                steps,
+                config.num_inversion_steps,
+                len(batches),
+                ours,
+                public_calls(count, steps),
+                public,
+                f"{public / ours:.1f}x",
+            ]
+        )
     return markdown_table(
         ["P", "steps", "inversion steps", "UNet calls", "UNet rows", "public calls", "public rows", "public/ours"],
         rows,

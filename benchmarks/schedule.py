@@ -1,4 +1,5 @@
-"""The UNet work of the public implementations for the same job, to compare with this project's plan (``pnp.rows``).
+"""The UNet work of the public implementations for the same job, to compare with this project's plan
+(``pnp.method.plan``).
 
 pnp-diffusers' preprocess.py and the original code both invert with 999 steps and then run a
 999-step reconstruction, one row per step; translation then runs [source, uncond, cond] at every

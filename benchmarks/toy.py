@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_libraries()
     import torch
 
-    from pnp.pipeline import PnPPipeline
+    from pnp import PnPPipeline
     from pnp.toy import quality
 
     if args.threads:

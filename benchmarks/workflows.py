@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 from pnp.devices import DTYPE_NAMES, default_dtype, dtype_name
-from pnp.pipeline import PnPPipeline
+from pnp.method.generation import noise_generator
+from pnp.pipelines.pipeline_pnp import PnPPipeline
 
 from .machine import OtherLoad, add_machine_options, check_machine_options, environment, model_folder
 from .memory import MemoryTracker
@@ -52,8 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m benchmarks.workflows " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "environment": environment(args.device, MemoryTracker(args.device)),
-        "settings": {"model": args.model, "dtype": args.dtype, "resolution": args.resolution, "steps": args.steps,
-                     "repeats": args.repeats},
+        "settings": {
+            "model": args.model,
+            "dtype": args.dtype,
+            "resolution": args.resolution,
+            "steps": args.steps,
+            "repeats": args.repeats,
+        },
         "results": results,
         "other_cpu_share": load.other_cpu_share,
     }
@@ -66,9 +72,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def settings(args, prompts: int, first: int = 0, **extra) -> dict:
-    """A translation's arguments: ``prompts`` of the benchmark's prompts (from the ``first``), its steps and resolution."""
-    return dict(prompt=[PROMPTS[(first + i) % len(PROMPTS)] for i in range(prompts)], num_inference_steps=args.steps,
-                resolution=args.resolution, output_type="latent", **extra)
+    """A translation's arguments: ``prompts`` of the benchmark's prompts (from the ``first``), its steps and
+    resolution."""
+    return dict(
+        prompt=[PROMPTS[(first + i) % len(PROMPTS)] for i in range(prompts)],
+        num_inference_steps=args.steps,
+        resolution=args.resolution,
+        output_type="latent",
+        **extra,
+    )
 
 
 def fastest(run, repeats: int, device) -> tuple[float, dict]:
@@ -88,6 +100,7 @@ def fastest(run, repeats: int, device) -> tuple[float, dict]:
 def cache_case(pipe, image, args) -> list[dict]:
     rows = []
     for count in args.prompts:
+
         def first():
             pipe.source_cache.clear()
             return pipe(image=image, **settings(args, count)).metrics
@@ -98,8 +111,16 @@ def cache_case(pipe, image, args) -> list[dict]:
         first_s, first_metrics = fastest(first, args.repeats, args.device)
         repeat_s, repeat_metrics = fastest(repeat, args.repeats, args.device)
         assert repeat_metrics["cache_hits"] == 1 and first_metrics["cache_hits"] == 0
-        rows.append({"prompts": count, "first_s": first_s, "repeat_s": repeat_s, "ratio": repeat_s / first_s,
-                     "first_rows": first_metrics["unet_rows"], "repeat_rows": repeat_metrics["unet_rows"]})
+        rows.append(
+            {
+                "prompts": count,
+                "first_s": first_s,
+                "repeat_s": repeat_s,
+                "ratio": repeat_s / first_s,
+                "first_rows": first_metrics["unet_rows"],
+                "repeat_rows": repeat_metrics["unet_rows"],
+            }
+        )
     return rows
 
 
@@ -112,14 +133,24 @@ def generation_case(pipe, image, args) -> list[dict]:
             pipe.fuse_generation = fused
 
             def run():
-                return pipe(generation_prompt="a photo of a horse in a field",
-                            generator=torch.Generator().manual_seed(0), **settings(args, count)).metrics
+                return pipe(
+                    generation_prompt="a photo of a horse in a field",
+                    generator=noise_generator(0),
+                    **settings(args, count),
+                ).metrics
 
             times[fused] = fastest(run, args.repeats, args.device)
         pipe.fuse_generation = True
-        rows.append({"prompts": count, "fused_s": times[True][0], "separate_s": times[False][0],
-                     "ratio": times[True][0] / times[False][0],
-                     "fused_rows": times[True][1]["unet_rows"], "separate_rows": times[False][1]["unet_rows"]})
+        rows.append(
+            {
+                "prompts": count,
+                "fused_s": times[True][0],
+                "separate_s": times[False][0],
+                "ratio": times[True][0] / times[False][0],
+                "fused_rows": times[True][1]["unet_rows"],
+                "separate_rows": times[False][1]["unet_rows"],
+            }
+        )
     pipe.set_source_cache(None)
     return rows
 
@@ -130,10 +161,19 @@ def images_case(pipe, image, args) -> list[dict]:
     count = args.prompts[0]
     rows = []
     for n in args.images:
-        seconds, metrics = fastest(lambda: pipe(image=pictures[:n], **settings(args, count)).metrics, args.repeats,
-                                   args.device)
-        rows.append({"images": n, "prompts": count, "seconds": seconds, "images_per_s": n * count / seconds,
-                     "unet_calls": metrics["unet_calls"], "unet_rows": metrics["unet_rows"]})
+        seconds, metrics = fastest(
+            lambda: pipe(image=pictures[:n], **settings(args, count)).metrics, args.repeats, args.device
+        )
+        rows.append(
+            {
+                "images": n,
+                "prompts": count,
+                "seconds": seconds,
+                "images_per_s": n * count / seconds,
+                "unet_calls": metrics["unet_calls"],
+                "unet_rows": metrics["unet_rows"],
+            }
+        )
     for row in rows:
         row["throughput_ratio"] = row["images_per_s"] / rows[0]["images_per_s"]
     pipe.set_source_cache(None)
@@ -142,8 +182,10 @@ def images_case(pipe, image, args) -> list[dict]:
 
 def compile_case(pipe, image, args) -> list[dict]:
     pipe.set_source_cache(0)
-    eager = {count: fastest(lambda c=count: pipe(image=image, **settings(args, c)).metrics, args.repeats, args.device)[0]
-             for count in args.prompts}
+    eager = {
+        count: fastest(lambda c=count: pipe(image=image, **settings(args, c)).metrics, args.repeats, args.device)[0]
+        for count in args.prompts
+    }
     # A source the compiled UNet first sees after the timed runs: stale (frozen) features or weights would show.
     check = image.rotate(90)
     expected = pipe(image=check, **settings(args, args.prompts[0])).images
@@ -155,9 +197,18 @@ def compile_case(pipe, image, args) -> list[dict]:
         _synchronize(args.device)
         first_s = time.perf_counter() - start
         compiled_s = fastest(lambda: pipe(image=image, **settings(args, count)).metrics, args.repeats, args.device)[0]
-        rows.append({"prompts": count, "eager_s": eager[count], "compiled_s": compiled_s, "first_compiled_s": first_s,
-                     "speedup": eager[count] / compiled_s})
-    rows[0]["max_abs_diff"] = float((pipe(image=check, **settings(args, args.prompts[0])).images - expected).abs().max())
+        rows.append(
+            {
+                "prompts": count,
+                "eager_s": eager[count],
+                "compiled_s": compiled_s,
+                "first_compiled_s": first_s,
+                "speedup": eager[count] / compiled_s,
+            }
+        )
+    rows[0]["max_abs_diff"] = float(
+        (pipe(image=check, **settings(args, args.prompts[0])).images - expected).abs().max()
+    )
     return rows
 
 
@@ -172,33 +223,86 @@ CASE_RUNS = {"cache": cache_case, "generation": generation_case, "images": image
 
 def format_report(report: dict) -> str:
     env, results = report["environment"], report["results"]
-    lines = [report["command"], f"{env['device_name']}, {env['threads']} threads, torch {env['torch']}; "
-             f"{report['settings']['dtype']}, {report['settings']['resolution']} px, {report['settings']['steps']} steps", ""]
+    lines = [
+        report["command"],
+        f"{env['device_name']}, {env['threads']} threads, torch {env['torch']}; "
+        f"{report['settings']['dtype']}, {report['settings']['resolution']} px, {report['settings']['steps']} steps",
+        "",
+    ]
     if "cache" in results:
         lines += ["Repeat call on a cached source against the first call", ""]
-        lines += markdown_table(["P", "first s", "repeat s", "repeat/first", "UNet rows first", "repeat"],
-                                [[r["prompts"], f"{r['first_s']:.2f}", f"{r['repeat_s']:.2f}", f"{r['ratio']:.2f}",
-                                  r["first_rows"], r["repeat_rows"]] for r in results["cache"]]) + [""]
+        lines += markdown_table(
+            ["P", "first s", "repeat s", "repeat/first", "UNet rows first", "repeat"],
+            [
+                [
+                    r["prompts"],
+                    f"{r['first_s']:.2f}",
+                    f"{r['repeat_s']:.2f}",
+                    f"{r['ratio']:.2f}",
+                    r["first_rows"],
+                    r["repeat_rows"],
+                ]
+                for r in results["cache"]
+            ],
+        ) + [""]
     if "generation" in results:
         lines += ["Generation mode: fused against separate generation", ""]
-        lines += markdown_table(["P", "fused s", "separate s", "fused/separate", "UNet rows fused", "separate"],
-                                [[r["prompts"], f"{r['fused_s']:.2f}", f"{r['separate_s']:.2f}", f"{r['ratio']:.2f}",
-                                  r["fused_rows"], r["separate_rows"]] for r in results["generation"]]) + [""]
+        lines += markdown_table(
+            ["P", "fused s", "separate s", "fused/separate", "UNet rows fused", "separate"],
+            [
+                [
+                    r["prompts"],
+                    f"{r['fused_s']:.2f}",
+                    f"{r['separate_s']:.2f}",
+                    f"{r['ratio']:.2f}",
+                    r["fused_rows"],
+                    r["separate_rows"],
+                ]
+                for r in results["generation"]
+            ],
+        ) + [""]
     if "images" in results:
         lines += ["Several images per call", ""]
-        lines += markdown_table(["images", "P", "s", "images/s", "throughput vs 1 image", "UNet calls", "UNet rows"],
-                                [[r["images"], r["prompts"], f"{r['seconds']:.2f}", f"{r['images_per_s']:.3f}",
-                                  f"{r['throughput_ratio']:.2f}", r["unet_calls"], r["unet_rows"]]
-                                 for r in results["images"]]) + [""]
+        lines += markdown_table(
+            ["images", "P", "s", "images/s", "throughput vs 1 image", "UNet calls", "UNet rows"],
+            [
+                [
+                    r["images"],
+                    r["prompts"],
+                    f"{r['seconds']:.2f}",
+                    f"{r['images_per_s']:.3f}",
+                    f"{r['throughput_ratio']:.2f}",
+                    r["unet_calls"],
+                    r["unet_rows"],
+                ]
+                for r in results["images"]
+            ],
+        ) + [""]
     if "compile" in results:
         lines += ["Compiled UNet against eager", ""]
-        lines += markdown_table(["P", "eager s", "compiled s", "speed-up", "first compiled call s"],
-                                [[r["prompts"], f"{r['eager_s']:.2f}", f"{r['compiled_s']:.2f}", f"{r['speedup']:.2f}",
-                                  f"{r['first_compiled_s']:.1f}"] for r in results["compile"]])
-        lines += ["", f"Compiled against eager on a source first seen after compiling: max |difference| "
-                      f"{results['compile'][0]['max_abs_diff']:.2e} in the final latents", ""]
+        lines += markdown_table(
+            ["P", "eager s", "compiled s", "speed-up", "first compiled call s"],
+            [
+                [
+                    r["prompts"],
+                    f"{r['eager_s']:.2f}",
+                    f"{r['compiled_s']:.2f}",
+                    f"{r['speedup']:.2f}",
+                    f"{r['first_compiled_s']:.1f}",
+                ]
+                for r in results["compile"]
+            ],
+        )
+        lines += [
+            "",
+            f"Compiled against eager on a source first seen after compiling: max |difference| "
+            f"{results['compile'][0]['max_abs_diff']:.2e} in the final latents",
+            "",
+        ]
     if (report["other_cpu_share"] or 0) > 0.05:
-        lines += [f"NOTE: other processes took {report['other_cpu_share']:.0%} of the CPU during the run: times are disturbed"]
+        lines += [
+            f"NOTE: other processes took {report['other_cpu_share']:.0%} of the CPU during the run: times are disturbed"
+        ]
     return "\n".join(lines)
 
 
@@ -207,15 +311,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_machine_options(parser)
     parser.add_argument("--dtype", default=None, choices=DTYPE_NAMES, help="default: the device's default dtype")
     parser.add_argument("--resolution", type=int, default=None, help="default 256 on the CPU, 512 on CUDA")
-    parser.add_argument("--steps", type=int, default=None, help="sampling (and inversion) steps; default 10 on the CPU, 50 on CUDA")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="sampling (and inversion) steps; default 10 on the CPU, 50 on CUDA"
+    )
     parser.add_argument("--prompts", type=_numbers, default=None, help="prompt counts P, comma-separated (default 1)")
-    parser.add_argument("--images", type=_numbers, default=None, help="images per call for the images case (default 1,2,4)")
+    parser.add_argument(
+        "--images", type=_numbers, default=None, help="images per call for the images case (default 1,2,4)"
+    )
     parser.add_argument("--cases", type=_cases, default=list(CASES), help=f"comma-separated, of {', '.join(CASES)}")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each configuration, the fastest kept")
-    parser.add_argument("--compile-backend", default="inductor",
-                        help="torch.compile backend of the compile case (default inductor; 'eager' only traces, for tests)")
+    parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend of the compile case (default inductor; 'eager' only traces, for tests)",
+    )
     parser.add_argument("--quick", action="store_true", help="256 px, 10 steps, P = 1: minutes on 2 CPU cores")
-    parser.add_argument("--out", type=Path, default=None, help="JSON file (default: benchmarks/results/workflows-<time>.json)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON file (default: benchmarks/results/workflows-<time>.json)"
+    )
     args = parser.parse_args(argv)
     check_machine_options(parser, args)
     cuda = torch.device(args.device).type == "cuda"

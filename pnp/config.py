@@ -10,17 +10,36 @@ from __future__ import annotations
 
 import math
 import numbers
+import reprlib
 from dataclasses import dataclass, fields, replace
 
-from .timesteps import MAX_INVERSION_STEPS, inversion_reaches, valid_inversion_steps
+from pnp.method.timesteps import MAX_INVERSION_STEPS, inversion_reaches, valid_inversion_steps
 
 NEGATIVE_SCHEDULES = ("constant", "linear", "exp")
 MAX_PROMPTS = 16
+# The text encoder reads 77 CLIP tokens (75 of text): a few hundred characters of English, at 4 to 5
+# characters a token; the pipeline warns when a prompt is longer and says what was kept. Prompts
+# are tokenized whole before that cut, so text far longer than anyone writes is refused here,
+# before any work: 4 MB of prompt held a server for 92 s and took its worker to 3.5 GB (issue 17).
+MAX_PROMPT_LENGTH = 2000
 MAX_SAMPLING_STEPS = 999
 MIN_RESOLUTION, MAX_RESOLUTION = 128, 1024
 RESOLUTION_MULTIPLE = 64
 MAX_GUIDANCE_SCALE = 50.0
 MAX_SEED = 2**32 - 1
+# Every bounded number's range, both ends allowed: checked here, and offered by the forms (``pnp.app.form``).
+RANGES = {
+    "num_inference_steps": (1, MAX_SAMPLING_STEPS),
+    "num_inversion_steps": (1, MAX_INVERSION_STEPS),
+    "guidance_scale": (0.0, MAX_GUIDANCE_SCALE),
+    "generation_guidance_scale": (0.0, MAX_GUIDANCE_SCALE),
+    "feature_injection_threshold": (0.0, 1.0),
+    "attention_injection_threshold": (0.0, 1.0),
+    "negative_prompt_alpha": (0.0, 1.0),
+    "resolution": (MIN_RESOLUTION, MAX_RESOLUTION),
+    "max_batch_size": (1, MAX_PROMPTS),
+    "seed": (0, MAX_SEED),  # not a PnPConfig field: the generator's (``check_seed``)
+}
 
 
 class ConfigError(ValueError):
@@ -83,10 +102,16 @@ class PnPConfig:
         set_("prompt", _prompts(self.prompt))
         set_("generation_prompt", _optional_text("generation_prompt", self.generation_prompt))
         set_("negative_prompt", _optional_text("negative_prompt", self.negative_prompt))
-        set_("num_inference_steps", check_int("num_inference_steps", self.num_inference_steps, 1, MAX_SAMPLING_STEPS))
+        set_(
+            "num_inference_steps",
+            check_int("num_inference_steps", self.num_inference_steps, *RANGES["num_inference_steps"]),
+        )
         if self.num_inversion_steps is None:
             set_("num_inversion_steps", self.num_inference_steps)
-        set_("num_inversion_steps", check_int("num_inversion_steps", self.num_inversion_steps, 1, MAX_INVERSION_STEPS))
+        set_(
+            "num_inversion_steps",
+            check_int("num_inversion_steps", self.num_inversion_steps, *RANGES["num_inversion_steps"]),
+        )
         if not self.generation_prompt and not inversion_reaches(self.num_inversion_steps, self.num_inference_steps):
             raise ConfigError(
                 "num_inversion_steps",
@@ -94,17 +119,24 @@ class PnPConfig:
                 f"{self.num_inference_steps} sampling timesteps; with {self.num_inference_steps} sampling steps "
                 f"use one of {describe_ranges(valid_inversion_steps(self.num_inference_steps))}",
             )
-        for name, high in (("guidance_scale", MAX_GUIDANCE_SCALE), ("generation_guidance_scale", MAX_GUIDANCE_SCALE),
-                           ("feature_injection_threshold", 1.0), ("attention_injection_threshold", 1.0),
-                           ("negative_prompt_alpha", 1.0)):
-            set_(name, check_float(name, getattr(self, name), 0.0, high))
-        set_("negative_prompt_schedule", check_choice("negative_prompt_schedule", self.negative_prompt_schedule, NEGATIVE_SCHEDULES))
+        for name in (
+            "guidance_scale",
+            "generation_guidance_scale",
+            "feature_injection_threshold",
+            "attention_injection_threshold",
+            "negative_prompt_alpha",
+        ):
+            set_(name, check_float(name, getattr(self, name), *RANGES[name]))
+        set_(
+            "negative_prompt_schedule",
+            check_choice("negative_prompt_schedule", self.negative_prompt_schedule, NEGATIVE_SCHEDULES),
+        )
         if self.resolution is not None:
-            set_("resolution", check_int("resolution", self.resolution, MIN_RESOLUTION, MAX_RESOLUTION))
+            set_("resolution", check_int("resolution", self.resolution, *RANGES["resolution"]))
             if self.resolution % RESOLUTION_MULTIPLE:
                 raise ConfigError("resolution", f"{self.resolution} is not a multiple of {RESOLUTION_MULTIPLE}")
         if self.max_batch_size is not None:
-            set_("max_batch_size", check_int("max_batch_size", self.max_batch_size, 1, MAX_PROMPTS))
+            set_("max_batch_size", check_int("max_batch_size", self.max_batch_size, *RANGES["max_batch_size"]))
 
     @property
     def generating(self) -> bool:
@@ -129,7 +161,8 @@ class PnPConfig:
             return replace(self, resolution=model_resolution)
         except ConfigError as err:
             raise ConfigError(
-                "resolution", f"the model's own size, {model_resolution} px, cannot be used ({err.reason}); give a resolution"
+                "resolution",
+                f"the model's own size, {model_resolution} px, cannot be used ({err.reason}); give a resolution",
             ) from None
 
     def as_kwargs(self) -> dict:
@@ -139,7 +172,7 @@ class PnPConfig:
 
 def check_seed(seed: object) -> int:
     """A seed of a generated source's noise: a whole number from 0 to 2**32 - 1."""
-    return check_int("seed", seed, 0, MAX_SEED)
+    return check_int("seed", seed, *RANGES["seed"])
 
 
 def describe_ranges(values: list[int]) -> str:
@@ -157,15 +190,15 @@ def _prompts(value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         value = (value,)
     if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) for p in value):
-        raise ConfigError("prompt", f"expected a string or a list of strings, got {value!r}")
-    prompts = tuple(p.strip() for p in value)
-    if not prompts:
+        raise ConfigError("prompt", f"expected a string or a list of strings, got {_shown(value)}")
+    if not value:
         raise ConfigError("prompt", "give at least one translation prompt")
+    if len(value) > MAX_PROMPTS:
+        raise ConfigError("prompt", f"{len(value)} prompts given, at most {MAX_PROMPTS} are allowed per call")
+    prompts = tuple(check_text("prompt", p, f"prompt {i + 1} of {len(value)}") for i, p in enumerate(value))
     empty = [i + 1 for i, p in enumerate(prompts) if not p]
     if empty:
         raise ConfigError("prompt", f"prompt {empty[0]} of {len(prompts)} is empty; every prompt needs some text")
-    if len(prompts) > MAX_PROMPTS:
-        raise ConfigError("prompt", f"{len(prompts)} prompts given, at most {MAX_PROMPTS} are allowed per call")
     return prompts
 
 
@@ -173,8 +206,39 @@ def _optional_text(name: str, value: object) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ConfigError(name, f"expected a string or None, got {value!r}")
-    return value.strip() or None
+        raise ConfigError(name, f"expected a string or None, got {_shown(value)}")
+    return check_text(name, value, "it") or None
+
+
+def check_text(name: str, text: str, label: str) -> str:
+    """``text`` without surrounding spaces if a text encoder can take it, else ConfigError naming ``name``.
+
+    It must be at most ``MAX_PROMPT_LENGTH`` characters long and valid Unicode: no lone surrogates,
+    which is what bytes that are not UTF-8 become in a command line's arguments (and what JSON's
+    "\\udcff" escapes make). ``label`` names the text in the message ("prompt 2 of 3").
+    """
+    text = text.strip()
+    if len(text) > MAX_PROMPT_LENGTH:
+        raise ConfigError(
+            name,
+            f"{label} is {len(text)} characters long, more than the {MAX_PROMPT_LENGTH} "
+            "allowed; the text encoder reads only its first 77 tokens (a few hundred "
+            "characters): shorten it",
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ConfigError(
+            name,
+            f"{label} is not valid text: character {err.start + 1} is {text[err.start]!r}, a "
+            "lone surrogate, as bytes that are not UTF-8 become; give the text in UTF-8",
+        ) from None
+    return text
+
+
+def _shown(value: object) -> str:
+    """``repr(value)`` shortened (long strings and lists elided): a message stays one line whatever was passed."""
+    return reprlib.repr(value)
 
 
 def check_int(name: str, value: object, low: int, high: int) -> int:

@@ -18,7 +18,8 @@ def default_device() -> str:
 
 
 def default_dtype(device: str):
-    """float16 on a GPU; bfloat16 on a CPU with bfloat16 instructions, where it is several times faster; else float32."""
+    """float16 on a GPU; bfloat16 on a CPU with bfloat16 instructions, where it is several times faster; else
+    float32."""
     import torch
 
     if torch.device(device).type == "cuda":
@@ -46,5 +47,5 @@ def parse_dtype(name: str):
 
 
 def dtype_name(dtype) -> str:
-    """"float16" for torch.float16, and so on."""
+    """ "float16" for torch.float16, and so on."""
     return str(dtype).removeprefix("torch.")

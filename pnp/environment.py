@@ -53,7 +53,7 @@ class _StandardStream(logging.StreamHandler):
 
 
 class _LevelFormatter(logging.Formatter):
-    """"warning: the message", in the command line's lower-case style."""
+    """ "warning: the message", in the command line's lower-case style."""
 
     def format(self, record: logging.LogRecord) -> str:
         return f"{record.levelname.lower()}: {record.getMessage()}"

@@ -19,7 +19,9 @@ times the working size; a LANCZOS resize finishes. Smaller images are loaded, th
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +30,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from .config import ConfigError
+from pnp.config import ConfigError
 
 MAX_LONG_SIDE = 2  # the long side is at most this many times the requested resolution
 MAX_ASPECT = 8  # more extreme strips would lose their short side to the 64-px rounding
@@ -90,8 +92,11 @@ def _name(source, name: str | None) -> object:
 
 @contextmanager
 def _opened(source: str | Path | BinaryIO, name: object):
-    """The image opened (its header read and its pixel count checked); every failure as an ImageError naming ``name``."""
+    """The image opened (its header read and its pixel count checked); every failure as an ImageError naming
+    ``name``."""
     try:
+        if isinstance(source, (str, os.PathLike)):
+            _check_regular_file(source, name)
         with warnings.catch_warnings():
             # Pillow warns from 89 MP up; MAX_PIXELS, checked below, is the limit that applies.
             # (This swaps the process's warning filters while it runs: the command line and the
@@ -111,6 +116,16 @@ def _opened(source: str | Path | BinaryIO, name: object):
         raise ImageError("image", f"{name} is not a readable image") from None
     except (OSError, SyntaxError) as err:
         raise ImageError("image", f"{name} is not a readable image ({err})") from None
+
+
+def _check_regular_file(path: str | os.PathLike, name: object) -> None:
+    """Refuse what is not a file of bytes on disk: opening a FIFO waits for a writer for ever, a device never ends."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device or socket"
+        )
+        raise ImageError("image", f"{name} is {kind}, not an image file; name an image file")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -136,9 +151,7 @@ def working_size(width: int, height: int, resolution: int) -> tuple[int, int]:
 
 def _check_aspect(width: int, height: int) -> None:
     if max(width, height) > MAX_ASPECT * min(width, height):
-        raise ImageError(
-            "image", f"{width}x{height} is more than {MAX_ASPECT} times longer than wide; crop it first"
-        )
+        raise ImageError("image", f"{width}x{height} is more than {MAX_ASPECT} times longer than wide; crop it first")
 
 
 def resize_for_model(image: Image.Image, resolution: int) -> Image.Image:

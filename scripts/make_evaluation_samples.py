@@ -68,14 +68,30 @@ def star(center: float, outer: float, inner: float) -> list[tuple[float, float]]
 def write_pie_bench(folder: Path) -> None:
     s = PIE_SIDE
     entries = {
-        "000000000000": ("a red circle on a blue background", "a [green] circle on a blue background",
-                         "make the circle green", "6", "circle", shapes(s, "royalblue", circle("red", (128, 128, 384, 384)))),
-        "100000000000": ("a white house with a black roof", "a white house with a [red] roof",
-                         "paint the roof red", "6", "roof", shapes(s, "skyblue", house(s))),
-        "900000000000": ("a purple star on an orange background",
-                         "a purple star on an orange background [in the style of a watercolor painting]",
-                         "make it a watercolor painting", "9", "star",
-                         shapes(s, "orange", polygon("purple", star(s / 2, 200, 80)))),
+        "000000000000": (
+            "a red circle on a blue background",
+            "a [green] circle on a blue background",
+            "make the circle green",
+            "6",
+            "circle",
+            shapes(s, "royalblue", circle("red", (128, 128, 384, 384))),
+        ),
+        "100000000000": (
+            "a white house with a black roof",
+            "a white house with a [red] roof",
+            "paint the roof red",
+            "6",
+            "roof",
+            shapes(s, "skyblue", house(s)),
+        ),
+        "900000000000": (
+            "a purple star on an orange background",
+            "a purple star on an orange background [in the style of a watercolor painting]",
+            "make it a watercolor painting",
+            "9",
+            "star",
+            shapes(s, "orange", polygon("purple", star(s / 2, 200, 80))),
+        ),
     }
     images = folder / "annotation_images"
     images.mkdir(parents=True, exist_ok=True)
@@ -83,9 +99,15 @@ def write_pie_bench(folder: Path) -> None:
     for key, (original, editing, instruction, kind, word, (image, mask)) in entries.items():
         name = f"{key}.png"
         image.save(images / name, optimize=True)
-        mapping[key] = {"image_path": name, "original_prompt": original, "editing_prompt": editing,
-                        "editing_instruction": instruction, "editing_type_id": kind, "blended_word": word,
-                        "mask": run_length(mask)}
+        mapping[key] = {
+            "image_path": name,
+            "original_prompt": original,
+            "editing_prompt": editing,
+            "editing_instruction": instruction,
+            "editing_type_id": kind,
+            "blended_word": word,
+            "mask": run_length(mask),
+        }
     # One line per entry: readable, and the long masks do not take a line per number.
     lines = [f"  {json.dumps(key)}: {json.dumps(entry)}" for key, entry in mapping.items()]
     (folder / "mapping_file.json").write_text("{\n" + ",\n".join(lines) + "\n}\n")

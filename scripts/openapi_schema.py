@@ -23,6 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pnp.outputs import write_atomic
+
 GENERATOR_VERSION = "0.19.3"
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +44,10 @@ def generate_schema(project: Path, sdk: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(sdk), str(project), os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run(
         [sys.executable, "-m", "cog.command.openapi_schema"],
-        cwd=project, env=env, capture_output=True, text=True,
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     if done.returncode != 0:
         raise SystemExit(f"schema generation failed in {project}:\n{done.stderr.strip()}")
@@ -51,19 +56,19 @@ def generate_schema(project: Path, sdk: Path) -> dict:
 
 def write_schema(schema: dict, out: Path) -> Path:
     """Write the schema whole or not at all."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    partial.write_text(json.dumps(schema, indent=2) + "\n")
-    partial.replace(out)
-    return out
+    return write_atomic(out, json.dumps(schema, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--project", type=Path, default=ROOT, help="folder with cog.yaml and predict.py")
     parser.add_argument("--out", type=Path, help="schema file (default: PROJECT/.cog/openapi_schema.json)")
-    parser.add_argument("--sdk", type=Path, default=ROOT / ".cog" / f"cog-{GENERATOR_VERSION}",
-                        help="where cog's schema generator is installed")
+    parser.add_argument(
+        "--sdk",
+        type=Path,
+        default=ROOT / ".cog" / f"cog-{GENERATOR_VERSION}",
+        help="where cog's schema generator is installed",
+    )
     args = parser.parse_args(argv)
     project = args.project.resolve()
     schema = generate_schema(project, generator_sdk(args.sdk))

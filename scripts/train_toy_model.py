@@ -41,7 +41,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pnp.environment import configure_libraries  # noqa: E402
-from pnp.random_models import byte_level_tokenizer  # noqa: E402
+from pnp.pipelines.random_models import byte_level_tokenizer  # noqa: E402
 from pnp.toy.world import SIZE, VOCABULARY, random_scene, render  # noqa: E402
 
 # Stable Diffusion's noise schedule, for training and for the saved scheduler config.
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     save(pipe, args.out)
     log(f"saved to {args.out} ({folder_megabytes(args.out):.1f} MB); training took {(time.perf_counter() - start) / 60:.1f} min")
     if args.eval_cases:
-        from pnp.pipeline import PnPPipeline
+        from pnp import PnPPipeline
         from pnp.toy.quality import report
 
         loaded = PnPPipeline.from_pretrained(args.out, device="cpu", dtype="float32")

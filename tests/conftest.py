@@ -19,8 +19,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pnp.pipeline import PnPPipeline  # noqa: E402
-from pnp.random_models import save_random_pipeline  # noqa: E402
+from pnp.pipelines.random_models import save_random_pipeline  # noqa: E402
+from support.models import load_tiny  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -41,19 +41,6 @@ def tiny_v_model_dir(tmp_path_factory):
 def tiny_sdxl_model_dir(tmp_path_factory):
     """A tiny SDXL-layout model with random weights, as a diffusers folder (saved by StableDiffusionXLPipeline)."""
     return save_random_pipeline("tiny-sdxl", tmp_path_factory.mktemp("models") / "tiny-sdxl")
-
-
-def load_tiny(folder, source_cache: bool = False) -> PnPPipeline:
-    """A tiny model as a float32 CPU pipeline without progress bars.
-
-    Its source cache is off unless asked for: tests that count UNet rows or compare runs on the
-    same photo expect every call to invert afresh (tests/test_cache.py tests the cache).
-    """
-    pipe = PnPPipeline.from_pretrained(folder, device="cpu", dtype="float32")
-    pipe.set_progress_bar_config(disable=True)
-    if not source_cache:
-        pipe.set_source_cache(0)
-    return pipe
 
 
 @pytest.fixture(scope="session")

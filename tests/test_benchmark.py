@@ -11,7 +11,7 @@ import pytest
 from benchmarks.run import main
 from benchmarks.schedule import public_rows
 from pnp.config import PnPConfig
-from pnp.rows import inversion_rows, translation_rows
+from pnp.method.plan import inversion_rows, translation_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_STEPS = 10  # what --quick promises in the command's help
@@ -29,8 +29,22 @@ def quick(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench")
     out = tmp / "nested" / "report.json"
     command = [
-        sys.executable, "-m", "benchmarks.run", "--quick", "--model", "tiny", "--resolutions", "128",
-        "--dtypes", "float32", "--threads", "1", "--cache-dir", str(tmp / "cache"), "--out", str(out),
+        sys.executable,
+        "-m",
+        "benchmarks.run",
+        "--quick",
+        "--model",
+        "tiny",
+        "--resolutions",
+        "128",
+        "--dtypes",
+        "float32",
+        "--threads",
+        "1",
+        "--cache-dir",
+        str(tmp / "cache"),
+        "--out",
+        str(out),
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -113,8 +127,9 @@ def test_translation_plan_with_chunks():
 
 
 def test_plan_matches_the_pipeline_with_chunks_and_uneven_inversion(pipe, photo):
-    config = PnPConfig(prompt=["a", "b", "c"], num_inference_steps=4, num_inversion_steps=8, resolution=128,
-                       max_batch_size=2)
+    config = PnPConfig(
+        prompt=["a", "b", "c"], num_inference_steps=4, num_inversion_steps=8, resolution=128, max_batch_size=2
+    )
     rows = []
     handle = pipe.unet.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
     try:
@@ -136,11 +151,34 @@ def test_rows_only_prints_the_default_schedule_without_running(capsys):
 
 def test_workflows_measure_each_case(tmp_path):
     out = tmp_path / "workflows.json"
-    command = [sys.executable, "-m", "benchmarks.workflows", "--model", "tiny", "--resolution", "128", "--steps", "3",
-               "--images", "1,2", "--repeats", "1", "--threads", "1", "--cases", "cache,generation,images,compile",
-               "--compile-backend", "eager", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
-    done = subprocess.run(command, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True,
-                          text=True, timeout=600)
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.workflows",
+        "--model",
+        "tiny",
+        "--resolution",
+        "128",
+        "--steps",
+        "3",
+        "--images",
+        "1,2",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--cases",
+        "cache,generation,images,compile",
+        "--compile-backend",
+        "eager",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run(
+        command, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(out.read_text())["results"]
     [cache] = results["cache"]
@@ -152,7 +190,9 @@ def test_workflows_measure_each_case(tmp_path):
     assert (one["unet_calls"], two["unet_calls"]) == (6, 6) and two["unet_rows"] == 2 * one["unet_rows"]
     assert two["throughput_ratio"] == pytest.approx(two["images_per_s"] / one["images_per_s"])
     [compiled] = results["compile"]
-    assert compiled["first_compiled_s"] > 0 and compiled["speedup"] == pytest.approx(compiled["eager_s"] / compiled["compiled_s"])
+    assert compiled["first_compiled_s"] > 0 and compiled["speedup"] == pytest.approx(
+        compiled["eager_s"] / compiled["compiled_s"]
+    )
     # The eager backend runs the traced graph with the same kernels in the same order: the same numbers, up to
     # float32 rounding where dynamo reorders an elementwise expression.
     assert compiled["max_abs_diff"] < 1e-5

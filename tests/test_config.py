@@ -2,12 +2,13 @@
 
 import dataclasses
 import pickle
+import time
 
 import numpy as np
 import pytest
 
-from pnp.config import ConfigError, PnPConfig, check_seed, describe_ranges
-from pnp.timesteps import inversion_reaches, leading_timesteps, valid_inversion_steps
+from pnp.config import MAX_PROMPT_LENGTH, ConfigError, PnPConfig, check_seed, describe_ranges
+from pnp.method.timesteps import inversion_reaches, leading_timesteps, valid_inversion_steps
 
 
 @pytest.mark.parametrize(
@@ -46,6 +47,12 @@ from pnp.timesteps import inversion_reaches, leading_timesteps, valid_inversion_
         (dict(resolution=2048), "resolution"),
         (dict(resolution=512.0), "resolution"),
         (dict(max_batch_size=0), "max_batch_size"),
+        (dict(prompt="x" * (MAX_PROMPT_LENGTH + 1)), "prompt"),
+        (dict(prompt=["a cat", "a \udcff cat"]), "prompt"),  # how `--prompt $'a \xff cat'` arrives
+        (dict(negative_prompt="\ud800"), "negative_prompt"),
+        (dict(negative_prompt="x" * (MAX_PROMPT_LENGTH + 1)), "negative_prompt"),
+        (dict(generation_prompt="a \udcff"), "generation_prompt"),
+        (dict(generation_prompt="x" * (MAX_PROMPT_LENGTH + 1)), "generation_prompt"),
     ],
 )
 def test_bad_values_and_types_name_the_parameter(changes, parameter):
@@ -53,6 +60,43 @@ def test_bad_values_and_types_name_the_parameter(changes, parameter):
         PnPConfig(**changes)
     assert error.value.param == parameter
     assert str(error.value) == f"{parameter}: {error.value.reason}"
+
+
+def test_texts_are_bounded_before_anything_reads_them_whole():
+    """Every text is tokenized whole: 4 MB of prompt held a server for 92 s. Refused at once, naming its place."""
+    huge = "a cat " * (4 * 2**20 // 6)
+    for settings in (
+        dict(prompt=huge),
+        dict(prompt=["a dog", huge]),
+        dict(negative_prompt=huge),
+        dict(generation_prompt=huge),
+        dict(prompt=[huge] * 10**5),
+    ):
+        start = time.perf_counter()
+        with pytest.raises(ConfigError) as error:
+            PnPConfig(**settings)
+        assert time.perf_counter() - start < 0.2
+        assert len(str(error.value)) < 300  # the message does not echo the text
+    assert error_of(prompt=["a dog", huge]).reason.startswith(
+        f"prompt 2 of 2 is {len(huge) - 1} characters long, more than the {MAX_PROMPT_LENGTH} allowed"
+    )
+    limit = "x" * MAX_PROMPT_LENGTH
+    assert PnPConfig(prompt=f"  {limit}  ", negative_prompt=limit).prompt == (limit,)  # the limit itself is allowed
+
+
+def test_text_that_is_not_unicode_says_where():
+    error = error_of(prompt=["a cat", "a \udcff cat"])
+    assert error.reason == (
+        "prompt 2 of 2 is not valid text: character 3 is '\\udcff', a lone surrogate, as bytes "
+        "that are not UTF-8 become; give the text in UTF-8"
+    )
+    assert PnPConfig(prompt="un chat \u00e9l\u00e9gant \U0001f408").prompt == ("un chat \u00e9l\u00e9gant \U0001f408",)
+
+
+def error_of(**settings) -> ConfigError:
+    with pytest.raises(ConfigError) as error:
+        PnPConfig(**settings)
+    return error.value
 
 
 def test_a_single_prompt_string_is_one_prompt_not_its_letters():
@@ -81,8 +125,11 @@ def test_numbers_of_numpy_types_are_plain_numbers():
 
 def test_config_errors_survive_pickling_as_cogs_worker_sends_them():
     error = pickle.loads(pickle.dumps(ConfigError("resolution", "500 is not a multiple of 64")))
-    assert (error.param, error.reason, str(error)) == ("resolution", "500 is not a multiple of 64",
-                                                      "resolution: 500 is not a multiple of 64")
+    assert (error.param, error.reason, str(error)) == (
+        "resolution",
+        "500 is not a multiple of 64",
+        "resolution: 500 is not a multiple of 64",
+    )
 
 
 def test_inversion_steps_error_lists_the_values_that_work():

@@ -148,9 +148,7 @@ def test_images_over_the_pixel_limit_are_refused_before_decoding(tmp_path):
     # 169 MP: over MAX_PIXELS, under the 179 MP where Pillow refuses by itself. Decoding would
     # fail on the missing pixel data with another message, so this one comes from the header.
     path = _png_claiming(tmp_path, 13000, 13000)
-    expected = (
-        "is 13000x13000 pixels (169.0 megapixels); the limit is 160 megapixels; downscale it first"
-    )
+    expected = "is 13000x13000 pixels (169.0 megapixels); the limit is 160 megapixels; downscale it first"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # Pillow's DecompressionBombWarning does not get out either
         for resolution in (None, 512):
@@ -222,9 +220,7 @@ def _record_shrinking(monkeypatch):
         ("big.jpg", [("draft", (601, 401))]),  # at 1/4 scale, and no reduce after
     ],
 )
-def test_large_images_are_shrunk_early_yet_match_a_full_size_resize(
-    tmp_path, monkeypatch, name, shrinking
-):
+def test_large_images_are_shrunk_early_yet_match_a_full_size_resize(tmp_path, monkeypatch, name, shrinking):
     # Odd sizes: the last shrunk row and column stand for partial blocks.
     path = _saved(tmp_path, _photo(2401, 1603), name)
     full = resize_for_model(load_image(path), 128)
@@ -253,9 +249,7 @@ def test_images_that_need_no_shrinking_load_exactly_as_before(tmp_path, monkeypa
     assert calls == [("reduce", 2)]
 
 
-@pytest.mark.parametrize(
-    "name,mode", [("o.jpg", "RGB"), ("o.png", "RGB"), ("o.png", "RGBA"), ("o.tif", "RGB")]
-)
+@pytest.mark.parametrize("name,mode", [("o.jpg", "RGB"), ("o.png", "RGB"), ("o.png", "RGBA"), ("o.tif", "RGB")])
 @pytest.mark.parametrize("orientation,strip", [(6, "top"), (2, "right"), (8, "bottom")])
 def test_exif_orientation_is_applied_after_shrinking(tmp_path, name, mode, orientation, strip):
     image = Image.new(mode, (2400, 1600), "black")

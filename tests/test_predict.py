@@ -1,8 +1,6 @@
 """The Cog predictor in-process: its inputs, outputs, errors and setup, on a tiny random-weight model."""
 
 import ast
-import inspect
-import io
 import typing
 from pathlib import Path as LocalPath
 
@@ -10,12 +8,10 @@ import numpy as np
 import pytest
 import torch
 from cog import CancelationException, Path
-from cog.types import URLPath, get_filename
 from PIL import Image
 
 import predict
-from cog_server import FAST, FORM_ORDER, data_uri, sample_photo
-from helpers import all_hooks
+from pnp.app.form import MODEL_RESOLUTION, config_resolution
 from pnp.config import (
     MAX_PROMPTS,
     MAX_RESOLUTION,
@@ -29,32 +25,41 @@ from pnp.config import (
     check_seed,
     describe_ranges,
 )
-from pnp.form import MODEL_RESOLUTION, config_resolution
 from pnp.images import ImageError
-from pnp.lora import MAX_LORA_SCALE, MIN_LORA_SCALE
-from pnp.models import ModelError
+from pnp.method.timesteps import MAX_INVERSION_STEPS, valid_inversion_steps
 from pnp.outputs import OUTPUT_FORMATS, OutputOptions
-from pnp.timesteps import MAX_INVERSION_STEPS, valid_inversion_steps
+from pnp.pipelines.loading import ModelError
+from pnp.pipelines.lora import LORA_SCALE_RANGE
 from predict import Predictor
+from support.cog_server import FORM_ORDER, data_uri, sample_photo
+from support.hooks import all_hooks
+from support.predictor import PREDICT_PARAMETERS, fetched_from, run, sent_as
 
 # Form input -> the pipeline parameter (PnPConfig field, seed, or OutputOptions field) it sets as it is.
 ENGINE_FIELDS = {
-    "scale": "guidance_scale", "feature_injection_threshold": "feature_injection_threshold",
-    "attention_injection_threshold": "attention_injection_threshold", "negative_prompt": "negative_prompt",
-    "negative_prompt_alpha": "negative_prompt_alpha", "negative_prompt_schedule": "negative_prompt_schedule",
-    "num_inference_steps": "num_inference_steps", "num_inversion_steps": "num_inversion_steps",
-    "generation_scale": "generation_guidance_scale", "seed": "seed", "resolution": "resolution",
+    "scale": "guidance_scale",
+    "feature_injection_threshold": "feature_injection_threshold",
+    "attention_injection_threshold": "attention_injection_threshold",
+    "negative_prompt": "negative_prompt",
+    "negative_prompt_alpha": "negative_prompt_alpha",
+    "negative_prompt_schedule": "negative_prompt_schedule",
+    "num_inference_steps": "num_inference_steps",
+    "num_inversion_steps": "num_inversion_steps",
+    "generation_scale": "generation_guidance_scale",
+    "seed": "seed",
+    "resolution": "resolution",
     "lora_scale": "lora_scale",
-    "output_format": "output_format", "output_quality": "output_quality", "generation_prompt": "generation_prompt",
+    "output_format": "output_format",
+    "output_quality": "output_quality",
+    "generation_prompt": "generation_prompt",
 }
 OUTPUT_FIELDS = ("output_format", "output_quality")
-PREDICT_PARAMETERS = {
-    name: p.default for name, p in inspect.signature(Predictor.predict).parameters.items() if name != "self"
-}
 PREDICT_HINTS = typing.get_type_hints(Predictor.predict)
 INTEGER_INPUTS = [n for n in PREDICT_PARAMETERS if int in (PREDICT_HINTS[n], *typing.get_args(PREDICT_HINTS[n]))]
-REFUSED = ("input_image: only a file the request brings is read: an upload, a data: URI or an http(s) URL, "
-           "not a path on the server")
+REFUSED = (
+    "input_image: only a file the request brings is read: an upload, a data: URI or an http(s) URL, "
+    "not a path on the server"
+)
 
 
 @pytest.fixture(scope="module")
@@ -84,27 +89,9 @@ def output_folders(root) -> list:
     return [p for p in root.iterdir() if p.is_dir()]
 
 
-def sent_as(uri: str) -> Path:
-    """The file the Cog server makes of a data: URI given for a Path input: cog.types' own code, as coglet calls it."""
-    return Path.validate(uri).convert()
-
-
-def fetched_from(url: str, data: bytes) -> Path:
-    """The file the Cog server makes of an http(s) URL that serves ``data``: Cog's code, without the network."""
-    return URLPath(source=url, filename=get_filename(url), fileobj=io.BytesIO(data)).convert()
-
-
 @pytest.fixture
 def photo_file(outputs_root):
     return sent_as(data_uri(sample_photo()))
-
-
-def run(model, **inputs):
-    """Call predict() as Cog does: every input given, defaults for those not in ``inputs``."""
-    values = {name: field.default for name, field in PREDICT_PARAMETERS.items()}
-    values.update(FAST)
-    values.update(inputs)
-    return model.predict(**values)
 
 
 def pixels(path) -> np.ndarray:
@@ -136,7 +123,7 @@ def test_defaults_are_the_engine_defaults():
         assert PREDICT_PARAMETERS[name].default == (blank if expected is None else expected), name
     assert config_resolution(PREDICT_PARAMETERS["resolution"].default) is None
     # Replicate's own SDXL model: lora_scale 0.6 by default, from 0 to 1.
-    assert (PREDICT_PARAMETERS["lora_scale"].default, MIN_LORA_SCALE, MAX_LORA_SCALE) == (0.6, 0.0, 1.0)
+    assert (PREDICT_PARAMETERS["lora_scale"].default, *LORA_SCALE_RANGE) == (0.6, 0.0, 1.0)
     assert tuple(PREDICT_PARAMETERS["translation_prompts"].default.split(";")) == engine.prompt
     # Blank: a random seed, and as many inversion steps as sampling steps (the engine's default).
     assert PnPConfig(num_inversion_steps=None).num_inversion_steps == engine.num_inference_steps
@@ -147,7 +134,10 @@ def test_defaults_are_the_engine_defaults():
 def test_choices_are_the_engine_choices():
     assert PREDICT_PARAMETERS["negative_prompt_schedule"].choices == list(NEGATIVE_SCHEDULES)
     assert PREDICT_PARAMETERS["output_format"].choices == list(OUTPUT_FORMATS)
-    assert PREDICT_PARAMETERS["resolution"].choices == [MODEL_RESOLUTION, *range(MIN_RESOLUTION, MAX_RESOLUTION + 1, 64)]
+    assert PREDICT_PARAMETERS["resolution"].choices == [
+        MODEL_RESOLUTION,
+        *range(MIN_RESOLUTION, MAX_RESOLUTION + 1, 64),
+    ]
     for choice in PREDICT_PARAMETERS["resolution"].choices:
         assert PnPConfig(resolution=config_resolution(choice)).resolution == (None if choice == 0 else choice)
     assert PREDICT_PARAMETERS["seed"].le == MAX_SEED
@@ -163,7 +153,7 @@ def test_bounds_are_the_engine_bounds(name):
         if engine_name == "seed":
             return check_seed(value)
         if engine_name == "lora_scale":
-            return check_float("lora_scale", value, MIN_LORA_SCALE, MAX_LORA_SCALE)
+            return check_float("lora_scale", value, *LORA_SCALE_RANGE)
         if engine_name in OUTPUT_FIELDS:
             return OutputOptions(**{engine_name: value})
         extra = {}
@@ -253,8 +243,11 @@ def test_feature_maps_follow_the_unchanged_translations(predictor, cat_and_dog, 
     inputs, names, translations = cat_and_dog  # feature_maps off: the translations alone
     assert names == ["00-a-cat.png", "01-a-dog.png"]
     outputs = run(predictor, input_image=photo_file, **inputs, feature_maps=True)
-    grids = ["up-blocks-1-resnets-1-conv1", "up-blocks-1-resnets-1-conv2",
-             *(f"up-blocks-1-attentions-1-transformer-blocks-0-attn1-{part}" for part in ("to-q", "to-k", "attention"))]
+    grids = [
+        "up-blocks-1-resnets-1-conv1",
+        "up-blocks-1-resnets-1-conv2",
+        *(f"up-blocks-1-attentions-1-transformer-blocks-0-attn1-{part}" for part in ("to-q", "to-k", "attention")),
+    ]
     assert [p.name for p in outputs] == [*names, *(f"{i + 2:02d}-features-{grid}.png" for i, grid in enumerate(grids))]
     assert all(np.array_equal(pixels(p), t) for p, t in zip(outputs[:2], translations, strict=True))
     with Image.open(outputs[-1]) as grid:
@@ -263,10 +256,18 @@ def test_feature_maps_follow_the_unchanged_translations(predictor, cat_and_dog, 
 
 @pytest.mark.parametrize("output_format, pil_format", [("png", "PNG"), ("webp", "WEBP"), ("jpg", "JPEG")])
 def test_generation_mode_returns_the_source_first(predictor, outputs_root, output_format, pil_format):
-    outputs = run(predictor, generation_prompt="a house", translation_prompts="a castle; a tent", seed=3,
-                  output_format=output_format)
-    assert [p.name for p in outputs] == [f"00-source.{output_format}", f"01-a-castle.{output_format}",
-                                         f"02-a-tent.{output_format}"]
+    outputs = run(
+        predictor,
+        generation_prompt="a house",
+        translation_prompts="a castle; a tent",
+        seed=3,
+        output_format=output_format,
+    )
+    assert [p.name for p in outputs] == [
+        f"00-source.{output_format}",
+        f"01-a-castle.{output_format}",
+        f"02-a-tent.{output_format}",
+    ]
     for path in outputs:
         with Image.open(path) as image:
             assert (image.format, image.size) == (pil_format, (128, 128))
@@ -305,8 +306,11 @@ def test_seed_fixed_reproduces_blank_is_random_and_logged(predictor, outputs_roo
     [
         ({}, "input_image", "generation prompt"),
         ({"generation_prompt": "a house", "translation_prompts": " ; ;"}, "translation_prompts", "at least one"),
-        ({"generation_prompt": "a house", "translation_prompts": ";".join(["a cat"] * (MAX_PROMPTS + 1))},
-         "translation_prompts", f"at most {MAX_PROMPTS}"),
+        (
+            {"generation_prompt": "a house", "translation_prompts": ";".join(["a cat"] * (MAX_PROMPTS + 1))},
+            "translation_prompts",
+            f"at most {MAX_PROMPTS}",
+        ),
         ({"input_image": "photo", "num_inversion_steps": 3}, "num_inversion_steps", "with 2 sampling steps"),
         ({"input_image": "photo", "num_inference_steps": 30}, "num_inversion_steps", "with 30 sampling steps"),
         ({"generation_prompt": "a house", "num_inference_steps": 1000}, "num_inference_steps", "1 to 999"),
@@ -343,8 +347,15 @@ def test_whole_numbers_sent_as_floats_count_as_integers(predictor, outputs_root)
 
 @pytest.mark.parametrize(
     "where",
-    ["str of a file", "str of no file", "Path of a file", "str of a Cog-like file", "Cog-like file in a subfolder",
-     "relative Path", "file: URL"],
+    [
+        "str of a file",
+        "str of no file",
+        "Path of a file",
+        "str of a Cog-like file",
+        "Cog-like file in a subfolder",
+        "relative Path",
+        "file: URL",
+    ],
 )
 def test_only_files_the_request_brought_are_read(predictor, tmp_path, outputs_root, where):
     """Cog hands predict() a plain str for anything but a URL or data URI, and URL/data-URI files only in its
@@ -357,9 +368,13 @@ def test_only_files_the_request_brought_are_read(predictor, tmp_path, outputs_ro
     nested.mkdir()
     sample_photo().save(nested / "tmpabcdefghphoto.png")
     value = {
-        "str of a file": str(photo), "str of no file": str(tmp_path / "missing.png"), "Path of a file": Path(photo),
-        "str of a Cog-like file": str(lookalike), "Cog-like file in a subfolder": Path(nested / "tmpabcdefghphoto.png"),
-        "relative Path": Path("tmpabcdefghphoto.png"), "file: URL": f"file://{lookalike}",
+        "str of a file": str(photo),
+        "str of no file": str(tmp_path / "missing.png"),
+        "Path of a file": Path(photo),
+        "str of a Cog-like file": str(lookalike),
+        "Cog-like file in a subfolder": Path(nested / "tmpabcdefghphoto.png"),
+        "relative Path": Path("tmpabcdefghphoto.png"),
+        "file: URL": f"file://{lookalike}",
     }[where]
     with pytest.raises(ImageError) as caught:
         run(predictor, input_image=value)
@@ -371,13 +386,32 @@ def test_only_files_the_request_brought_are_read(predictor, tmp_path, outputs_ro
     "make, message",
     [
         (lambda: sent_as("data:text/plain;base64,aGVsbG8="), "the uploaded file is not a readable image"),
-        (lambda: sent_as("data:image/png;base64,@@@"),
-         "the uploaded file is empty: no bytes arrived (with a data: URI, check its base64)"),
-        (lambda: fetched_from("https://example.com/albums/notes.txt?size=large", b"hello"),
-         "notes.txt is not a readable image"),
+        (
+            lambda: sent_as("data:image/png;base64,@@@"),
+            "the uploaded file is empty: no bytes arrived (with a data: URI, check its base64)",
+        ),
+        (
+            lambda: fetched_from("https://example.com/albums/notes.txt?size=large", b"hello"),
+            "notes.txt is not a readable image",
+        ),
         (lambda: fetched_from("https://example.com/my%20horse.png", b"hello"), "my horse.png is not a readable image"),
-        (lambda: fetched_from("https://example.com/empty.png", b""),
-         "empty.png is empty: no bytes arrived (with a data: URI, check its base64)"),
+        (
+            lambda: fetched_from("https://example.com/empty.png", b""),
+            "empty.png is empty: no bytes arrived (with a data: URI, check its base64)",
+        ),
+        # Names are repeated without line breaks or markup (cog_inputs.display_name), and cut to 100 characters.
+        (
+            lambda: fetched_from("https://example.com/x%0D%0AInjected:%20line.png", b"hello"),
+            "x__Injected_ line.png is not a readable image",
+        ),
+        (
+            lambda: fetched_from("https://example.com/%3Cscript%3Ealert(1)%3C%2Fscript%3E.png", b"hello"),
+            "_script_alert(1)__script_.png is not a readable image",
+        ),
+        (
+            lambda: fetched_from(f"https://example.com/{'a' * 150}.png", b"hello"),
+            f"{'a' * 72}...{'a' * 21}.png is not a readable image",
+        ),
     ],
 )
 def test_unreadable_files_are_named_as_the_user_sent_them(predictor, outputs_root, make, message):
@@ -385,6 +419,20 @@ def test_unreadable_files_are_named_as_the_user_sent_them(predictor, outputs_roo
         run(predictor, input_image=make())
     assert str(caught.value) == f"input_image: {message}"
     assert output_folders(outputs_root) == []
+
+
+def test_urls_whose_scheme_is_not_lower_case_are_fetched_as_cog_fetches_urls(predictor, outputs_root):
+    """The server hands on "DATA:..." and "HTTP://..." as text (schemes are case-insensitive): predict() fetches them
+    into files like Cog's, and deletes them when the prediction ends (tests/test_cog_server.py: over HTTP)."""
+    upper = "DATA" + data_uri(sample_photo())[len("data") :]
+    [output] = run(predictor, input_image=upper)
+    with Image.open(output) as image:
+        assert image.size == (256, 128)
+    assert output_folders(outputs_root) == [output.parent] and len(list(outputs_root.iterdir())) == 1
+    with pytest.raises(ImageError) as caught:
+        run(predictor, input_image="Data:image/png;base64,abc")
+    assert str(caught.value) == "input_image: the uploaded file could not be fetched: Incorrect padding"
+    assert list(outputs_root.iterdir()) == []
 
 
 def test_an_overly_long_image_is_refused(predictor, outputs_root):
@@ -456,6 +504,23 @@ def test_setup_refuses_a_missing_weights_folder(tmp_path, monkeypatch):
         Predictor().setup()
 
 
+@pytest.mark.parametrize(
+    "name, value, reason",
+    [
+        ("PNP_DEVICE", "cuda", "cuda was asked for but no CUDA GPU is available; use cpu"),
+        ("PNP_DTYPE", "float8", "'float8' is not one of float32, float16, bfloat16"),
+    ],
+)
+def test_setup_names_the_environment_variable_to_change(tiny_model_dir, monkeypatch, name, value, reason):
+    """The engine's rule says "device"; the server's setup log speaks of the variable that set it (not --device)."""
+    monkeypatch.setenv("PNP_WEIGHTS", str(tiny_model_dir))
+    monkeypatch.setenv(name, value)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(ConfigError) as caught:
+        Predictor().setup()
+    assert str(caught.value) == f"{name}: {reason}"
+
+
 def test_setup_offline_without_weights_says_how_to_supply_them(tmp_path, monkeypatch):
     monkeypatch.delenv("PNP_WEIGHTS", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -474,15 +539,17 @@ def test_setup_offline_without_weights_says_how_to_supply_them(tmp_path, monkeyp
 @pytest.fixture(scope="module")
 def checked_predictor(tmp_path_factory, tiny_model_dir):
     """A predictor whose weights include a tiny safety checker that flags every image."""
-    from pnp.pipeline import PnPPipeline
-    from pnp.random_models import build_random_safety_checker
+    from pnp.pipelines.pipeline_pnp import PnPPipeline
+    from support.models import build_random_safety_checker
 
     checker, extractor = build_random_safety_checker()
     with torch.no_grad():
         checker.concept_embeds_weights[:] = -1.0  # a cosine is never below -1: every image is flagged
     base = PnPPipeline.from_pretrained(tiny_model_dir, device="cpu", dtype="float32")
     folder = tmp_path_factory.mktemp("weights") / "with-checker"
-    PnPPipeline.from_pipe(base, safety_checker=checker, feature_extractor=extractor, dtype=torch.float32).save_pretrained(folder)
+    PnPPipeline.from_pipe(
+        base, safety_checker=checker, feature_extractor=extractor, dtype=torch.float32
+    ).save_pretrained(folder)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PNP_WEIGHTS", str(folder))
         mp.setenv("PNP_DEVICE", "cpu")
@@ -492,8 +559,9 @@ def checked_predictor(tmp_path_factory, tiny_model_dir):
     return model
 
 
-def test_flagged_outputs_are_black_and_logged_unless_the_checker_is_disabled(checked_predictor, photo_file,
-                                                                              outputs_root, capsys):
+def test_flagged_outputs_are_black_and_logged_unless_the_checker_is_disabled(
+    checked_predictor, photo_file, outputs_root, capsys
+):
     inputs = dict(input_image=photo_file, translation_prompts="a cat; a dog")
     outputs = run(checked_predictor, **inputs)
     assert [pixels(p).max() for p in outputs] == [0, 0]
@@ -517,8 +585,13 @@ def test_repeated_sources_come_from_the_cache(tiny_model_dir, photo_file, output
     model = Predictor()
     model.setup()
     recorded = []
-    monkeypatch.setattr(predict, "current_scope", lambda: type("Scope", (), {
-        "record_metric": staticmethod(lambda name, value: recorded.append((name, value)))})())
+    monkeypatch.setattr(
+        predict,
+        "current_scope",
+        lambda: type(
+            "Scope", (), {"record_metric": staticmethod(lambda name, value: recorded.append((name, value)))}
+        )(),
+    )
     run(model, input_image=photo_file, translation_prompts="a cat")
     run(model, input_image=photo_file, translation_prompts="a dog")
     log = capsys.readouterr().out

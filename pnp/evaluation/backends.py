@@ -2,7 +2,7 @@
 
 A backend takes jobs (one source and all its prompts, with the exact settings and seed) and
 yields translations as they finish, in any order. The local backend runs ``PnPPipeline``; the
-others send the same settings to our Cog predictor (``pnp.form``) and get lossless PNGs back, so
+others send the same settings to our Cog predictor (``pnp.app.form``) and get lossless PNGs back, so
 outputs are the same whichever backend ran them. Torch-free.
 """
 
@@ -18,8 +18,8 @@ from urllib.parse import urlparse
 
 from PIL import Image
 
-from ..config import ConfigError, PnPConfig
-from .sources import Source
+from pnp.config import ConfigError, PnPConfig
+from pnp.evaluation.benchmarks import Source
 
 LOCAL = "local"
 # The local backend translates real images with the same prompts and settings (ImageNet-R-TI2I's
@@ -65,9 +65,12 @@ def parse_backend(text: str) -> BackendSpec:
     if text == LOCAL:
         return BackendSpec(LOCAL)
     if text.startswith(REPLICATE_PREFIX):
-        model = text[len(REPLICATE_PREFIX):]
+        model = text[len(REPLICATE_PREFIX) :]
         if not _REPLICATE_REF.match(model):
-            raise ConfigError("backend", f"{model!r} is not a Replicate model: use replicate:OWNER/MODEL or replicate:OWNER/MODEL:VERSION")
+            raise ConfigError(
+                "backend",
+                f"{model!r} is not a Replicate model: use replicate:OWNER/MODEL or replicate:OWNER/MODEL:VERSION",
+            )
         return BackendSpec("replicate", model=model)
     urls = tuple(url.strip().rstrip("/") for url in text.split(","))
     for url in urls:
@@ -75,19 +78,26 @@ def parse_backend(text: str) -> BackendSpec:
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ConfigError(
                 "backend",
-                f"{url!r} is not a server URL; use local, http://HOST:PORT[,http://HOST2:PORT...] or replicate:OWNER/MODEL[:VERSION]",
+                f"{url!r} is not a server URL; use local, http://HOST:PORT[,http://HOST2:PORT...] or "
+                "replicate:OWNER/MODEL[:VERSION]",
             )
     return BackendSpec("http", urls=urls)
 
 
 def make_job(source: Source, base: PnPConfig) -> Job:
-    """The job of ``source`` under the run's settings; a generated source brings its own prompt, scale, steps and seed."""
+    """The job of ``source`` under the run's settings; a generated source brings its own prompt, scale, steps and
+    seed."""
     generation = source.generation
     if generation is None:
         return Job(source, replace(base, prompt=source.prompts), seed=0)
-    config = replace(base, prompt=source.prompts, generation_prompt=generation.prompt,
-                     generation_guidance_scale=generation.scale, num_inference_steps=generation.steps,
-                     num_inversion_steps=None)
+    config = replace(
+        base,
+        prompt=source.prompts,
+        generation_prompt=generation.prompt,
+        generation_guidance_scale=generation.scale,
+        num_inference_steps=generation.steps,
+        num_inversion_steps=None,
+    )
     return Job(source, config, generation.seed)
 
 

@@ -18,8 +18,11 @@ METRICS = ("psnr", "lpips", "mse", "ssim")
 
 
 @torch.inference_mode()
-def background_scores(source: Image.Image, output: Image.Image, mask: np.ndarray, lpips=None) -> dict[str, float | None]:
-    """The four background scores; ``lpips`` is the LPIPS metric or None where it is unavailable (its score is then None)."""
+def background_scores(
+    source: Image.Image, output: Image.Image, mask: np.ndarray, lpips=None
+) -> dict[str, float | None]:
+    """The four background scores; ``lpips`` is the LPIPS metric or None where it is unavailable (its score is then
+    None)."""
     from torchmetrics.functional import mean_squared_error
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 

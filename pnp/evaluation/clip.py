@@ -23,11 +23,15 @@ class ClipSimilarity:
         """The cosine of each image's embedding with its text's (pairwise, in order)."""
         device = self.model.device
         limit = self.processor.tokenizer.model_max_length
-        inputs = self.processor(text=texts, images=images, return_tensors="pt", padding=True, truncation=True,
-                                max_length=limit)
+        inputs = self.processor(
+            text=texts, images=images, return_tensors="pt", padding=True, truncation=True, max_length=limit
+        )
         image_embeds = _features(self.model.get_image_features(pixel_values=inputs["pixel_values"].to(device)))
-        text_embeds = _features(self.model.get_text_features(
-            input_ids=inputs["input_ids"].to(device), attention_mask=inputs["attention_mask"].to(device)))
+        text_embeds = _features(
+            self.model.get_text_features(
+                input_ids=inputs["input_ids"].to(device), attention_mask=inputs["attention_mask"].to(device)
+            )
+        )
         cosines = torch.nn.functional.cosine_similarity(image_embeds.float(), text_embeds.float(), dim=-1)
         return cosines.tolist()
 

@@ -16,10 +16,18 @@ from collections.abc import Callable, Iterable, Iterator
 
 import requests
 
-from ..config import ConfigError
-from ..form import form_inputs
-from ..models import first_line
-from .backends import BackendError, Job, Translation, decode_image, file_data_uri, read_output, split_outputs
+from pnp.app.form import form_inputs
+from pnp.config import ConfigError
+from pnp.evaluation.backends import (
+    BackendError,
+    Job,
+    Translation,
+    decode_image,
+    file_data_uri,
+    read_output,
+    split_outputs,
+)
+from pnp.messages import first_line
 
 HEALTH_TIMEOUT_S = 10
 BUSY_POLL_S = 0.1
@@ -32,10 +40,20 @@ class ServerLost(Exception):
 class CogPool:
     """Translates on Cog servers at ``urls``, one prediction in flight per URL (list a URL twice for two)."""
 
-    def __init__(self, urls: tuple[str, ...], warn: Callable[[str], None], retry_delays_s=(0.5, 1.0, 2.0),
-                 busy_timeout_s: float = 600, request_timeout_s: float = 3600) -> None:
+    def __init__(
+        self,
+        urls: tuple[str, ...],
+        warn: Callable[[str], None],
+        retry_delays_s=(0.5, 1.0, 2.0),
+        busy_timeout_s: float = 600,
+        request_timeout_s: float = 3600,
+    ) -> None:
         self.urls, self.warn = urls, warn
-        self.retry_delays_s, self.busy_timeout_s, self.request_timeout_s = retry_delays_s, busy_timeout_s, request_timeout_s
+        self.retry_delays_s, self.busy_timeout_s, self.request_timeout_s = (
+            retry_delays_s,
+            busy_timeout_s,
+            request_timeout_s,
+        )
 
     def check(self) -> None:
         """Every server answers its health check and has not failed setup: ConfigError("backend", ...) otherwise."""
@@ -71,8 +89,10 @@ class CogPool:
                     url, reason = payload
                     self.warn(f"{url} stopped answering ({reason}); {alive} servers carry on with its work")
                     if not alive:
-                        raise BackendError(f"no Cog server is left and {remaining} sources are not translated; "
-                                           "start servers and run the same command again to finish")
+                        raise BackendError(
+                            f"no Cog server is left and {remaining} sources are not translated; "
+                            "start servers and run the same command again to finish"
+                        )
                 else:
                     raise payload
         finally:
@@ -100,7 +120,11 @@ class CogPool:
         while True:
             try:
                 response = session.post(f"{url}/predictions", json={"input": inputs}, timeout=self.request_timeout_s)
-                problem = None if response.status_code < 500 or response.status_code == 503 else f"HTTP {response.status_code}"
+                problem = (
+                    None
+                    if response.status_code < 500 or response.status_code == 503
+                    else f"HTTP {response.status_code}"
+                )
             except requests.RequestException as err:  # refused, reset, dropped mid-answer, timed out
                 response, problem = None, first_line(err)
             if problem is not None:
@@ -124,8 +148,10 @@ class CogPool:
             raise BackendError(f"source {job.source.key}: {url} refused the inputs: {response.text[:300]}")
         prediction = response.json()
         if prediction.get("status") != "succeeded":
-            raise BackendError(f"source {job.source.key}: the prediction on {url} {prediction.get('status')}: "
-                               f"{prediction.get('error')}")
+            raise BackendError(
+                f"source {job.source.key}: the prediction on {url} {prediction.get('status')}: "
+                f"{prediction.get('error')}"
+            )
         images = [decode_image(read_output(output, session)) for output in prediction["output"]]
         return split_outputs(job, images, url)
 

@@ -12,14 +12,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..config import check_int
-from ..form import form_inputs
-from ..models import RANDOM_MODELS
-from .backends import IMAGES_PER_CALL, LOCAL, BackendError, make_job, parse_backend
-from .metric_models import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL, RANDOM
-from .metrics import STRUCTURE_VARIANTS
-from .records import Plan, check_folder
-from .sources import load_benchmark
+from pnp.app.form import form_inputs
+from pnp.app.options import load_pipeline, translation_config
+from pnp.config import check_int
+from pnp.evaluation.backends import IMAGES_PER_CALL, LOCAL, BackendError, make_job, parse_backend
+from pnp.evaluation.load import load_benchmark
+from pnp.evaluation.metric_models import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL, RANDOM
+from pnp.evaluation.metrics import STRUCTURE_VARIANTS
+from pnp.evaluation.records import Plan, check_folder
+from pnp.pipelines.loading import RANDOM_MODELS
 
 BOTH = "both"
 DEFAULT_PARALLEL = 8
@@ -28,43 +29,68 @@ PLACEHOLDER_PROMPT = "checked per source"
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """The evaluate command's own arguments (the translate options are added beside them)."""
-    parser.add_argument("benchmark", metavar="BENCHMARK",
-                        help="a TI2I yaml file, or a PIE-Bench folder holding mapping_file.json and annotation_images/")
-    parser.add_argument("--out", required=True,
-                        help="folder for outputs, scores and the contact sheet; rerunning into it resumes the run")
+    parser.add_argument(
+        "benchmark",
+        metavar="BENCHMARK",
+        help="a TI2I yaml file, or a PIE-Bench folder holding mapping_file.json and annotation_images/",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="folder for outputs, scores and the contact sheet; rerunning into it resumes the run",
+    )
     parser.add_argument("--overwrite", action="store_true", help="delete another run's files in --out first")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N sources")
-    parser.add_argument("--backend", default=LOCAL,
-                        help="where to translate: local (default), http://HOST:PORT[,http://HOST2:PORT...] (Cog "
-                             "servers running predict.py) or replicate:OWNER/MODEL[:VERSION] (needs REPLICATE_API_TOKEN)")
-    parser.add_argument("--images-per-call", type=int, default=IMAGES_PER_CALL,
-                        help="with the local backend, real images that share their prompts and settings are "
-                             f"translated together, this many at most (default {IMAGES_PER_CALL}; 1: one at a time)")
-    parser.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL,
-                        help=f"predictions in flight at once with the replicate backend (default {DEFAULT_PARALLEL})")
-    parser.add_argument("--clip-model", default=None,
-                        help=f"CLIP model-hub id or folder (default {DEFAULT_CLIP_MODEL}; '{RANDOM}' with a random --model)")
-    parser.add_argument("--dino-model", default=None,
-                        help=f"DINO ViT model-hub id or folder (default {DEFAULT_DINO_MODEL}; '{RANDOM}' with a random --model)")
-    parser.add_argument("--structure-variant", default=BOTH, choices=(*STRUCTURE_VARIANTS, BOTH),
-                        help="structure distance on images in 0..1 (splice) or 0..255 as PIE-Bench's code does "
-                             "(pie-bench), or both (default)")
+    parser.add_argument(
+        "--backend",
+        default=LOCAL,
+        help="where to translate: local (default), http://HOST:PORT[,http://HOST2:PORT...] (Cog "
+        "servers running predict.py) or replicate:OWNER/MODEL[:VERSION] (needs REPLICATE_API_TOKEN)",
+    )
+    parser.add_argument(
+        "--images-per-call",
+        type=int,
+        default=IMAGES_PER_CALL,
+        help="with the local backend, real images that share their prompts and settings are "
+        f"translated together, this many at most (default {IMAGES_PER_CALL}; 1: one at a time)",
+    )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=DEFAULT_PARALLEL,
+        help=f"predictions in flight at once with the replicate backend (default {DEFAULT_PARALLEL})",
+    )
+    parser.add_argument(
+        "--clip-model",
+        default=None,
+        help=f"CLIP model-hub id or folder (default {DEFAULT_CLIP_MODEL}; '{RANDOM}' with a random --model)",
+    )
+    parser.add_argument(
+        "--dino-model",
+        default=None,
+        help=f"DINO ViT model-hub id or folder (default {DEFAULT_DINO_MODEL}; '{RANDOM}' with a random --model)",
+    )
+    parser.add_argument(
+        "--structure-variant",
+        default=BOTH,
+        choices=(*STRUCTURE_VARIANTS, BOTH),
+        help="structure distance on images in 0..1 (splice) or 0..255 as PIE-Bench's code does "
+        "(pie-bench), or both (default)",
+    )
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """The evaluate command: returns 0, or 1 when translation failed midway (finished sources are kept)."""
-    from ..cli import load_pipeline
-
     plan, backend = _plan(args)
     warn = _warner()
     suite = _metric_suite(args, plan, warn)
     if backend is None:
-        from .local import LocalBackend
+        from pnp.evaluation.local import LocalBackend
 
         pipe = load_pipeline(args)
         pipe.set_progress_bar_config(disable=True)  # the evaluation's own bar counts pairs
         backend = LocalBackend(pipe, args.images_per_call)
-    from .runner import run
+    from pnp.evaluation.runner import run
 
     try:
         summary = run(plan, backend, suite, quiet=args.quiet, log=lambda line: print(line, file=sys.stderr))
@@ -78,8 +104,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace):
     """Check every input and prepare the output folder; returns the plan and the remote backend (None: local)."""
-    from ..cli import translation_config
-
     base = translation_config(args, prompt=PLACEHOLDER_PROMPT)
     limit = None if args.limit is None else check_int("limit", args.limit, 1, 10**9)
     check_int("images_per_call", args.images_per_call, 1, 64)
@@ -96,9 +120,15 @@ def _plan(args: argparse.Namespace):
         backend = _remote_backend(spec, args)
         backend.check()
     settings = {k: v for k, v in base.as_kwargs().items() if k not in ("prompt", "generation_prompt")}
-    manifest = {"benchmark": str(benchmark.path.resolve()), "kind": benchmark.kind, "model": args.model,
-                "settings": settings, "clip_model": args.clip_model, "dino_model": args.dino_model,
-                "structure_variants": list(_variants(args))}
+    manifest = {
+        "benchmark": str(benchmark.path.resolve()),
+        "kind": benchmark.kind,
+        "model": args.model,
+        "settings": settings,
+        "clip_model": args.clip_model,
+        "dino_model": args.dino_model,
+        "structure_variants": list(_variants(args)),
+    }
     out = Path(args.out)
     check_folder(out, manifest, args.overwrite)  # written once the models have loaded, by the run
     return Plan(benchmark, jobs, out, manifest), backend
@@ -106,18 +136,18 @@ def _plan(args: argparse.Namespace):
 
 def _remote_backend(spec, args):
     if spec.kind == "http":
-        from .cog_pool import CogPool
+        from pnp.evaluation.cog_pool import CogPool
 
         return CogPool(spec.urls, _warner())
-    from .replicate_backend import ReplicateBackend
+    from pnp.evaluation.replicate_backend import ReplicateBackend
 
     return ReplicateBackend(spec.model, check_int("parallel", args.parallel, 1, 1000), _warner())
 
 
 def _metric_suite(args: argparse.Namespace, plan: Plan, warn):
-    from ..devices import default_device
-    from ..environment import configure_libraries
-    from .metrics import load_metric_suite
+    from pnp.devices import default_device
+    from pnp.environment import configure_libraries
+    from pnp.evaluation.metric_models import load_metric_suite
 
     configure_libraries()
     if RANDOM in (args.clip_model, args.dino_model):
@@ -132,4 +162,3 @@ def _variants(args: argparse.Namespace) -> tuple[str, ...]:
 
 def _warner():
     return lambda message: print(f"warning: {message}", file=sys.stderr)
-

@@ -10,13 +10,21 @@ import html
 import math
 from pathlib import Path
 
-from .metrics import METRICS
-from .records import write_atomic
+from pnp.evaluation.metrics import METRICS
+from pnp.outputs import write_atomic
 
 THUMBNAIL_PX = 192
 # The scores shown under each output, in this order (those a pair has).
-SHOWN = ("clip_cosine", "clip_score", "clip_score_edited", "structure_distance_splice", "structure_distance_pie_bench",
-         "psnr", "lpips", "ssim")
+SHOWN = (
+    "clip_cosine",
+    "clip_score",
+    "clip_score_edited",
+    "structure_distance_splice",
+    "structure_distance_pie_bench",
+    "psnr",
+    "lpips",
+    "ssim",
+)
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
 table.means { border-collapse: collapse; margin-bottom: 1.5em; }
@@ -30,13 +38,18 @@ figcaption .scores { color: #555; }
 """ % (THUMBNAIL_PX, THUMBNAIL_PX)
 
 
-def write_contact_sheet(out: Path, title: str, notes: list[str], summary_means: dict, by_type: dict, records: list[dict]) -> Path:
+def write_contact_sheet(
+    out: Path, title: str, notes: list[str], summary_means: dict, by_type: dict, records: list[dict]
+) -> Path:
     """Write ``out``/index.html."""
-    parts = [f"<!doctype html><meta charset='utf-8'><title>{_e(title)}</title><style>{STYLE}</style>",
-             f"<h1>{_e(title)}</h1>", *(f"<p>{_e(note)}</p>" for note in notes),
-             _means_table({"all pairs": summary_means, **by_type}),
-             "<p>Under each output: its scores, scaled as in the table (cos: the paper's CLIP cosine; clip: "
-             "PIE-Bench's CLIPScore; struct: structure distance, (pie) on 0..255 input).</p>"]
+    parts = [
+        f"<!doctype html><meta charset='utf-8'><title>{_e(title)}</title><style>{STYLE}</style>",
+        f"<h1>{_e(title)}</h1>",
+        *(f"<p>{_e(note)}</p>" for note in notes),
+        _means_table({"all pairs": summary_means, **by_type}),
+        "<p>Under each output: its scores, scaled as in the table (cos: the paper's CLIP cosine; clip: "
+        "PIE-Bench's CLIPScore; struct: structure distance, (pie) on 0..255 input).</p>",
+    ]
     parts += [_source_row(record) for record in records]
     return write_atomic(out / "index.html", "\n".join(parts) + "\n")
 
@@ -59,15 +72,20 @@ def _source_row(record: dict) -> str:
     if record.get("mask_image"):
         figures.append(_figure(record["mask_image"], "edited region (white)", ""))
     for pair in record["pairs"]:
-        scores = " · ".join(f"{_short(name)} {_scaled(name, pair['scores'][name])}"
-                            for name in SHOWN if pair["scores"].get(name) is not None)
+        scores = " · ".join(
+            f"{_short(name)} {_scaled(name, pair['scores'][name])}"
+            for name in SHOWN
+            if pair["scores"].get(name) is not None
+        )
         figures.append(_figure(pair["output"], pair["prompt"], scores))
     return f"<div class='source' id='{_e(record['key'])}'>{''.join(figures)}</div>"
 
 
 def _figure(src: str, title: str, detail: str) -> str:
-    return (f"<figure><a href='{_e(src)}'><img loading='lazy' src='{_e(src)}' alt='{_e(title)}'></a>"
-            f"<figcaption><span class='prompt'>{_e(title)}</span><span class='scores'>{detail}</span></figcaption></figure>")
+    return (
+        f"<figure><a href='{_e(src)}'><img loading='lazy' src='{_e(src)}' alt='{_e(title)}'></a>"
+        f"<figcaption><span class='prompt'>{_e(title)}</span><span class='scores'>{detail}</span></figcaption></figure>"
+    )
 
 
 def _scaled(name: str, value: float) -> str:
@@ -83,8 +101,13 @@ def _label(name: str) -> str:
 
 
 def _short(name: str) -> str:
-    return {"structure_distance_splice": "struct", "structure_distance_pie_bench": "struct(pie)",
-            "clip_score_edited": "clip(edit)", "clip_cosine": "cos", "clip_score": "clip"}.get(name, name)
+    return {
+        "structure_distance_splice": "struct",
+        "structure_distance_pie_bench": "struct(pie)",
+        "clip_score_edited": "clip(edit)",
+        "clip_cosine": "cos",
+        "clip_score": "clip",
+    }.get(name, name)
 
 
 def _e(text) -> str:

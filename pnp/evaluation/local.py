@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-import torch
-
-from ..images import load_image
-from .backends import IMAGES_PER_CALL, LOCAL, Job, Translation
+from pnp.evaluation.backends import IMAGES_PER_CALL, LOCAL, Job, Translation
+from pnp.images import load_image
+from pnp.method.generation import noise_generator
 
 
 class LocalBackend:
@@ -21,7 +20,7 @@ class LocalBackend:
         for batch in batches(list(jobs), self.images_per_call):
             first = batch[0]
             images = None if first.config.generating else [load_image(job.source.image) for job in batch]
-            generator = torch.Generator("cpu").manual_seed(first.seed)
+            generator = noise_generator(first.seed)
             result = self.pipe(image=images, generator=generator, **first.config.as_kwargs())
             count = len(first.config.prompt)
             for k, job in enumerate(batch):

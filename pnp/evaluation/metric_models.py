@@ -1,4 +1,4 @@
-"""Loading the metric models by model-hub id or local folder, or as random-weight stand-ins; and LPIPS.
+"""Loading the metric models by model-hub id or local folder, or as random-weight stand-ins; LPIPS; the whole suite.
 
 A hub id downloads once into the Hugging Face cache; a folder loads offline. Where neither works
 (offline, no cache) the ModelError says how to provide the model. ``tiny`` builds a random-weight
@@ -11,7 +11,10 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..models import ModelError, first_line
+from pnp.evaluation.benchmarks import PIE_BENCH
+from pnp.evaluation.metrics import MetricSuite
+from pnp.messages import first_line
+from pnp.pipelines.loading import ModelError
 
 # CLIP ViT-L/14: the model of PIE-Bench's CLIP scores, used for the paper's cosine too (one model, one load).
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
@@ -24,7 +27,7 @@ def load_clip(name: str, device: str):
     """(CLIPModel, CLIPProcessor) of ``name`` on ``device``, in float32 and eval mode."""
     from transformers import CLIPModel, CLIPProcessor
 
-    from .random_metric_models import save_random_clip
+    from pnp.evaluation.random_metric_models import save_random_clip
 
     with _located(name, "--clip-model", save_random_clip) as (where, options):
         model = CLIPModel.from_pretrained(where, **options)
@@ -36,7 +39,7 @@ def load_dino(name: str, device: str):
     """The ViTModel of ``name`` on ``device``, in float32 and eval mode."""
     from transformers import ViTModel
 
-    from .random_metric_models import save_random_dino
+    from pnp.evaluation.random_metric_models import save_random_dino
 
     with _located(name, "--dino-model", save_random_dino) as (where, options):
         model = ViTModel.from_pretrained(where, add_pooling_layer=False, **options)
@@ -52,14 +55,18 @@ def _located(name: str, flag: str, save_random):
         elif Path(name).expanduser().is_dir():
             where, options = str(Path(name).expanduser()), {"local_files_only": True}
         elif name.startswith((".", "/", "~")):
-            raise ModelError(f"{flag}: no model folder at {name}; pass a model-hub id or a folder holding a transformers model")
+            raise ModelError(
+                f"{flag}: no model folder at {name}; pass a model-hub id or a folder holding a transformers model"
+            )
         else:
             where, options = name, {}
         try:
             yield where, options
         except (OSError, ValueError) as err:
             if options:
-                raise ModelError(f"{flag}: {name} is not a complete transformers model folder ({first_line(err)})") from None
+                raise ModelError(
+                    f"{flag}: {name} is not a complete transformers model folder ({first_line(err)})"
+                ) from None
             raise ModelError(
                 f"{flag}: model {name!r} is not in the local Hugging Face cache and could not be fetched from the "
                 f"model hub. On a machine with internet access run `hf download {name} --local-dir <folder>` and "
@@ -88,3 +95,23 @@ def load_lpips(device: str):
 
 class MetricUnavailable(RuntimeError):
     """A metric cannot be computed in this environment; the message says why and what would make it work."""
+
+
+def load_metric_suite(
+    kind: str, clip_model: str, dino_model: str, variants: tuple[str, ...], device: str, warn
+) -> MetricSuite:
+    """Load the models a benchmark of ``kind`` needs; LPIPS (PIE-Bench only) is skipped with a warning where
+    unavailable."""
+    from pnp.evaluation.clip import ClipSimilarity
+    from pnp.evaluation.structure import StructureDistance
+
+    suite = MetricSuite(
+        ClipSimilarity(*load_clip(clip_model, device)), StructureDistance(load_dino(dino_model, device)), variants
+    )
+    if kind == PIE_BENCH:
+        try:
+            suite.lpips = load_lpips(device)
+        except MetricUnavailable as err:
+            suite.unavailable["lpips"] = str(err)
+            warn(f"{err}; the lpips column stays empty")
+    return suite

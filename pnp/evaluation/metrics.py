@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from .sources import PIE_BENCH, Source
+from pnp.evaluation.benchmarks import Source
 
-# The structure distance's two input scales (see ``structure``): images in 0..1, or in 0..255 as PIE-Bench's code feeds them.
+# The structure distance's two input scales (see ``structure``): images in 0..1, or in 0..255 as PIE-Bench's
+# code feeds them.
 SPLICE_INPUT = "splice"
 PIE_BENCH_INPUT = "pie-bench"
 STRUCTURE_VARIANTS = (SPLICE_INPUT, PIE_BENCH_INPUT)
@@ -51,11 +52,13 @@ class MetricSuite:
     lpips: object | None = None
     unavailable: dict[str, str] = field(default_factory=dict)  # metric -> why it is not computed
 
-    def score(self, source: Source, source_image: Image.Image, outputs: list[Image.Image]) -> list[dict[str, float | None]]:
+    def score(
+        self, source: Source, source_image: Image.Image, outputs: list[Image.Image]
+    ) -> list[dict[str, float | None]]:
         """The scores of each output (one per prompt of ``source``), in prompt order."""
-        from .background import background_scores
-        from .clip import clip_score, masked
-        from .piebench import decode_mask
+        from pnp.evaluation.background import background_scores
+        from pnp.evaluation.clip import clip_score, masked
+        from pnp.evaluation.piebench import decode_mask
 
         outputs = [same_size(output, source_image.size) for output in outputs]
         prompts = list(source.prompts)
@@ -76,23 +79,6 @@ class MetricSuite:
 def same_size(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     """``image`` at ``size`` (resized bicubic if it differs)."""
     return image if image.size == size else image.resize(size, Image.Resampling.BICUBIC)
-
-
-def load_metric_suite(kind: str, clip_model: str, dino_model: str, variants: tuple[str, ...], device: str, warn) -> MetricSuite:
-    """Load the models a benchmark of ``kind`` needs; LPIPS (PIE-Bench only) is skipped with a warning where unavailable."""
-    from .clip import ClipSimilarity
-    from .metric_models import MetricUnavailable, load_clip, load_dino, load_lpips
-    from .structure import StructureDistance
-
-    suite = MetricSuite(ClipSimilarity(*load_clip(clip_model, device)), StructureDistance(load_dino(dino_model, device)),
-                        variants)
-    if kind == PIE_BENCH:
-        try:
-            suite.lpips = load_lpips(device)
-        except MetricUnavailable as err:
-            suite.unavailable["lpips"] = str(err)
-            warn(f"{err}; the lpips column stays empty")
-    return suite
 
 
 def finite_or_none(value: float | None) -> float | None:

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..config import ConfigError
-from .sources import PIE_BENCH, Benchmark, Source, check_image, check_prompts
+from pnp.config import ConfigError
+from pnp.evaluation.benchmarks import PIE_BENCH, Benchmark, Source, check_image, check_prompts
 
 MAPPING_FILE = "mapping_file.json"
 IMAGES_FOLDER = "annotation_images"

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, ViTConfig, ViTModel
 
-from ..random_models import byte_level_tokenizer
+from pnp.pipelines.random_models import byte_level_tokenizer
 
 CLIP_IMAGE_SIZE = 32  # the real models read 224 px; the tiny one reads less to stay fast
 
@@ -22,9 +22,14 @@ def save_random_clip(folder: str | Path, seed: int = 0) -> Path:
     tokenizer = byte_level_tokenizer()
     small = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2}
     config = CLIPConfig(
-        text_config={**small, "vocab_size": len(tokenizer), "max_position_embeddings": 77,
-                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-                     "pad_token_id": tokenizer.pad_token_id},
+        text_config={
+            **small,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 77,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
         vision_config={**small, "image_size": CLIP_IMAGE_SIZE, "patch_size": 8},
         projection_dim=16,
     )
@@ -40,8 +45,9 @@ def save_random_clip(folder: str | Path, seed: int = 0) -> Path:
 def save_random_dino(folder: str | Path, seed: int = 0) -> Path:
     """A tiny ViT with DINO ViT-B/8's patch size and input size (so as many tokens), narrow and two layers deep."""
     torch.manual_seed(seed)
-    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                       patch_size=8, image_size=224)
+    config = ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, patch_size=8, image_size=224
+    )
     folder = Path(folder)
     ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
     return folder

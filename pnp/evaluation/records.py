@@ -1,4 +1,4 @@
-"""A run's folder: its manifest, the per-source records that make it resumable, and atomic file writes.
+"""A run's folder: its manifest, and the per-source records that make it resumable.
 
     OUT/run.json               what the run computes (benchmark, model, settings, metric models)
     OUT/images/<key>/          source.<ext>, mask.png (PIE-Bench), NN-<prompt>.png per prompt
@@ -17,9 +17,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError
-from .backends import Job
-from .sources import Benchmark
+from pnp.evaluation.backends import Job
+from pnp.evaluation.benchmarks import Benchmark
+from pnp.outputs import check_writable_folder, refuse_earlier_run, write_atomic
 
 MANIFEST = "run.json"
 RECORDS = "records"
@@ -37,30 +37,22 @@ class Plan:
     manifest: dict
 
 
-def write_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` whole or not at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    partial.replace(path)
-    return path
-
-
 def write_json(path: Path, data) -> Path:
+    """Write ``data`` as JSON, whole or not at all."""
     return write_atomic(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
 
 
 def check_folder(out: Path, manifest: dict, overwrite: bool) -> None:
-    """Refuse, before any work and without writing, a folder that holds a different run (unless ``overwrite``)."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError("out", f"{out} is a file, not a folder; name a folder for the evaluation")
+    """Refuse, before any work and without writing, a folder that holds a different run (unless ``overwrite``).
+
+    The same run's files are kept: rerunning the command resumes it.
+    """
+    check_writable_folder(out, "evaluation")
     previous = _manifest(out)
     if previous is not None and previous != manifest and not overwrite:
         name = next((k for k in manifest if previous.get(k) != manifest[k]), None) or "the run"
-        raise ConfigError(
-            "out",
-            f"{out} holds an evaluation with other {name} ({previous.get(name)!r}, now {manifest.get(name)!r}); "
-            "choose another folder, or pass --overwrite to delete that run's files",
+        refuse_earlier_run(
+            out, f"holds an evaluation with other {name} ({previous.get(name)!r}, now {manifest.get(name)!r})"
         )
 
 

@@ -15,10 +15,10 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import requests
 
-from ..config import ConfigError
-from ..form import form_inputs
-from ..models import first_line
-from .backends import BackendError, Job, Translation, decode_image, read_output, split_outputs
+from pnp.app.form import form_inputs
+from pnp.config import ConfigError
+from pnp.evaluation.backends import BackendError, Job, Translation, decode_image, read_output, split_outputs
+from pnp.messages import first_line
 
 TOKEN_ENV = "REPLICATE_API_TOKEN"
 ATTEMPTS = 3  # network failures on the way to Replicate are retried; failed predictions are not
@@ -39,7 +39,9 @@ class ReplicateBackend:
         try:
             import replicate
         except ImportError:
-            raise ConfigError("backend", "the replicate client is not installed: pip install -r requirements-eval.txt") from None
+            raise ConfigError(
+                "backend", "the replicate client is not installed: pip install -r requirements-eval.txt"
+            ) from None
         self._client = replicate.Client()
 
     def translate(self, jobs: Iterable[Job]) -> Iterator[Translation]:
@@ -66,13 +68,16 @@ class ReplicateBackend:
                 break
             except httpx.TransportError as err:
                 if attempt == ATTEMPTS:
-                    raise BackendError(f"source {job.source.key}: Replicate could not be reached ({first_line(err)})") from None
+                    raise BackendError(
+                        f"source {job.source.key}: Replicate could not be reached ({first_line(err)})"
+                    ) from None
                 self.warn(f"source {job.source.key}: {first_line(err)}; trying again")
             except ReplicateError as err:
                 raise BackendError(f"source {job.source.key}: Replicate refused the prediction: {err}") from None
         if prediction.status != "succeeded":
-            raise BackendError(f"source {job.source.key}: Replicate prediction {prediction.id} {prediction.status}: "
-                               f"{prediction.error}")
+            raise BackendError(
+                f"source {job.source.key}: Replicate prediction {prediction.id} {prediction.status}: {prediction.error}"
+            )
         with requests.Session() as session:
             images = [decode_image(read_output(str(output), session)) for output in prediction.output]
         return split_outputs(job, images, f"replicate {prediction.id}")

@@ -11,25 +11,44 @@ import io
 import math
 from pathlib import Path
 
-from .metrics import METRICS
-from .records import write_atomic, write_json
+from pnp.evaluation.metrics import METRICS
+from pnp.evaluation.records import write_json
+from pnp.outputs import write_atomic
 
 # PIE-Bench's editing_type_id values.
 EDITING_TYPES = {
-    "0": "random", "1": "change object", "2": "add object", "3": "delete object", "4": "change content",
-    "5": "change pose", "6": "change color", "7": "change material", "8": "change background", "9": "change style",
+    "0": "random",
+    "1": "change object",
+    "2": "add object",
+    "3": "delete object",
+    "4": "change content",
+    "5": "change pose",
+    "6": "change color",
+    "7": "change material",
+    "8": "change background",
+    "9": "change style",
 }
 PAIR_COLUMNS = ("benchmark", "source", "editing_type", "prompt_index", "prompt", "source_image", "output", "worker")
 
 
 def rows_of(benchmark_name: str, records: list[dict]) -> list[dict]:
-    """One flat row per pair: identification, scores, then the settings (``setting_*``) of its source's call."""
+    """One flat row per pair: identification, what the benchmark says of its source (``Source.info``: TI2I's
+    ``source_prompt``, PIE-Bench's ``original_prompt``, ...), scores, then the settings (``setting_*``) of its
+    source's call."""
     rows = []
     for record in records:
         for index, pair in enumerate(record["pairs"]):
-            row = {"benchmark": benchmark_name, "source": record["key"], "editing_type": record.get("editing_type"),
-                   "prompt_index": index, "prompt": pair["prompt"], "source_image": record["source_image"],
-                   "output": pair["output"], "worker": record["worker"]}
+            row = {
+                "benchmark": benchmark_name,
+                "source": record["key"],
+                "editing_type": record.get("editing_type"),
+                "prompt_index": index,
+                "prompt": pair["prompt"],
+                "source_image": record["source_image"],
+                "output": pair["output"],
+                "worker": record["worker"],
+            }
+            row.update(record.get("info") or {})
             row.update({name: pair["scores"].get(name) for name in METRICS})
             row.update({f"setting_{name}": value for name, value in record["settings"].items()})
             rows.append(row)
@@ -49,7 +68,9 @@ def means(rows: list[dict]) -> dict[str, dict]:
 def means_by_editing_type(rows: list[dict]) -> dict[str, dict]:
     """PIE-Bench: the means of each editing type, keyed by "<id> <name>"."""
     types = sorted({row["editing_type"] for row in rows if row["editing_type"] is not None}, key=_numeric_first)
-    return {f"{t} {EDITING_TYPES.get(t, '')}".strip(): means([r for r in rows if r["editing_type"] == t]) for t in types}
+    return {
+        f"{t} {EDITING_TYPES.get(t, '')}".strip(): means([r for r in rows if r["editing_type"] == t]) for t in types
+    }
 
 
 def write_results(out: Path, summary: dict, rows: list[dict]) -> list[Path]:
@@ -60,7 +81,10 @@ def write_results(out: Path, summary: dict, rows: list[dict]) -> list[Path]:
     writer.writeheader()
     writer.writerows(rows)
     json_rows = [{k: _json_value(v) for k, v in row.items()} for row in rows]
-    return [write_atomic(out / "results.csv", buffer.getvalue()), write_json(out / "results.json", {**summary, "rows": json_rows})]
+    return [
+        write_atomic(out / "results.csv", buffer.getvalue()),
+        write_json(out / "results.json", {**summary, "rows": json_rows}),
+    ]
 
 
 def summary_table(summary_means: dict[str, dict]) -> list[str]:
@@ -69,7 +93,8 @@ def summary_table(summary_means: dict[str, dict]) -> list[str]:
     for name, value in summary_means.items():
         scale, higher_better = METRICS[name]
         arrow = "higher is better" if higher_better else "lower is better"
-        lines.append(f"{name:<30} {value['mean']:>10.4g} {scale:>7g} {value['mean'] * scale:>14.2f} {value['pairs']:>6}   {arrow}")
+        mean = value["mean"]
+        lines.append(f"{name:<30} {mean:>10.4g} {scale:>7g} {mean * scale:>14.2f} {value['pairs']:>6}   {arrow}")
     return lines
 
 

@@ -15,15 +15,15 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..images import load_image
-from ..outputs import OutputOptions, output_names, save_image
-from .backends import Translation
-from .contact_sheet import write_contact_sheet
-from .metrics import MetricSuite, finite_or_none
-from .piebench import decode_mask
-from .records import IMAGES, Plan, finished, record_path, start_folder, write_json
-from .report import means, means_by_editing_type, rows_of, summary_table, write_results
-from .sources import PIE_BENCH
+from pnp.evaluation.backends import Translation
+from pnp.evaluation.benchmarks import PIE_BENCH
+from pnp.evaluation.contact_sheet import write_contact_sheet
+from pnp.evaluation.metrics import MetricSuite, finite_or_none
+from pnp.evaluation.piebench import decode_mask
+from pnp.evaluation.records import IMAGES, Plan, finished, record_path, start_folder, write_json
+from pnp.evaluation.report import means, means_by_editing_type, rows_of, summary_table, write_results
+from pnp.images import load_image
+from pnp.outputs import OutputOptions, output_names, save_image
 
 LOSSLESS = OutputOptions("png")
 
@@ -56,7 +56,9 @@ def file_translation(plan: Plan, translation: Translation, suite: MetricSuite) -
         source_path = folder / f"source{source.image.suffix.lower()}"
         shutil.copyfile(source.image, source_path)
     names = output_names(source.prompts, False, LOSSLESS.output_format)
-    outputs = [save_image(image, folder / name, LOSSLESS) for image, name in zip(translation.outputs, names, strict=True)]
+    outputs = [
+        save_image(image, folder / name, LOSSLESS) for image, name in zip(translation.outputs, names, strict=True)
+    ]
     mask_path = None
     if source.mask is not None:
         mask = decode_mask(source.mask, source_image.height, source_image.width)
@@ -71,9 +73,14 @@ def file_translation(plan: Plan, translation: Translation, suite: MetricSuite) -
         "source_image": _relative(source_path, plan.out),
         "mask_image": _relative(mask_path, plan.out) if mask_path else None,
         "settings": {**settings, "seed": job.seed, "model": plan.manifest["model"]},
-        "pairs": [{"prompt": prompt, "output": _relative(path, plan.out),
-                   "scores": {name: finite_or_none(value) for name, value in pair_scores.items()}}
-                  for prompt, path, pair_scores in zip(source.prompts, outputs, scores, strict=True)],
+        "pairs": [
+            {
+                "prompt": prompt,
+                "output": _relative(path, plan.out),
+                "scores": {name: finite_or_none(value) for name, value in pair_scores.items()},
+            }
+            for prompt, path, pair_scores in zip(source.prompts, outputs, scores, strict=True)
+        ],
     }
     write_json(record_path(plan.out, source.key), record)
     return record
@@ -86,17 +93,33 @@ def write_report(plan: Plan, records: list[dict], unavailable: dict[str, str]) -
     """
     benchmark = plan.benchmark
     rows = rows_of(benchmark.name, records)
-    summary = {**plan.manifest, "name": benchmark.name, "sources": len(records),
-               "pairs": len(rows), "not_computed": unavailable, "means": means(rows)}
+    summary = {
+        **plan.manifest,
+        "name": benchmark.name,
+        "sources": len(records),
+        "pairs": len(rows),
+        "not_computed": unavailable,
+        "means": means(rows),
+    }
     if benchmark.kind == PIE_BENCH:
         summary["means_by_editing_type"] = means_by_editing_type(rows)
     paths = write_results(plan.out, summary, rows)
-    notes = [f"{summary['pairs']} pairs from {summary['sources']} sources of {benchmark.path}",
-             f"model {plan.manifest['model']}; metric models: CLIP {plan.manifest['clip_model']}, "
-             f"DINO {plan.manifest['dino_model']}",
-             *(f"{name} not computed: {reason}" for name, reason in unavailable.items())]
-    paths.append(write_contact_sheet(plan.out, f"pnp evaluation: {benchmark.name}", notes, summary["means"],
-                                     summary.get("means_by_editing_type", {}), records))
+    notes = [
+        f"{summary['pairs']} pairs from {summary['sources']} sources of {benchmark.path}",
+        f"model {plan.manifest['model']}; metric models: CLIP {plan.manifest['clip_model']}, "
+        f"DINO {plan.manifest['dino_model']}",
+        *(f"{name} not computed: {reason}" for name, reason in unavailable.items()),
+    ]
+    paths.append(
+        write_contact_sheet(
+            plan.out,
+            f"pnp evaluation: {benchmark.name}",
+            notes,
+            summary["means"],
+            summary.get("means_by_editing_type", {}),
+            records,
+        )
+    )
     summary["files"] = [str(p) for p in paths]
     summary["table"] = summary_table(summary["means"])
     return summary

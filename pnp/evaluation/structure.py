@@ -1,9 +1,9 @@
 """Structure distance (Splice, Tumanyan et al. 2022; the one the PnP authors point to, and PIE-Bench's).
 
-For each image: resize so the short side is 224 (the long side at most 480), normalise with
-ImageNet's mean and std, run DINO-ViT, take the keys of the last block (all heads concatenated,
-CLS token included) and their cosine self-similarity matrix. The distance is the mean squared
-error between the source's matrix and the output's.
+For each image: resize so the short side is 224 (the long side at most 480), bilinear without
+antialiasing, normalise with ImageNet's mean and std, run DINO-ViT, take the keys of the last
+block (all heads concatenated, CLS token included) and their cosine self-similarity matrix. The
+distance is the mean squared error between the source's matrix and the output's.
 
 Two input scales, both named: ``splice`` feeds images in 0..1 to the normalisation, as the
 definition intends; ``pie-bench`` feeds 0..255, as PIE-Bench's evaluation code does, so its
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .metrics import PIE_BENCH_INPUT, SPLICE_INPUT, STRUCTURE_VARIANTS
+from pnp.evaluation.metrics import PIE_BENCH_INPUT, SPLICE_INPUT, STRUCTURE_VARIANTS
 
 # The value each variant feeds the normalisation for a full-intensity pixel.
 _FULL_SCALE = {SPLICE_INPUT: 1.0, PIE_BENCH_INPUT: 255.0}
@@ -26,7 +26,8 @@ SHORT_SIDE, MAX_LONG_SIDE = 224, 480
 
 
 def resized_size(height: int, width: int) -> tuple[int, int]:
-    """(height, width) with the short side 224 and the long side at most 480, rounded down as torchvision's Resize does."""
+    """(height, width) with the short side 224 and the long side at most 480, rounded down as torchvision's Resize
+    does."""
     short, long = sorted((height, width))
     new_short, new_long = SHORT_SIDE, int(SHORT_SIDE * long / short)
     if new_long > MAX_LONG_SIDE:
@@ -42,8 +43,9 @@ def preprocess(image: Image.Image, variant: str) -> torch.Tensor:
     pixels = pixels * (_FULL_SCALE[variant] / 255.0)
     # Bilinear without antialiasing: what torchvision's Resize did to tensors in Splice's and
     # PIE-Bench's environments (torchvision before 0.17).
-    pixels = torch.nn.functional.interpolate(pixels, size=resized_size(*pixels.shape[-2:]), mode="bilinear",
-                                             align_corners=False, antialias=False)
+    pixels = torch.nn.functional.interpolate(
+        pixels, size=resized_size(*pixels.shape[-2:]), mode="bilinear", align_corners=False, antialias=False
+    )
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (pixels - mean) / std
@@ -59,7 +61,9 @@ class StructureDistance:
         """MSE between the key self-similarity matrices of ``source`` and ``output``."""
         a, b = self.self_similarity(source, variant), self.self_similarity(output, variant)
         if a.shape != b.shape:
-            raise ValueError(f"structure distance: the images have {a.shape[0]} and {b.shape[0]} tokens; give same-size images")
+            raise ValueError(
+                f"structure distance: the images have {a.shape[0]} and {b.shape[0]} tokens; give same-size images"
+            )
         return torch.nn.functional.mse_loss(b, a).item()
 
     @torch.inference_mode()
@@ -81,7 +85,8 @@ class StructureDistance:
 
 
 def _last_key_projection(model) -> torch.nn.Module:
-    """The last block's key projection: ``layers[-1].attention.k_proj`` in transformers 5, ``encoder.layer[-1]...key`` in 4."""
+    """The last block's key projection: ``layers[-1].attention.k_proj`` in transformers 5, ``encoder.layer[-1]...key``
+    in 4."""
     if hasattr(model, "layers"):
         return model.layers[-1].attention.k_proj
     return model.encoder.layer[-1].attention.attention.key

@@ -14,9 +14,10 @@ from __future__ import annotations
 import numbers
 from pathlib import Path
 
-from ..config import ConfigError, check_float, check_int, check_seed
-from ..outputs import slug
-from .sources import TI2I, Benchmark, Generation, Source, check_image, check_prompts
+from pnp.config import RANGES, ConfigError, check_float, check_int, check_seed
+from pnp.evaluation.benchmarks import TI2I, Benchmark, Generation, Source, check_image, check_prompts
+from pnp.messages import first_line
+from pnp.outputs import slug
 
 REAL_KEYS = ("init_img", "target_prompts")
 GENERATED_KEYS = ("source_prompt", "seed", "scale", "ddim_steps", "target_prompts")
@@ -31,7 +32,7 @@ def load(path: Path) -> Benchmark:
     except FileNotFoundError:
         raise ConfigError("benchmark", f"no file at {path}") from None
     except yaml.YAMLError as err:
-        raise ConfigError("benchmark", f"{path} is not valid yaml ({str(err).splitlines()[0]})") from None
+        raise ConfigError("benchmark", f"{path} is not valid yaml ({first_line(err)})") from None
     if isinstance(data, dict):
         entries = list(data.items())
     elif isinstance(data, list):
@@ -63,8 +64,12 @@ def _source(index: int, name: object, entry: object, folder: Path) -> Source:
     generation = Generation(
         prompt=_text(where, "source_prompt", entry["source_prompt"]),
         seed=_checked(where, check_seed, entry["seed"]),
-        scale=_checked(where, lambda v: check_float("scale", v, 0.0, 50.0), _number(entry["scale"])),
-        steps=_checked(where, lambda v: check_int("ddim_steps", v, 1, 999), entry["ddim_steps"]),
+        scale=_checked(
+            where, lambda v: check_float("scale", v, *RANGES["generation_guidance_scale"]), _number(entry["scale"])
+        ),
+        steps=_checked(
+            where, lambda v: check_int("ddim_steps", v, *RANGES["num_inference_steps"]), entry["ddim_steps"]
+        ),
     )
     label = name if name is not None else generation.prompt
     return Source(_key(index, label), prompts, generation=generation, info={"source_prompt": generation.prompt})

@@ -16,8 +16,8 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from PIL import Image
 
-from .scorer import mask_iou, read
-from .world import SHAPE_COLOURS, SHAPES, Rendered, Scene, random_scene, render
+from pnp.toy.scorer import mask_iou, read
+from pnp.toy.world import SHAPE_COLOURS, SHAPES, Rendered, Scene, random_scene, render
 
 # Settings of every figure unless a caller says otherwise: the issue judges at guidance 7.5 to 10.
 STEPS = 10

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .world import BACKGROUND_COLOURS, SHAPE_COLOURS, SHAPES
+from pnp.toy.world import BACKGROUND_COLOURS, SHAPE_COLOURS, SHAPES
 
 MIN_AREA = 0.004  # smallest region that counts as a shape, as a fraction of the image (65 px at 128 px)
 _PALETTE_NAMES = (*SHAPE_COLOURS, *BACKGROUND_COLOURS)

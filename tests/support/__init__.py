@@ -1,0 +1,1 @@
+"""What the tests share: tiny models, hooks, servers, fakes and reference computations (not tests themselves)."""
