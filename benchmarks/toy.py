@@ -68,8 +68,9 @@ def translation_sheet(pipe, **settings) -> Image.Image:
 
     rendered = quality.sources(4, seed=quality.SOURCE_SEED + 500)
     columns = [("source", None), ("colour", quality.recoloured), ("shape", quality.reshaped)]
-    outputs = {name: quality.translation_figures(pipe, rendered, change, **settings)[1]
-               for name, change in columns if change}
+    outputs = {
+        name: quality.translation_figures(pipe, rendered, change, **settings)[1] for name, change in columns if change
+    }
     side, label = rendered[0].image.width, 14
     sheet = Image.new("RGB", (side * len(columns), (side + label) * len(rendered)), "white")
     draw = ImageDraw.Draw(sheet)
@@ -99,8 +100,10 @@ def trade_off_plot(thresholds: list[float], iou: list[float], colour: list[float
         draw.text((at(tick, 0)[0] - 8, height - bottom + 6), f"{tick:.1f}", fill="black")
     draw.rectangle([at(0, 1), at(1, 0)], outline="black")
     draw.text((left, height - 16), "feature_injection_threshold", fill="black")
-    for values, colour_, name, dx in ((iou, (30, 60, 220), "mask IoU with the source", 0),
-                                       (colour, (220, 30, 30), "target-colour rate", 190)):
+    for values, colour_, name, dx in (
+        (iou, (30, 60, 220), "mask IoU with the source", 0),
+        (colour, (220, 30, 30), "target-colour rate", 190),
+    ):
         points = [at(x, y) for x, y in zip(thresholds, values)]
         draw.line(points, fill=colour_, width=2)
         for x, y in points:

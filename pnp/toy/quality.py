@@ -47,8 +47,10 @@ class Figures:
         return float(np.mean(self.iou))
 
     def __str__(self) -> str:
-        return (f"colour {self.colour_rate:.0%}, shape {self.shape_rate:.0%}, mean IoU {self.mean_iou:.3f} "
-                f"({len(self.iou)} cases)")
+        return (
+            f"colour {self.colour_rate:.0%}, shape {self.shape_rate:.0%}, mean IoU {self.mean_iou:.3f} "
+            f"({len(self.iou)} cases)"
+        )
 
 
 def sources(cases: int, seed: int = SOURCE_SEED) -> list[Rendered]:
@@ -80,18 +82,30 @@ def judge(outputs: Sequence[Image.Image], targets: Sequence[Scene], references: 
     return Figures(tuple(colour), tuple(shape), tuple(iou))
 
 
-def text_to_image(pipe, scenes: Sequence[Scene], steps: int = STEPS, guidance: float = GUIDANCE,
-                  seed: int = 0) -> list[Image.Image]:
+def text_to_image(
+    pipe, scenes: Sequence[Scene], steps: int = STEPS, guidance: float = GUIDANCE, seed: int = 0
+) -> list[Image.Image]:
     """Images generated from the scenes' captions by diffusers' own Stable Diffusion pipeline on ``pipe``'s
     components (DDIM), in one batch."""
     components = {name: getattr(pipe, name) for name in ("vae", "text_encoder", "tokenizer", "unet")}
-    plain = StableDiffusionPipeline(**components, scheduler=DDIMScheduler.from_config(pipe.scheduler.config),
-                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    plain = StableDiffusionPipeline(
+        **components,
+        scheduler=DDIMScheduler.from_config(pipe.scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     plain.set_progress_bar_config(disable=True)
     generator = torch.Generator("cpu").manual_seed(seed)
     side = pipe.default_resolution
-    return plain([s.caption for s in scenes], height=side, width=side, num_inference_steps=steps,
-                 guidance_scale=guidance, generator=generator).images
+    return plain(
+        [s.caption for s in scenes],
+        height=side,
+        width=side,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=generator,
+    ).images
 
 
 def translate(pipe, images: Sequence[Image.Image], prompts: Sequence[str], **settings) -> list[Image.Image]:
@@ -106,8 +120,9 @@ def translate(pipe, images: Sequence[Image.Image], prompts: Sequence[str], **set
     return outputs
 
 
-def translation_figures(pipe, rendered: Sequence[Rendered], change: Callable[[Scene, int], Scene] | None,
-                        **settings) -> tuple[Figures, list[Image.Image]]:
+def translation_figures(
+    pipe, rendered: Sequence[Rendered], change: Callable[[Scene, int], Scene] | None, **settings
+) -> tuple[Figures, list[Image.Image]]:
     """Translate each source into the caption of ``change(scene, k)`` (None: its own caption) and judge it."""
     targets = [change(r.scene, k) if change else r.scene for k, r in enumerate(rendered)]
     outputs = translate(pipe, [r.image for r in rendered], [t.caption for t in targets], **settings)
@@ -128,9 +143,12 @@ def trade_off_name(threshold: float) -> str:
     return f"colour change, feature injection {threshold:g}"
 
 
-def report(pipe, cases: int = 32, echo: Callable[[str], None] = print, trade_off: Sequence[float] = TRADE_OFF,
-           **settings) -> dict[str, Figures]:
-    """Measure every figure on ``cases`` sources (``settings`` apply to every call) and print it; returns them by name."""
+def report(
+    pipe, cases: int = 32, echo: Callable[[str], None] = print, trade_off: Sequence[float] = TRADE_OFF, **settings
+) -> dict[str, Figures]:
+    """Measure every figure on ``cases`` sources (``settings`` apply to every call) and print it.
+
+    Returns the figures by name."""
     rendered = sources(cases)
     steps = {"steps": settings["num_inference_steps"]} if "num_inference_steps" in settings else {}
     figures = {"text to image": text_to_image_figures(pipe, rendered, **steps)}
@@ -146,7 +164,8 @@ def report(pipe, cases: int = 32, echo: Callable[[str], None] = print, trade_off
         echo(f"{name}: {figures[name]}")
     for threshold in trade_off:
         name = trade_off_name(threshold)
-        figures[name], _ = translation_figures(pipe, rendered, recoloured,
-                                               **{**settings, "feature_injection_threshold": threshold})
+        figures[name], _ = translation_figures(
+            pipe, rendered, recoloured, **{**settings, "feature_injection_threshold": threshold}
+        )
         echo(f"{name}: {figures[name]}")
     return figures

@@ -40,9 +40,11 @@ def summary() -> str:
     shapes = _listed([s + "s" for s in SHAPES], "or")
     colours = _listed(list(SHAPE_COLOURS), "or")
     backgrounds = _listed(list(BACKGROUND_COLOURS), "or")
-    return (f"one or two {shapes} in {colours}, on {backgrounds} backgrounds, plain or two-tone (plain white unless "
-            'the caption names one); captions such as "a red circle" or "a blue square and a yellow triangle on a '
-            'gray background"')
+    return (
+        f"one or two {shapes} in {colours}, on {backgrounds} backgrounds, plain or two-tone (plain white unless "
+        'the caption names one); captions such as "a red circle" or "a blue square and a yellow triangle on a '
+        'gray background"'
+    )
 
 
 def _listed(words: list[str], last: str) -> str:
@@ -105,7 +107,8 @@ class Scene:
 
     @property
     def caption(self) -> str:
-        """"a red circle", "a red circle and a blue square on a gray background", "... on a white and black background"."""
+        """E.g. "a red circle", "a red circle and a blue square on a gray background", "... on a white and black
+        background"."""
         text = " and ".join(f"a {shape.name}" for shape in self.shapes)
         if self.background != (DEFAULT_BACKGROUND,) or self.name_background:
             text += f" on a {' and '.join(self.background)} background"

@@ -9,10 +9,10 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from pnp import PnPPipeline
 from pnp.method.layers import LAYER_SETS, default_layer_set, missing_modules
 from pnp.pipelines.loading import BUNDLED_MODELS, TOY_MODEL, model_location
 from pnp.pipelines.named_models import open_model
-from pnp import PnPPipeline
 from pnp.toy.world import SIZE, VOCABULARY
 
 FOLDER = BUNDLED_MODELS[TOY_MODEL]
@@ -59,16 +59,18 @@ def test_the_committed_weights_are_small_float16_safetensors():
     weights = sorted(FOLDER.rglob("*.safetensors"))
     assert {w.parent.name for w in weights} == {"unet", "vae", "text_encoder"}
     assert sum(f.stat().st_size for f in FOLDER.rglob("*") if f.is_file()) < 25e6
-    for component in ("unet", "vae", "text_encoder"):
-        assert json.loads((FOLDER / component / "config.json").read_text())["_class_name"]
+    index = json.loads((FOLDER / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"] and index["vae"] == ["diffusers", "AutoencoderKL"]
+    assert index["text_encoder"] == ["transformers", "CLIPTextModel"]
     unet = UNet2DConditionModel.from_pretrained(FOLDER / "unet")  # as stored, no dtype asked for
     assert {p.dtype for p in unet.parameters()} == {torch.float16}
     assert not list(FOLDER.rglob("*.bin")) and not list(FOLDER.rglob("*.ckpt"))
 
 
 def test_its_latents_have_about_unit_variance(toy):
-    from pnp.toy.quality import sources
     from pnp.method.vae import encode, image_to_tensor
+    from pnp.toy.quality import sources
 
     latents = torch.cat([encode(toy.vae, image_to_tensor(r.image)) for r in sources(16)])
     assert 0.6 < latents.std() < 1.6
@@ -79,9 +81,26 @@ def test_open_model_and_the_command_line_find_it_by_name(tmp_path):
         assert model == FOLDER
     out = tmp_path / "out"
     done = subprocess.run(
-        [sys.executable, "-m", "pnp", "translate", "--model", "toy", "--generation-prompt", "a red circle",
-         "--prompt", "a blue circle", "--steps", "4", "--out", str(out), "--quiet"],
-        capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": ""},
+        [
+            sys.executable,
+            "-m",
+            "pnp",
+            "translate",
+            "--model",
+            "toy",
+            "--generation-prompt",
+            "a red circle",
+            "--prompt",
+            "a blue circle",
+            "--steps",
+            "4",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": ""},
     )
     assert done.returncode == 0, done.stderr
     assert "model toy (PnPPipeline)" in done.stderr and "noise" not in done.stderr

@@ -37,8 +37,12 @@ def test_captions_name_shapes_left_to_right_and_backgrounds_other_than_plain_whi
 
 
 def test_rendered_pixels_and_masks_agree():
-    scene = Scene((Shape("triangle", "yellow", 0.3, 0.4, 0.3), Shape("circle", "green", 0.7, 0.6, 0.3)), ("black", "gray"),
-                  split=0.4, vertical=True)
+    scene = Scene(
+        (Shape("triangle", "yellow", 0.3, 0.4, 0.3), Shape("circle", "green", 0.7, 0.6, 0.3)),
+        ("black", "gray"),
+        split=0.4,
+        vertical=True,
+    )
     rendered = render(scene)
     pixels = np.asarray(rendered.image)
     for shape, mask in zip(scene.shapes, rendered.masks):
