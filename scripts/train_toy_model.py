@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import sys
 import tempfile
@@ -45,8 +44,16 @@ from pnp.pipelines.random_models import byte_level_tokenizer  # noqa: E402
 from pnp.toy.world import SIZE, VOCABULARY, random_scene, render  # noqa: E402
 
 # Stable Diffusion's noise schedule, for training and for the saved scheduler config.
-SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                steps_offset=1, set_alpha_to_one=False, clip_sample=False, prediction_type="epsilon")
+SCHEDULE = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    steps_offset=1,
+    set_alpha_to_one=False,
+    clip_sample=False,
+    prediction_type="epsilon",
+)
 TEXT_WIDTH = 64
 EMPTY_CAPTION_RATE = 0.1  # captions replaced by "" so that the model learns the unconditional prediction
 MIN_SNR_GAMMA = 5.0
@@ -73,14 +80,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unet-steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=32, help="UNet batch size")
     parser.add_argument("--lr", type=float, default=1e-3, help="UNet and text encoder learning rate")
-    parser.add_argument("--work", type=Path, default=None,
-                        help="keep the trained VAE and the encoded scenes here, and reuse them when present")
-    parser.add_argument("--checkpoint-every", type=int, default=0,
-                        help="save the averaged UNet and text encoder into --work every this many steps (0: never)")
-    parser.add_argument("--resume", type=Path, default=None,
-                        help="a checkpoint-N.pt saved by --checkpoint-every: start the UNet and text encoder from its "
-                        "averaged weights at step N (optimizer state restarts, so the result differs in the last bits "
-                        "from an uninterrupted run)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="keep the trained VAE and the encoded scenes here, and reuse them when present",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        help="save the averaged UNet and text encoder into --work every this many steps (0: never)",
+    )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        help="a checkpoint-N.pt saved by --checkpoint-every: start the UNet and text encoder from its "
+        "averaged weights at step N (optimizer state restarts, so the result differs in the last bits "
+        "from an uninterrupted run)",
+    )
+    parser.add_argument(
+        "--pyramid-noise",
+        type=float,
+        default=0.0,
+        help="weight ratio of each coarser level of multi-scale training noise (0: white noise; see _training_draws)",
+    )
+    parser.add_argument("--pyramid-from", type=int, default=0, help="the UNet step where --pyramid-noise starts")
     parser.add_argument("--eval-cases", type=int, default=32, help="cases per quality figure at the end (0: none)")
     args = parser.parse_args(argv)
 
@@ -105,15 +131,28 @@ def main(argv: list[str] | None = None) -> None:
         text_encoder.load_state_dict(checkpoint["text_encoder"])
         args.start_step = checkpoint.get("step", int(args.resume.stem.rsplit("-", 1)[-1]))
         log(f"resuming the UNet and text encoder from {args.resume} at step {args.start_step}")
-    ids = tokenizer(captions + [""], padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
+    ids = tokenizer(
+        captions + [""],
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
     unet, text_encoder = train_unet(unet, text_encoder, latents, ids[:-1], ids[-1], args, log)
 
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=DDIMScheduler(**SCHEDULE), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DDIMScheduler(**SCHEDULE),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     save(pipe, args.out)
-    log(f"saved to {args.out} ({folder_megabytes(args.out):.1f} MB); training took {(time.perf_counter() - start) / 60:.1f} min")
+    minutes = (time.perf_counter() - start) / 60
+    log(f"saved to {args.out} ({folder_megabytes(args.out):.1f} MB); training took {minutes:.1f} min")
     if args.eval_cases:
         from pnp import PnPPipeline
         from pnp.toy.quality import report
@@ -147,12 +186,19 @@ def to_pixels(images: np.ndarray) -> torch.Tensor:
 
 # --- VAE ---------------------------------------------------------------------------------------
 
+
 def build_vae() -> AutoencoderKL:
     """Three blocks (x4 downsampling), 4 latent channels, no attention in the middle block (flat shapes need none)."""
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=VAE_CHANNELS, layers_per_block=1, norm_num_groups=VAE_GROUPS, sample_size=SIZE,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=VAE_CHANNELS,
+        layers_per_block=1,
+        norm_num_groups=VAE_GROUPS,
+        sample_size=SIZE,
         mid_block_add_attention=False,
     )
 
@@ -176,7 +222,8 @@ def _train_vae(rank: int, vae: AutoencoderKL, images: np.ndarray, steps: int, se
     generator = torch.Generator().manual_seed(seed + 1)
     optimizer = torch.optim.Adam(vae.parameters(), lr=VAE_LR)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: min(1.0, (i + 1) / 50) * (0.1 if i > 0.8 * steps else 1))
+        optimizer, lambda i: min(1.0, (i + 1) / 50) * (0.1 if i > 0.8 * steps else 1)
+    )
     share = _share(rank, VAE_BATCH)
     params = list(vae.parameters())
     running = None
@@ -221,12 +268,20 @@ def encode_all(vae: AutoencoderKL, images: np.ndarray, log: Log, batch: int = 64
 
 # --- text encoder and UNet ---------------------------------------------------------------------
 
+
 def build_text_encoder(tokenizer, seed: int) -> CLIPTextModel:
     torch.manual_seed(seed + 2)
     config = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=TEXT_WIDTH, intermediate_size=2 * TEXT_WIDTH, num_attention_heads=2,
-        num_hidden_layers=2, max_position_embeddings=tokenizer.model_max_length, hidden_act="quick_gelu",
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=TEXT_WIDTH,
+        intermediate_size=2 * TEXT_WIDTH,
+        num_attention_heads=2,
+        num_hidden_layers=2,
+        max_position_embeddings=tokenizer.model_max_length,
+        hidden_act="quick_gelu",
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     return CLIPTextModel(config)
 
@@ -269,15 +324,20 @@ def _train_unet(rank, models, latents, ids, empty_ids, args, start) -> tuple[dic
     warmup = min(200, steps // 10) if first == 0 else 50
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda i: min(1.0, (i + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * min(first + i, steps) / steps)))
+        lambda i: min(1.0, (i + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * min(first + i, steps) / steps)),
+    )
     ema = [p.detach().clone() for p in params]
     share = _share(rank, args.batch)
     running, started = None, time.perf_counter()
-    for _ in range(first):  # the random draws of the steps already done, so a resumed run sees the same batches
-        _training_draws(generator, args.batch, len(latents), latents.shape[1:], len(alphas_cumprod))
+
+    def draws(step: int):
+        pyramid = args.pyramid_noise if step >= args.pyramid_from else 0.0
+        return _training_draws(generator, args.batch, len(latents), latents.shape[1:], len(alphas_cumprod), pyramid)
+
+    for step in range(first):  # the random draws of the steps already done, so a resumed run sees the same batches
+        draws(step)
     for step in range(first, steps):
-        index, empty, t, noise = _training_draws(generator, args.batch, len(latents), latents.shape[1:],
-                                                 len(alphas_cumprod))
+        index, empty, t, noise = draws(step)
         index, empty, t, noise = index[share], empty[share], t[share], noise[share]
         tokens = torch.where(empty[:, None], empty_ids[None], ids[index])
         abar = alphas_cumprod[t].view(-1, 1, 1, 1)
@@ -299,21 +359,40 @@ def _train_unet(rank, models, latents, ids, empty_ids, args, start) -> tuple[dic
             per_step = (time.perf_counter() - started) / (step + 1 - first)
             log(f"unet step {step + 1}/{steps}: loss {running:.4f} (worker 0), {per_step:.2f} s/step")
         if log and args.work and args.checkpoint_every and (step + 1) % args.checkpoint_every == 0:
-            torch.save({"unet": _averaged(unet, ema), "step": step + 1,
-                        "text_encoder": _averaged(text_encoder, ema[len(list(unet.parameters())):])},
-                       args.work / f"checkpoint-{step + 1}.pt")
+            torch.save(
+                {
+                    "unet": _averaged(unet, ema),
+                    "step": step + 1,
+                    "text_encoder": _averaged(text_encoder, ema[len(list(unet.parameters())) :]),
+                },
+                args.work / f"checkpoint-{step + 1}.pt",
+            )
     with torch.no_grad():
         for average, p in zip(ema, params):
             p.copy_(average)
     return unet.state_dict(), text_encoder.state_dict()
 
 
-def _training_draws(generator, batch, scenes, shape, timesteps):
-    """One step's random choices: scene indices, which captions are emptied, timesteps, noise."""
+def _training_draws(generator, batch, scenes, shape, timesteps, pyramid: float = 0.0):
+    """One step's random choices: scene indices, which captions are emptied, timesteps, noise.
+
+    ``pyramid`` > 0 makes the noise multi-scale: Gaussian noise at half, quarter, ... resolution, upsampled and
+    weighted ``pyramid ** level``, is added (then each sample's noise is scaled back to unit variance). In Stable Diffusion's
+    schedule even the last timestep keeps a little of the image, and a shape's colour, spread over many latent
+    pixels, stays readable in it: a model trained on white noise takes the colour from there and not from the
+    prompt, so a DDIM-inverted source keeps its colour whatever the prompt. Low-frequency noise hides it.
+    """
     index = torch.randint(scenes, (batch,), generator=generator)
     empty = torch.rand(batch, generator=generator) < EMPTY_CAPTION_RATE
     t = torch.randint(0, timesteps, (batch,), generator=generator)
     noise = torch.randn((batch, *shape), generator=generator)
+    if pyramid > 0:
+        side, level = shape[-1] // 2, 1
+        while side >= 1:
+            coarse = torch.randn((batch, shape[0], side, side), generator=generator)
+            noise += pyramid**level * F.interpolate(coarse, size=shape[-2:], mode="bilinear", align_corners=False)
+            side, level = side // 2, level + 1
+        noise /= noise.std(dim=(1, 2, 3), keepdim=True)
     return index, empty, t, noise
 
 
@@ -326,6 +405,7 @@ def _averaged(model, ema) -> dict:
 
 
 # --- workers -----------------------------------------------------------------------------------
+
 
 def in_workers(train, models, *args):
     """Run ``train(rank, models, *args)`` in ``WORKERS`` processes of one torch thread, each on its own copy of
@@ -370,6 +450,7 @@ def _average_gradients(params: list[torch.nn.Parameter]) -> None:
 
 
 # --- saving ------------------------------------------------------------------------------------
+
 
 def save(pipe: StableDiffusionPipeline, out: Path) -> None:
     """A diffusers folder with float16 safetensors (loads in any dtype)."""
