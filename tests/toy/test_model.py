@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from safetensors.torch import load_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from pnp import PnPPipeline
@@ -63,8 +64,8 @@ def test_the_committed_weights_are_small_float16_safetensors():
     assert index["_class_name"] == "StableDiffusionPipeline"
     assert index["unet"] == ["diffusers", "UNet2DConditionModel"] and index["vae"] == ["diffusers", "AutoencoderKL"]
     assert index["text_encoder"] == ["transformers", "CLIPTextModel"]
-    unet = UNet2DConditionModel.from_pretrained(FOLDER / "unet")  # as stored, no dtype asked for
-    assert {p.dtype for p in unet.parameters()} == {torch.float16}
+    for path in weights:  # as stored (from_pretrained would convert them to float32)
+        assert {tensor.dtype for tensor in load_file(path).values()} == {torch.float16}, path
     assert not list(FOLDER.rglob("*.bin")) and not list(FOLDER.rglob("*.ckpt"))
 
 
