@@ -376,11 +376,12 @@ def _train_unet(rank, models, latents, ids, empty_ids, args, start) -> tuple[dic
 def _training_draws(generator, batch, scenes, shape, timesteps, pyramid: float = 0.0):
     """One step's random choices: scene indices, which captions are emptied, timesteps, noise.
 
-    ``pyramid`` > 0 makes the noise multi-scale: Gaussian noise at half, quarter, ... resolution, upsampled and
-    weighted ``pyramid ** level``, is added (then each sample's noise is scaled back to unit variance). In Stable Diffusion's
-    schedule even the last timestep keeps a little of the image, and a shape's colour, spread over many latent
-    pixels, stays readable in it: a model trained on white noise takes the colour from there and not from the
-    prompt, so a DDIM-inverted source keeps its colour whatever the prompt. Low-frequency noise hides it.
+    ``pyramid`` > 0 makes the noise multi-scale: Gaussian noise at half, quarter, ... resolution,
+    upsampled and weighted ``pyramid ** level``, is added (then each sample's noise is scaled back to
+    unit variance). In Stable Diffusion's schedule even the last timestep keeps a little of the image,
+    and a shape's colour, spread over many latent pixels, stays readable in it: a model trained on
+    white noise takes the colour from there and not from the prompt, so a DDIM-inverted source keeps
+    its colour whatever the prompt. Low-frequency noise hides it.
     """
     index = torch.randint(scenes, (batch,), generator=generator)
     empty = torch.rand(batch, generator=generator) < EMPTY_CAPTION_RATE
