@@ -18,7 +18,7 @@ import transformers
 
 from pnp.devices import default_device
 from pnp.pipelines import random_models
-from pnp.pipelines.loading import RANDOM_MODELS
+from pnp.pipelines.loading import RANDOM_MODELS, model_location
 
 from .memory import MemoryTracker
 
@@ -29,7 +29,8 @@ def add_machine_options(parser: argparse.ArgumentParser) -> None:
         "--model",
         default="random-sd15",
         help="random-sd15 (Stable Diffusion 1.5 shapes, random weights, built once into --cache-dir), "
-        "tiny (a small random model for tests), or a diffusers folder of real weights",
+        "tiny (a small random model for tests), toy (the small trained model shipped with pnp), or a diffusers "
+        "folder of real weights",
     )
     parser.add_argument(
         "--cache-dir",
@@ -53,9 +54,10 @@ def check_machine_options(parser: argparse.ArgumentParser, args: argparse.Namesp
 
 
 def model_folder(model: str, cache_dir: Path) -> Path:
-    """A diffusers folder for ``model``: random models are built and saved once, then reused."""
+    """A diffusers folder for ``model``: random models are built and saved once, then reused; bundled ones (toy)
+    come from the package."""
     if model not in RANDOM_MODELS:
-        return Path(model)
+        return Path(model_location(model))
     folder = cache_dir / f"{model}-{_random_model_stamp()}"
     if not (folder / "model_index.json").is_file():
         print(f"building the {model} random model into {folder} (first use only)", file=sys.stderr, flush=True)

@@ -17,6 +17,8 @@ FORBIDDEN = {
     "pnp.method": ("pnp.pipelines", "pnp.visual", "pnp.app", "pnp.evaluation"),
     "pnp.pipelines": ("pnp.visual", "pnp.app", "pnp.evaluation"),
     "pnp.visual": ("pnp.app", "pnp.evaluation"),
+    # The toy world, its scorer and its quality figures read any pipeline by its components.
+    "pnp.toy": ("pnp.pipelines", "pnp.visual", "pnp.app", "pnp.evaluation"),
 }
 
 

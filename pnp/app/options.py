@@ -12,7 +12,7 @@ import sys
 from pnp.config import NEGATIVE_SCHEDULES, ConfigError, PnPConfig
 from pnp.devices import DTYPE_NAMES
 from pnp.method.layers import LAYER_SETS
-from pnp.pipelines.loading import DEFAULT_MODEL, RANDOM_MODELS
+from pnp.pipelines.loading import DEFAULT_MODEL, RANDOM_MODELS, TOY_MODEL
 from pnp.pipelines.lora import DEFAULT_LORA_SCALE, LORA_SCALE_RANGE, parse_lora
 
 
@@ -94,7 +94,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--model",
         default=DEFAULT_MODEL,
         help="diffusers model folder or model-hub id (SD 1.x, 2.x, SDXL), a single-file .safetensors "
-        f"checkpoint, or one of {', '.join(RANDOM_MODELS)} (random weights, for testing)",
+        f"checkpoint, {TOY_MODEL} (a small model trained on a world of coloured shapes, shipped with pnp), or one "
+        f"of {', '.join(RANDOM_MODELS)} (random weights, for testing)",
     )
     parser.add_argument(
         "--config",

@@ -35,6 +35,7 @@ from pnp.app.ui_runs import Runner, RunResult, read_form
 from pnp.config import MAX_PROMPTS, ConfigError
 from pnp.images import to_rgb
 from pnp.messages import first_line
+from pnp.pipelines.loading import TOY_MODEL
 
 logger = logging.getLogger("pnp.ui")
 
@@ -176,6 +177,10 @@ def _header(pipe, model: str, random_weights: bool) -> str:
             f"**`{model}` has random weights: its outputs are noise.** It is for trying the page; "
             "start it with a Stable Diffusion model for real translations."
         )
+    if model == TOY_MODEL:
+        from pnp.toy.world import summary
+
+        lines.append(f"`{model}` is a small model trained on a world of simple shapes: {summary()}.")
     return "\n\n".join(lines)
 
 

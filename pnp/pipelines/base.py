@@ -41,7 +41,13 @@ from pnp.method.text import Prompts, TextEmbeddings
 from pnp.method.vae import decode, image_to_tensor
 from pnp.pipelines import single_file
 from pnp.pipelines.inputs import MASK_TYPES, as_pil, edit_masks, listed
-from pnp.pipelines.loading import check_supported, choose_device_and_dtype, loading_errors, loading_options
+from pnp.pipelines.loading import (
+    check_supported,
+    choose_device_and_dtype,
+    loading_errors,
+    loading_options,
+    model_location,
+)
 
 logger = logging.getLogger("pnp.pipeline")
 
@@ -109,7 +115,8 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
     def from_pretrained(
         cls, pretrained_model_name_or_path: str | Path, device: str | None = None, dtype=None, **kwargs
     ):
-        """Load a Stable Diffusion 1.x/2.x or SDXL diffusers folder or model-hub id onto ``device`` in ``dtype``.
+        """Load a Stable Diffusion 1.x/2.x or SDXL diffusers folder or model-hub id (or ``"toy"``, the small model
+        shipped in the package, see ``pnp.toy``) onto ``device`` in ``dtype``.
 
         Called on PnPPipeline, an SDXL model (one whose components include ``text_encoder_2``) comes
         back as ``PnPXLPipeline``. device defaults to CUDA if present, else the CPU; dtype ("float16",
@@ -122,6 +129,7 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
         ``from_single_file``.
         """
         device, dtype = choose_device_and_dtype(device, dtype)
+        pretrained_model_name_or_path = model_location(pretrained_model_name_or_path)
         with loading_errors(pretrained_model_name_or_path):
             architecture = cls._class_of_model(pretrained_model_name_or_path)
             options = {**loading_options(pretrained_model_name_or_path, architecture._has_safety_checker), **kwargs}

@@ -21,8 +21,12 @@ from pnp.pipelines.hub import hub_unreachable
 # The model-hub id loaded when none is named.
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 # Models known by name. The random-weight test models, whose outputs are noise, are built on
-# demand (``pnp.pipelines.random_models``); a model shipped inside the package would be named here too.
+# demand (``pnp.pipelines.random_models``); bundled models are diffusers folders shipped inside the
+# package (package data), which load like any other folder, after `pip install` too.
 RANDOM_MODELS = ("tiny", "tiny-v", "tiny-sdxl", "random-sd15")
+# The toy model: trained on the world of ``pnp.toy.world`` by scripts/train_toy_model.py.
+TOY_MODEL = "toy"
+BUNDLED_MODELS = {TOY_MODEL: Path(__file__).resolve().parents[1] / "toy" / "model"}
 
 # The options that load a Stable Diffusion pipeline without its safety checker.
 NO_SAFETY_CHECKER = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
@@ -53,6 +57,11 @@ def choose_device_and_dtype(device: str | None, dtype) -> tuple[str, object]:
         except ValueError as err:
             raise ConfigError("dtype", str(err).removeprefix("dtype: ")) from None
     return device, dtype or default_dtype(device)
+
+
+def model_location(model: str | Path) -> str | Path:
+    """Where ``model`` loads from: a bundled model's folder for its name (``toy``), else ``model`` itself."""
+    return BUNDLED_MODELS.get(model, model) if isinstance(model, str) else model
 
 
 def loading_options(model: str | Path, safety_checker: bool = True) -> dict:

@@ -1,4 +1,5 @@
-"""Opening a model by the name a user gives: a random-weight test model is built, anything else is a path or hub id."""
+"""Opening a model by the name a user gives: a random-weight test model is built, a bundled one (``toy``) is a
+folder of the package, anything else is a path or hub id."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pnp.pipelines.loading import RANDOM_MODELS
+from pnp.pipelines.loading import RANDOM_MODELS, model_location
 from pnp.pipelines.random_models import random_model_folder
 
 
@@ -17,4 +18,4 @@ def open_model(name: str) -> Iterator[str | Path]:
         with random_model_folder(name) as folder:
             yield folder
     else:
-        yield name
+        yield model_location(name)

@@ -165,11 +165,24 @@ def random_model_folder(kind: str, seed: int = 0):
         yield save_random_pipeline(kind, Path(tmp) / kind, seed)
 
 
-def byte_level_tokenizer() -> CLIPTokenizer:
-    """A CLIP tokenizer over single bytes plus a few merges: real tokenization code, tiny vocabulary."""
-    symbols = _byte_symbols()
+def byte_level_tokenizer(words: tuple[str, ...] = ()) -> CLIPTokenizer:
+    """A CLIP tokenizer over single bytes plus a few merges: real tokenization code, tiny vocabulary.
+
+    Each of ``words`` becomes one token (merges that build it letter by letter are added until the
+    tokenizer reads it whole); any other text still tokenizes, byte by byte.
+    """
     merges = [("t", "h"), ("th", "e</w>"), ("o", "f</w>"), ("a", "n"), ("an", "d</w>")]
-    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
+    tokenizer = _tokenizer(merges)
+    for word in words:
+        while len(pieces := tokenizer.tokenize(word)) > 1:
+            merges.append((pieces[0], pieces[1]))
+            tokenizer = _tokenizer(merges)
+    return tokenizer
+
+
+def _tokenizer(merges: list[tuple[str, str]]) -> CLIPTokenizer:
+    symbols = _byte_symbols()
+    vocab = symbols + [s + "</w>" for s in symbols] + list(dict.fromkeys("".join(m) for m in merges))
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     return CLIPTokenizer(vocab={token: i for i, token in enumerate(vocab)}, merges=merges, model_max_length=77)
 

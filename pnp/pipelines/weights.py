@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pnp.messages import first_line
 from pnp.pipelines.hub import hub_host, hub_unreachable
-from pnp.pipelines.loading import DEFAULT_MODEL, ModelError
+from pnp.pipelines.loading import BUNDLED_MODELS, DEFAULT_MODEL, ModelError
 
 WEIGHTS_ENV = "PNP_WEIGHTS"
 MODEL_ENV = "PNP_MODEL"
@@ -39,7 +39,8 @@ SAFETY_CHECKER_COMPONENTS = {
 def locate_weights(default_folder: str | Path, model: str | None = None) -> Path:
     """The diffusers folder to load: ``$PNP_WEIGHTS``, else ``default_folder``, downloading ``model`` into it if empty.
 
-    ``model`` defaults to ``$PNP_MODEL``, else Stable Diffusion v1.4. Raises ModelError with
+    ``model`` defaults to ``$PNP_MODEL``, else Stable Diffusion v1.4; a bundled model's name (``toy``)
+    gives its folder inside the package, nothing downloaded. Raises ModelError with
     instructions when ``$PNP_WEIGHTS`` names no folder or the download fails (for example offline).
     """
     named = os.environ.get(WEIGHTS_ENV, "").strip()
@@ -51,10 +52,12 @@ def locate_weights(default_folder: str | Path, model: str | None = None) -> Path
                 f"(as written by `python -m pnp download-weights`), or unset it to use {default_folder}"
             )
         return folder
+    model = model or os.environ.get(MODEL_ENV, "").strip() or DEFAULT_MODEL
+    if model in BUNDLED_MODELS:
+        return BUNDLED_MODELS[model]
     folder = Path(default_folder)
     if (folder / MARKER).is_file():
         return folder
-    model = model or os.environ.get(MODEL_ENV, "").strip() or DEFAULT_MODEL
     print(f"No weights in {folder} and {WEIGHTS_ENV} is not set: downloading {model} into {folder}")
     try:
         return download_weights(model, folder)
