@@ -1,7 +1,7 @@
 """Masked editing measured on the toy model: two-shape scenes, one shape recoloured inside its own mask.
 
     python -m benchmarks.toy_masks                       # 32 scenes; the figures of issue 20
-    python -m benchmarks.toy_masks --cases 64 --figure docs/toy-masks.webp
+    python -m benchmarks.toy_masks --figure docs/toy-masks.webp   # also the figure README shows
 
 Each scene (``pnp.toy.world``, two shapes) is translated into its caption with one shape's colour
 changed, without a mask and with that shape's exact mask, in several modes: latent blending at a
