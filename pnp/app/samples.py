@@ -1,15 +1,21 @@
-"""Sample source images, drawn in code: the web UI's examples, written at start-up, so no image is committed.
+"""The web UI's examples: sample source images drawn in code (written at start-up, so no image is committed), each
+with its target prompts, and a generation example.
 
-Flat drawings of the kind the paper translates (sketches, silhouettes): a house under the sun and
-a still life. With real weights they give a clear test of structure preservation, because each
-has a few large shapes whose layout the outputs should keep.
+For Stable Diffusion models: flat drawings of the kind the paper translates (sketches,
+silhouettes), a house under the sun and a still life; each has a few large shapes whose layout
+the outputs should keep. For the toy model: scenes of its own world, since it knows nothing else.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from pnp.pipelines.loading import TOY_MODEL
+from pnp.toy.world import Scene, Shape, render
 
 SIZE = (512, 384)
 
@@ -42,15 +48,49 @@ def still_life() -> Image.Image:
     return image
 
 
-SAMPLES = {"house": house, "still-life": still_life}
+def _toy_scene(*shapes: Shape) -> Callable[[], Image.Image]:
+    return lambda: render(Scene(shapes)).image
 
 
-def write_samples(folder: str | Path) -> dict[str, Path]:
-    """Draw every sample into ``folder`` as ``<name>.png``; returns their paths by name."""
+@dataclass(frozen=True)
+class Examples:
+    """What the page offers to try: sample images by name (drawn when called) with each one's target prompts (one
+    per line), and a generation example (generation prompt, target prompt, seed)."""
+
+    samples: dict[str, Callable[[], Image.Image]]
+    prompts: dict[str, str]
+    generation: tuple[str, str, int]
+
+
+PHOTO_EXAMPLES = Examples(
+    samples={"house": house, "still-life": still_life},
+    prompts={
+        "house": "a photo of a wooden cabin in a snowy forest\na watercolor painting of a cottage",
+        "still-life": "a photo of an orange and a glass of milk on a marble table",
+    },
+    generation=("a photo of a lighthouse on a cliff", "a lighthouse at night, oil painting", 1),
+)
+TOY_EXAMPLES = Examples(
+    samples={
+        "red-circle": _toy_scene(Shape("circle", "red", 0.38, 0.55, 0.42)),
+        "green-square": _toy_scene(Shape("square", "green", 0.6, 0.4, 0.38)),
+    },
+    prompts={"red-circle": "a blue circle\na yellow circle", "green-square": "a red square\na green triangle"},
+    generation=("a yellow triangle", "a blue triangle", 1),
+)
+
+
+def examples_for(model: str) -> Examples:
+    """The toy model's own world for the toy model; drawings for Stable Diffusion models (and random-weight ones)."""
+    return TOY_EXAMPLES if model == TOY_MODEL else PHOTO_EXAMPLES
+
+
+def write_samples(folder: str | Path, examples: Examples = PHOTO_EXAMPLES) -> dict[str, Path]:
+    """Draw every sample of ``examples`` into ``folder`` as ``<name>.png``; returns their paths by name."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for name, draw in SAMPLES.items():
+    for name, draw in examples.samples.items():
         paths[name] = folder / f"{name}.png"
         draw().save(paths[name])
     return paths

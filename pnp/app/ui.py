@@ -30,7 +30,7 @@ from gradio.components.image_editor import EditorData
 from PIL import Image
 
 from pnp.app.form import FORM_INPUTS, FormInput, form_input
-from pnp.app.samples import write_samples
+from pnp.app.samples import Examples, examples_for, write_samples
 from pnp.app.ui_runs import Runner, RunResult, read_form
 from pnp.config import MAX_PROMPTS, ConfigError
 from pnp.images import to_rgb
@@ -60,10 +60,6 @@ SLIDER_STEPS = {"float": 0.01, "int": 1}
 SLIDER_MAX_SPAN = 100
 BLANK_MEANS = {"seed": "blank: a random seed", "num_inversion_steps": "blank: as many as num_inference_steps"}
 THEME_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]  # no web fonts: the page works offline
-EXAMPLE_PROMPTS = {
-    "house": "a photo of a wooden cabin in a snowy forest\na watercolor painting of a cottage",
-    "still-life": "a photo of an orange and a glass of milk on a marble table",
-}
 FEATURES_TEXT = """\
 The paper's PCA visualisations (Fig. 3 and 6) of the last run's decoder features: for each map, a row per image (the
 source, then each output) and a column per timestep, noisiest first. The first three principal components of all the
@@ -78,7 +74,6 @@ FEATURE_MAPS_INFO = (
     "then the queries, keys and self-attention of up_blocks.1.attentions.1.transformer_blocks.0.attn1. "
     "The outputs are unchanged."
 )
-GENERATION_EXAMPLE = ("a photo of a lighthouse on a cliff", "a lighthouse at night, oil painting", 1)
 
 
 def serve(pipe, model: str, host: str, port: int, share: bool) -> None:
@@ -86,7 +81,8 @@ def serve(pipe, model: str, host: str, port: int, share: bool) -> None:
     # Stopped as by Ctrl-C (a service manager sends SIGTERM), so that the temporary folder goes too.
     signal.signal(signal.SIGTERM, _interrupt)
     with tempfile.TemporaryDirectory(prefix="pnp-ui-") as folder:
-        page = build_page(Runner(pipe, folder), model, write_samples(folder))
+        examples = examples_for(model)
+        page = build_page(Runner(pipe, folder), model, examples, write_samples(folder, examples))
         page.queue(default_concurrency_limit=1)
         # Quiet: Gradio's own lines tell a Python caller to set share=True in launch(); these name the flags.
         page.launch(
@@ -106,8 +102,8 @@ def theme() -> gr.themes.Base:
     return gr.themes.Default(font=THEME_FONTS, font_mono=["ui-monospace", "monospace"])
 
 
-def build_page(runner: Runner, model: str, samples: dict) -> gr.Blocks:
-    """The page; ``samples`` maps sample names to image files for the examples."""
+def build_page(runner: Runner, model: str, examples: Examples, samples: dict) -> gr.Blocks:
+    """The page; ``samples`` maps the names of ``examples``' sample images to their files."""
     from pnp.pipelines.loading import RANDOM_MODELS
 
     with gr.Blocks(title="Plug-and-play image translation", analytics_enabled=False) as page:
@@ -131,7 +127,7 @@ def build_page(runner: Runner, model: str, samples: dict) -> gr.Blocks:
                         interactive=False,
                     )
                     status = gr.Markdown(elem_id="status")
-            _examples(fields, samples)
+            _examples(fields, examples, samples)
         with gr.Tab("Features", elem_id="features-tab"):
             gr.Markdown(FEATURES_TEXT)
             # Its own help: the predictor's says where its outputs list puts the grids.
@@ -247,14 +243,14 @@ def _field(spec: FormInput, info: str | None = None) -> gr.components.Component:
     return gr.Slider(minimum=spec.ge, maximum=spec.le, step=SLIDER_STEPS[spec.kind], **common)
 
 
-def _examples(fields: dict, samples: dict) -> None:
+def _examples(fields: dict, examples: Examples, samples: dict) -> None:
     gr.Examples(
-        [[str(samples[name]), prompts] for name, prompts in EXAMPLE_PROMPTS.items()],
+        [[str(samples[name]), prompts] for name, prompts in examples.prompts.items()],
         inputs=[fields["input_image"], fields["translation_prompts"]],
         label="Examples: translate a sample image",
     )
     gr.Examples(
-        [list(GENERATION_EXAMPLE)],
+        [list(examples.generation)],
         inputs=[fields["generation_prompt"], fields["translation_prompts"], fields["seed"]],
         label="Example: generate the source",
     )
