@@ -1,8 +1,11 @@
-"""Write the evaluation samples in benchmarks/samples/: a small TI2I yaml and a three-image PIE-Bench folder.
+"""Write the evaluation samples in benchmarks/samples/: a small TI2I yaml, a three-image PIE-Bench folder and the
+toy benchmark.
 
 Our own synthetic images (flat shapes, a few KB each) and prompts, in the real benchmarks'
 formats, so that `python -m pnp evaluate benchmarks/samples/ti2i/ti2i-sample.yaml --model tiny`
-(or .../pie-bench) runs on a fresh clone. The committed files are this script's output:
+(or .../pie-bench) runs on a fresh clone. The toy benchmark (toy/toy.yaml, TI2I format) holds scenes
+of the toy world (``pnp.toy``) and captions of that world as prompts, for `--model toy`, which
+evaluate scores with the toy world's scorer too. The committed files are this script's output:
 
     python scripts/make_evaluation_samples.py [--out benchmarks/samples]
 """
@@ -19,6 +22,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parent.parent
 PIE_SIDE = 512  # PIE-Bench's masks are run-length encoded over 512x512 images
 TI2I_SIDE = 128
+TOY_CASES = 8
 
 
 def shapes(side: int, background: str, draw_shape) -> tuple[Image.Image, np.ndarray]:
@@ -140,12 +144,30 @@ def write_ti2i(folder: Path) -> None:
     )
 
 
+def write_toy(folder: Path, cases: int = TOY_CASES) -> None:
+    """The first ``cases`` sources of the toy model's quality figures, each to be recoloured and reshaped as those
+    figures change it (``pnp.toy.quality``), so that a run's toy columns measure the same experiments."""
+    from pnp.toy.quality import recoloured, reshaped, sources
+
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    lines = ["# The toy benchmark: toy-world scenes and captions, made by scripts/make_evaluation_samples.py."]
+    for k, rendered in enumerate(sources(cases)):
+        scene = rendered.scene
+        name = f"{k:02d}-{scene.shapes[0].colour}-{scene.shapes[0].kind}.png"
+        rendered.image.save(images / name, optimize=True)
+        lines += [f"- init_img: images/{name}", f"  source_prompt: {scene.caption}", "  target_prompts:"]
+        lines += [f"    - {change(scene, k).caption}" for change in (recoloured, reshaped)]
+    (folder / "toy.yaml").write_text("\n".join(lines) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "samples")
     args = parser.parse_args(argv)
     write_ti2i(args.out / "ti2i")
     write_pie_bench(args.out / "pie-bench")
+    write_toy(args.out / "toy")
     print(args.out)
     return 0
 

@@ -22,6 +22,7 @@ from pnp.evaluation.metric_models import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL,
 from pnp.evaluation.metrics import STRUCTURE_VARIANTS
 from pnp.evaluation.ray_backend import add_ray_arguments
 from pnp.evaluation.records import Plan, check_folder
+from pnp.evaluation.toy import is_toy
 from pnp.pipelines.loading import RANDOM_MODELS
 
 BOTH = "both"
@@ -178,7 +179,8 @@ def _metric_suite(args: argparse.Namespace, plan: Plan, warn):
     if RANDOM in (args.clip_model, args.dino_model):
         print("note: random-weight metric models: their scores mean nothing", file=sys.stderr)
     device = args.device or default_device()
-    return load_metric_suite(plan.benchmark.kind, args.clip_model, args.dino_model, _variants(args), device, warn)
+    toy = is_toy(plan.benchmark)
+    return load_metric_suite(plan.benchmark.kind, args.clip_model, args.dino_model, _variants(args), device, warn, toy)
 
 
 def _variants(args: argparse.Namespace) -> tuple[str, ...]:

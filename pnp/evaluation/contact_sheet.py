@@ -24,6 +24,9 @@ SHOWN = (
     "psnr",
     "lpips",
     "ssim",
+    "toy_iou",
+    "toy_colour",
+    "toy_shape",
 )
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
@@ -50,6 +53,11 @@ def write_contact_sheet(
         "<p>Under each output: its scores, scaled as in the table (cos: the paper's CLIP cosine; clip: "
         "PIE-Bench's CLIPScore; struct: structure distance, (pie) on 0..255 input).</p>",
     ]
+    if "toy_iou" in summary_means:
+        parts.append(
+            "<p>Read by the toy world's scorer: iou: the output's shape pixels against the source's; colour, shape: "
+            "1 where the output's main shape has the prompt's colour, its class (their means are rates).</p>"
+        )
     parts += [_source_row(record) for record in records]
     return write_atomic(out / "index.html", "\n".join(parts) + "\n")
 
@@ -107,6 +115,9 @@ def _short(name: str) -> str:
         "clip_score_edited": "clip(edit)",
         "clip_cosine": "cos",
         "clip_score": "clip",
+        "toy_iou": "iou",
+        "toy_colour": "colour",
+        "toy_shape": "shape",
     }.get(name, name)
 
 

@@ -98,15 +98,18 @@ class MetricUnavailable(RuntimeError):
 
 
 def load_metric_suite(
-    kind: str, clip_model: str, dino_model: str, variants: tuple[str, ...], device: str, warn
+    kind: str, clip_model: str, dino_model: str, variants: tuple[str, ...], device: str, warn, toy: bool = False
 ) -> MetricSuite:
     """Load the models a benchmark of ``kind`` needs; LPIPS (PIE-Bench only) is skipped with a warning where
-    unavailable."""
+    unavailable. ``toy``: add the toy scorer's columns (they need no model)."""
     from pnp.evaluation.clip import ClipSimilarity
     from pnp.evaluation.structure import StructureDistance
 
     suite = MetricSuite(
-        ClipSimilarity(*load_clip(clip_model, device)), StructureDistance(load_dino(dino_model, device)), variants
+        ClipSimilarity(*load_clip(clip_model, device)),
+        StructureDistance(load_dino(dino_model, device)),
+        variants,
+        toy=toy,
     )
     if kind == PIE_BENCH:
         try:

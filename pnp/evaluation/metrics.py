@@ -6,7 +6,8 @@ to it, bicubic). What is computed for each pair:
   (PIE-Bench's 100 * max(cosine, 0)), and the structure distance in the chosen variants
   (``structure_distance_splice``, ``structure_distance_pie_bench``);
 - PIE-Bench also: ``clip_score_edited`` (on output x mask) and the background scores ``psnr``,
-  ``lpips``, ``mse``, ``ssim``.
+  ``lpips``, ``mse``, ``ssim``;
+- a toy benchmark also (``toy``): ``toy_iou``, ``toy_colour``, ``toy_shape``, read by the toy world's scorer.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ METRICS = {
     "lpips": (1e3, False),
     "mse": (1e4, False),
     "ssim": (1e2, True),
+    "toy_iou": (1, True),
+    "toy_colour": (1, True),
+    "toy_shape": (1, True),
 }
 
 
@@ -44,13 +48,15 @@ def structure_column(variant: str) -> str:
 
 @dataclass
 class MetricSuite:
-    """The loaded metric models and which structure variants to compute; ``lpips`` is None where it is unavailable."""
+    """The loaded metric models and which structure variants to compute; ``lpips`` is None where it is unavailable;
+    ``toy``: the benchmark is a toy one (``toy.is_toy``), so the toy scorer's columns are computed too."""
 
     clip: object  # clip.ClipSimilarity
     structure: object  # structure.StructureDistance
     variants: tuple[str, ...]
     lpips: object | None = None
     unavailable: dict[str, str] = field(default_factory=dict)  # metric -> why it is not computed
+    toy: bool = False
 
     def score(
         self, source: Source, source_image: Image.Image, outputs: list[Image.Image]
@@ -73,6 +79,11 @@ class MetricSuite:
             for row, output, cosine in zip(rows, outputs, edited):
                 row["clip_score_edited"] = clip_score(cosine)
                 row.update(background_scores(source_image, output, mask, self.lpips))
+        if self.toy:
+            from pnp.evaluation.toy import toy_scores
+
+            for row, toy_row in zip(rows, toy_scores(source_image, outputs, prompts)):
+                row.update(toy_row)
         return rows
 
 

@@ -1,7 +1,8 @@
 """A run's results: one row per source-prompt pair with every score and the settings used, and their means.
 
 Scores are written as computed (``results.csv``, ``results.json``); the summary also shows them
-scaled as PIE-Bench's table prints them (structure and LPIPS x 10^3, MSE x 10^4, SSIM x 10^2).
+scaled as PIE-Bench's table prints them (structure and LPIPS x 10^3, MSE x 10^4, SSIM x 10^2). The
+means of the toy benchmark's 0/1 columns (``toy_colour``, ``toy_shape``) are rates.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from pnp.evaluation.metrics import METRICS
 from pnp.evaluation.records import write_json
+from pnp.evaluation.toy import TOY_METRICS
 from pnp.outputs import write_atomic
 
 # PIE-Bench's editing_type_id values.
@@ -49,7 +51,10 @@ def rows_of(benchmark_name: str, records: list[dict]) -> list[dict]:
                 "worker": record["worker"],
             }
             row.update(record.get("info") or {})
-            row.update({name: pair["scores"].get(name) for name in METRICS})
+            # Every benchmark's rows have the same score columns, empty where not computed; the toy columns only
+            # where they are, so that other benchmarks' tables stay as they were.
+            names = [name for name in METRICS if name not in TOY_METRICS or name in pair["scores"]]
+            row.update({name: pair["scores"].get(name) for name in names})
             row.update({f"setting_{name}": value for name, value in record["settings"].items()})
             rows.append(row)
     return rows

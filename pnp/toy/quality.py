@@ -16,7 +16,7 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from PIL import Image
 
-from pnp.toy.scorer import mask_iou, read
+from pnp.toy.scorer import judge_image
 from pnp.toy.world import SHAPE_COLOURS, SHAPES, Rendered, Scene, random_scene, render
 
 # Settings of every figure unless a caller says otherwise: the issue judges at guidance 7.5 to 10.
@@ -72,14 +72,11 @@ def reshaped(scene: Scene, k: int) -> Scene:
 
 def judge(outputs: Sequence[Image.Image], targets: Sequence[Scene], references: Sequence[np.ndarray]) -> Figures:
     """Each output's main shape against its target scene's shape, and its shape pixels against a reference mask."""
-    colour, shape, iou = [], [], []
-    for output, target, reference in zip(outputs, targets, references, strict=True):
-        reading = read(output)
-        main = reading.main
-        colour.append(main is not None and main.colour == target.shapes[0].colour)
-        shape.append(main is not None and main.kind == target.shapes[0].kind)
-        iou.append(mask_iou(reading.mask, reference))
-    return Figures(tuple(colour), tuple(shape), tuple(iou))
+    judged = [
+        judge_image(output, target.shapes[0].colour, target.shapes[0].kind, reference)
+        for output, target, reference in zip(outputs, targets, references, strict=True)
+    ]
+    return Figures(tuple(j.colour for j in judged), tuple(j.shape for j in judged), tuple(j.iou for j in judged))
 
 
 def text_to_image(

@@ -68,6 +68,28 @@ def read(image: Image.Image | np.ndarray) -> Reading:
     return Reading(shapes, mask)
 
 
+@dataclass(frozen=True)
+class Judgement:
+    """An image against what it should show: whether its main shape has the colour and the class, and the IoU of
+    its shape pixels with a reference mask."""
+
+    colour: bool
+    shape: bool
+    iou: float
+
+
+def judge_image(image: Image.Image | np.ndarray, colour: str, kind: str, reference: np.ndarray) -> Judgement:
+    """Read ``image`` and judge its main shape against ``colour`` and ``kind``, its shape pixels against
+    ``reference`` (a bool mask of the image's size)."""
+    reading = read(image)
+    main = reading.main
+    return Judgement(
+        colour=main is not None and main.colour == colour,
+        shape=main is not None and main.kind == kind,
+        iou=mask_iou(reading.mask, reference),
+    )
+
+
 def palette_indices(pixels: np.ndarray) -> np.ndarray:
     """(H, W) index of each pixel's nearest palette colour: shape colours first, then backgrounds."""
     distances = ((pixels[..., None, :] - _PALETTE) ** 2).sum(-1)

@@ -13,6 +13,7 @@ shape is its own connected region.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -147,6 +148,37 @@ def render(scene: Scene, size: int = SIZE) -> Rendered:
     for shape, mask in zip(scene.shapes, masks):
         pixels[mask] = SHAPE_COLOURS[shape.colour]
     return Rendered(scene, Image.fromarray(pixels, "RGB"), masks)
+
+
+@dataclass(frozen=True)
+class Caption:
+    """What a caption says: each shape's (colour, kind), left to right, and the background's colours."""
+
+    shapes: tuple[tuple[str, str], ...]
+    background: tuple[str, ...] = (DEFAULT_BACKGROUND,)
+
+
+def _one_of(names) -> str:
+    return "(" + "|".join(names) + ")"
+
+
+_SHAPE_WORDS = f"a {_one_of(SHAPE_COLOURS)} {_one_of(SHAPES)}"
+_BACKGROUND_WORDS = _one_of(BACKGROUND_COLOURS)
+_CAPTION = re.compile(
+    f"{_SHAPE_WORDS}(?: and {_SHAPE_WORDS})?(?: on a {_BACKGROUND_WORDS}(?: and {_BACKGROUND_WORDS})? background)?"
+)
+
+
+def parse_caption(text: str) -> Caption | None:
+    """What ``text`` says if it is a caption as ``Scene.caption`` writes them ("a red circle", "... on a gray
+    background"), else None."""
+    match = _CAPTION.fullmatch(text)
+    if match is None:
+        return None
+    colour, kind, *rest = match.groups()
+    shapes = ((colour, kind),) if rest[0] is None else ((colour, kind), (rest[0], rest[1]))
+    background = tuple(c for c in rest[2:] if c is not None) or (DEFAULT_BACKGROUND,)
+    return Caption(shapes, background)
 
 
 def random_scene(seed: int | np.random.Generator, shapes: int | None = None, background: str | None = None) -> Scene:

@@ -11,8 +11,10 @@ from pnp.toy.world import (
     SHAPE_COLOURS,
     SHAPES,
     VOCABULARY,
+    Caption,
     Scene,
     Shape,
+    parse_caption,
     random_scene,
     render,
 )
@@ -34,6 +36,32 @@ def test_captions_name_shapes_left_to_right_and_backgrounds_other_than_plain_whi
     for seed in range(50):
         scene = random_scene(seed)
         assert [s.x for s in scene.shapes] == sorted(s.x for s in scene.shapes)
+
+
+def test_parsing_a_caption_gives_back_the_scenes_shapes_and_background():
+    for seed in range(500):
+        scene = random_scene(seed)
+        expected = Caption(tuple((s.colour, s.kind) for s in scene.shapes), scene.background)
+        assert parse_caption(scene.caption) == expected, scene.caption
+    assert parse_caption("a red circle on a white background") == Caption((("red", "circle"),), ("white",))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a red apple",
+        "A red circle",
+        "a red circle ",
+        "a circle",
+        "a red circle and",
+        "a purple circle",
+        "a red circle on a blue background",
+        "a red circle on a white and black and gray background",
+        "a red circle and a blue square and a green triangle",
+    ],
+)
+def test_other_text_is_not_a_caption(text):
+    assert parse_caption(text) is None
 
 
 def test_rendered_pixels_and_masks_agree():
