@@ -154,19 +154,25 @@ def _source_images(args: argparse.Namespace, resolution: int | None) -> list | N
 
 
 def _masks(args: argparse.Namespace, config: PnPConfig) -> list | None:
-    """Every ``--mask``, one per ``--image`` in order, read at its own size (the pipeline checks its pixels against
-    its image's, before any UNet work); None without masks."""
+    """Every ``--mask``, one per ``--image`` in order, read at its own size and checked against its image's stored
+    size by the pipeline's own pixel rules, so a bad mask is refused before the model loads (without a
+    ``--resolution`` the size rule needs the model's own, so that one rule waits for it); None without masks."""
     if not args.mask:
         return None
     if config.generating:
         raise ConfigError("mask_image", "a mask marks part of an --image; a generated source has none to mark")
-    images = args.image or []
-    if len(args.mask) != len(images):
+    paths = args.image or []
+    if len(args.mask) != len(paths):
         raise ConfigError(
             "mask_image",
-            f"give one --mask per --image, in the same order: {len(images)} images, {len(args.mask)} masks",
+            f"give one --mask per --image, in the same order: {len(paths)} images, {len(args.mask)} masks",
         )
-    return [load_mask(path) for path in args.mask]
+    masks = [load_mask(path) for path in args.mask]
+    from pnp.pipelines.inputs import check_mask, mask_label  # imports torch: only once there are masks
+
+    for n, (mask, path) in enumerate(zip(masks, paths)):
+        check_mask(mask, check_image(path), config.resolution, mask_label(n, len(masks)))
+    return masks
 
 
 def _loaded(args: argparse.Namespace, config, images: list | None, loras: list):
