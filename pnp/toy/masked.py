@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from pnp.toy.quality import GUIDANCE, STEPS
+from pnp.toy import quality
 from pnp.toy.scorer import mask_iou, read
 from pnp.toy.world import SHAPE_COLOURS, Rendered, Scene, random_scene, render
 
@@ -110,19 +110,11 @@ def edit_case(k: int) -> EditCase:
 
 
 def translate(pipe, cases: Sequence[EditCase], masked: bool, **settings) -> list[Image.Image]:
-    """Each case translated into its target's caption, inside its mask (``masked``) or everywhere: one call per
-    distinct caption, with all its scenes. ``settings`` go to every call (the toy figures' steps and guidance by
-    default)."""
-    settings = {"num_inference_steps": STEPS, "guidance_scale": GUIDANCE, **settings}
-    outputs: list[Image.Image | None] = [None] * len(cases)
-    captions = [case.target.caption for case in cases]
-    for caption in dict.fromkeys(captions):
-        indices = [k for k, c in enumerate(captions) if c == caption]
-        masks = [cases[k].mask_image() for k in indices] if masked else None
-        result = pipe(prompt=caption, image=[cases[k].rendered.image for k in indices], mask_image=masks, **settings)
-        for k, image in zip(indices, result.images, strict=True):
-            outputs[k] = image
-    return outputs
+    """Each case translated into its target's caption, inside its mask (``masked``) or everywhere, as
+    ``pnp.toy.quality.translate`` translates (the toy figures' steps and guidance unless ``settings`` say)."""
+    masks = [case.mask_image() for case in cases] if masked else None
+    images, captions = [case.rendered.image for case in cases], [case.target.caption for case in cases]
+    return quality.translate(pipe, images, captions, masks, **settings)
 
 
 def figures(cases: Sequence[EditCase], outputs: Sequence[Image.Image]) -> MaskFigures:
