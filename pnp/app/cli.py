@@ -28,7 +28,7 @@ from pnp.config import ConfigError, PnPConfig, check_seed
 from pnp.evaluation.command import add_evaluate_arguments, run_evaluate
 from pnp.images import ImageError, check_image, load_image, load_mask
 from pnp.outputs import OUTPUT_FORMATS, OutputOptions, check_output_folder, write_outputs
-from pnp.pipelines.loading import DEFAULT_MODEL, ModelError
+from pnp.pipelines.loading import DEFAULT_MODEL, ModelError, model_location, own_resolution
 from pnp.visual.maps import DEFAULT_LAYERS, LAYER_HELP, map_request, run_config
 
 EXIT_USAGE = 2
@@ -155,8 +155,9 @@ def _source_images(args: argparse.Namespace, resolution: int | None) -> list | N
 
 def _masks(args: argparse.Namespace, config: PnPConfig) -> list | None:
     """Every ``--mask``, one per ``--image`` in order, read at its own size and checked against its image's stored
-    size by the pipeline's own pixel rules, so a bad mask is refused before the model loads (without a
-    ``--resolution`` the size rule needs the model's own, so that one rule waits for it); None without masks."""
+    size by the pipeline's own pixel rules, so a bad mask is refused before the model loads; None without masks.
+    Without a ``--resolution`` the size rule takes the model's own from its configuration files, and where they
+    cannot be read before loading (a single-file checkpoint) that one rule waits for the model."""
     if not args.mask:
         return None
     if config.generating:
@@ -170,8 +171,9 @@ def _masks(args: argparse.Namespace, config: PnPConfig) -> list | None:
     masks = [load_mask(path) for path in args.mask]
     from pnp.pipelines.inputs import check_mask, mask_label  # imports torch: only once there are masks
 
+    resolution = config.resolution or own_resolution(model_location(args.model))
     for n, (mask, path) in enumerate(zip(masks, paths)):
-        check_mask(mask, check_image(path), config.resolution, mask_label(n, len(masks)))
+        check_mask(mask, check_image(path), resolution, mask_label(n, len(masks)))
     return masks
 
 

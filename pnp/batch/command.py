@@ -19,6 +19,7 @@ from pnp.evaluation.backends import IMAGES_PER_CALL, LOCAL, RAY, BackendError, p
 from pnp.evaluation.ray_backend import add_ray_arguments
 from pnp.evaluation.records import check_folder
 from pnp.outputs import OUTPUT_FORMATS, OutputOptions
+from pnp.pipelines.loading import model_location, own_resolution
 
 PLACEHOLDER_PROMPT = "checked per row"
 
@@ -75,7 +76,7 @@ def run_batch(args: argparse.Namespace, flag: Callable[[str], str]) -> int:
     from pnp.batch.run import BatchPlan, run
 
     defaults = _defaults(args)
-    rows = check_masks(read_manifest(args.manifest, defaults, flag), flag)
+    rows = check_masks(read_manifest(args.manifest, defaults, flag), flag, own_resolution(model_location(args.model)))
     options = OutputOptions(args.format, args.quality)
     check_int("images_per_call", args.images_per_call, 1, 64)
     spec = parse_backend(args.backend)

@@ -175,10 +175,11 @@ def _location(value, folder: Path, param: str) -> str | Path | None:
     return value.strip() if is_url(value.strip()) else (folder / value.strip()).resolve()
 
 
-def check_masks(rows: list[Row], flag) -> list[Row]:
+def check_masks(rows: list[Row], flag, model_resolution: int | None) -> list[Row]:
     """The rows, each whose mask breaks a mask rule (``pnp.pipelines.inputs.check_mask``, as the pipeline checks
-    it) failed with its error: checked before any model loads. A mask or image named by URL is checked when its
-    row is translated, so that starting a job downloads nothing."""
+    it) failed with its error: checked before any model loads, at each row's resolution, else the model's own
+    (``model_resolution``, None where it is known only once the model loads: then the size rule waits). A mask or
+    image named by URL is checked when its row is translated, so that starting a job downloads nothing."""
     local = [row for row in rows if _has_local_mask(row)]
     if not local:
         return rows
@@ -188,7 +189,8 @@ def check_masks(rows: list[Row], flag) -> list[Row]:
     for row in local:
         source = row.job.source
         try:
-            check_mask(load_mask(source.mask_file), check_image(source.image), row.job.config.resolution, "the mask")
+            resolution = row.job.config.resolution or model_resolution
+            check_mask(load_mask(source.mask_file), check_image(source.image), resolution, "the mask")
         except ConfigError as err:
             checked[row.key] = _failed(row, err, flag)
     return [checked.get(row.key, row) for row in rows]

@@ -86,13 +86,19 @@ AT_128 = ["--resolution", "128"]
         ("white.png", AT_128, "the mask is all white"),
         ("white.png", [], "the mask is all white"),
         ("square.png", AT_128, "the mask is 128x128 pixels but its image is 160x128"),
+        (
+            "square.png",
+            [],
+            "the mask is 128x128 pixels but its image is 160x128: another aspect ratio (1 against 1.25; ",
+        ),
         ("notes.png", [], "notes.png is not a readable image"),
     ],
 )
-def test_bad_masks_are_refused_before_the_model_loads(tmp_path, photo, monkeypatch, capsys, mask, resolution, reason):
+def test_bad_masks_are_refused_before_the_model_loads(
+    tmp_path, photo, tiny_model_dir, monkeypatch, capsys, mask, resolution, reason
+):
     """In process, with a loader that fails if called: each mask rule runs before the model loads. Without a
-    --resolution the size rule needs the model's own size, so it alone waits for the load (the pipeline checks it,
-    ``test_bad_masks_are_one_line_and_exit_status_2``)."""
+    --resolution the size rule takes the model's own (128 px) from its folder's configuration files."""
     from pnp.app import cli
 
     photo.save(tmp_path / "in.png")
@@ -102,7 +108,8 @@ def test_bad_masks_are_refused_before_the_model_loads(tmp_path, photo, monkeypat
     (tmp_path / "notes.png").write_text("not an image")
     monkeypatch.setattr(cli, "load_pipeline", _refuse_to_load)
     args = ["--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / mask), "--prompt", "a cat"]
-    status = cli.main(["translate", *args, "--out", str(tmp_path / "out"), "--model", "tiny", *resolution])
+    model = ["--model", str(tiny_model_dir)]
+    status = cli.main(["translate", *args, "--out", str(tmp_path / "out"), *model, *resolution])
     [line] = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and line.startswith("error: --mask: ") and reason in line, line
     assert not (tmp_path / "out").exists()

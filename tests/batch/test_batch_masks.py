@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pnp.app.cli import main
+from pnp.app.cli import flag, main
+from pnp.batch.manifest import check_masks, read_manifest
 from pnp.images import resize_for_model
 
 FAST = ["--steps", "2", "--resolution", "128", "--dtype", "float32", "--device", "cpu", "--quiet"]
@@ -114,3 +115,13 @@ def test_results_name_each_rows_mask(masked_job):
     with (out / "results.csv").open() as file:
         lines = {line["id"]: line for line in csv.DictReader(file)}
     assert lines["masked"]["mask"] == "mask.png" and lines["plain"]["mask"] == ""
+
+
+def test_without_a_resolution_the_size_rule_takes_the_models_own(tmp_path):
+    folder = masked_photos(tmp_path)
+    manifest = write_csv(folder / "job.csv", [{"id": "square", "image": "a.png", "mask": "square.png", "prompt": "a"}])
+    rows = read_manifest(manifest, {}, flag)
+    [checked] = check_masks(rows, flag, model_resolution=128)
+    assert checked.error.startswith("mask: the mask is 128x128 pixels but its image is 160x128"), checked.error
+    [waiting] = check_masks(rows, flag, model_resolution=None)  # a single-file model: known once it loads
+    assert waiting.error is None and waiting.job.source.mask_file == folder / "square.png"
