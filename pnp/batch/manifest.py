@@ -179,7 +179,8 @@ def check_masks(rows: list[Row], flag, model_resolution: int | None) -> list[Row
     """The rows, each whose mask breaks a mask rule (``pnp.pipelines.inputs.check_mask``, as the pipeline checks
     it) failed with its error: checked before any model loads, at each row's resolution, else the model's own
     (``model_resolution``, None where it is known only once the model loads: then the size rule waits). A mask or
-    image named by URL is checked when its row is translated, so that starting a job downloads nothing."""
+    image named by URL, or not a file here, is checked when its row is translated (so that starting a job
+    downloads nothing, and a cluster's workers may see files this process does not)."""
     local = [row for row in rows if _has_local_mask(row)]
     if not local:
         return rows
@@ -200,7 +201,8 @@ def _has_local_mask(row: Row) -> bool:
     source = None if row.job is None else row.job.source
     if source is None or source.mask_file is None:
         return False
-    return not (is_url(source.mask_file) or is_url(source.image))
+    # Files this process cannot see may be where Ray's worker nodes look: they are read, and checked, there.
+    return all(not is_url(path) and Path(path).is_file() for path in (source.mask_file, source.image))
 
 
 def _check_keys(rows: list[Row], path: Path) -> None:
