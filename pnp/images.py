@@ -91,6 +91,22 @@ def load_image_at(location: str | Path, resolution: int | None = None) -> Image.
     """``load_image`` of a file, or of an http(s) URL's content (fetched first); an ImageError names ``location``."""
     if not is_url(location):
         return load_image(location, resolution)
+    return load_image(io.BytesIO(_fetched(location)), resolution, name=location)
+
+
+def load_mask_at(location: str | Path, param: str = "mask_image") -> Image.Image:
+    """``load_mask`` of a file, or of an http(s) URL's content (fetched first, as ``load_image_at`` fetches)."""
+    if not is_url(location):
+        return load_mask(location, param=param)
+    try:
+        data = _fetched(location)
+    except ImageError as err:
+        raise ImageError(param, err.reason) from None
+    return load_mask(io.BytesIO(data), name=location, param=param)
+
+
+def _fetched(location: str) -> bytes:
+    """An http(s) URL's content, at most ``MAX_DOWNLOAD_BYTES``; ImageError("image") naming ``location``."""
     try:
         with urllib.request.urlopen(location, timeout=DOWNLOAD_TIMEOUT_S) as response:
             data = response.read(MAX_DOWNLOAD_BYTES + 1)
@@ -102,7 +118,7 @@ def load_image_at(location: str | Path, resolution: int | None = None) -> Image.
         raise ImageError(
             "image", f"{location} is larger than {MAX_DOWNLOAD_BYTES // 2**20} MB: not an image to translate"
         )
-    return load_image(io.BytesIO(data), resolution, name=location)
+    return data
 
 
 def load_mask(source: str | Path | BinaryIO, name: str | None = None, param: str = "mask_image") -> Image.Image:

@@ -28,7 +28,7 @@ from pnp.config import ConfigError, PnPConfig, check_seed
 from pnp.evaluation.command import add_evaluate_arguments, run_evaluate
 from pnp.images import ImageError, check_image, load_image, load_mask
 from pnp.outputs import OUTPUT_FORMATS, OutputOptions, check_output_folder, write_outputs
-from pnp.pipelines.loading import DEFAULT_MODEL, ModelError
+from pnp.pipelines.loading import DEFAULT_MODEL, ModelError, model_location, own_resolution
 from pnp.visual.maps import DEFAULT_LAYERS, LAYER_HELP, map_request, run_config
 
 EXIT_USAGE = 2
@@ -154,19 +154,27 @@ def _source_images(args: argparse.Namespace, resolution: int | None) -> list | N
 
 
 def _masks(args: argparse.Namespace, config: PnPConfig) -> list | None:
-    """Every ``--mask``, one per ``--image`` in order, read at its own size (the pipeline checks its pixels against
-    its image's, before any UNet work); None without masks."""
+    """Every ``--mask``, one per ``--image`` in order, read at its own size and checked against its image's stored
+    size by the pipeline's own pixel rules, so a bad mask is refused before the model loads; None without masks.
+    Without a ``--resolution`` the size rule takes the model's own from its configuration files, and where they
+    cannot be read before loading (a single-file checkpoint) that one rule waits for the model."""
     if not args.mask:
         return None
     if config.generating:
         raise ConfigError("mask_image", "a mask marks part of an --image; a generated source has none to mark")
-    images = args.image or []
-    if len(args.mask) != len(images):
+    paths = args.image or []
+    if len(args.mask) != len(paths):
         raise ConfigError(
             "mask_image",
-            f"give one --mask per --image, in the same order: {len(images)} images, {len(args.mask)} masks",
+            f"give one --mask per --image, in the same order: {len(paths)} images, {len(args.mask)} masks",
         )
-    return [load_mask(path) for path in args.mask]
+    masks = [load_mask(path) for path in args.mask]
+    from pnp.pipelines.inputs import check_mask, mask_label  # imports torch: only once there are masks
+
+    resolution = config.resolution or own_resolution(model_location(args.model))
+    for n, (mask, path) in enumerate(zip(masks, paths)):
+        check_mask(mask, check_image(path), resolution, mask_label(n, len(masks)))
+    return masks
 
 
 def _loaded(args: argparse.Namespace, config, images: list | None, loras: list):

@@ -13,12 +13,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pnp.batch.manifest import read_manifest
+from pnp.batch.manifest import check_masks, read_manifest
 from pnp.config import ConfigError, check_int
 from pnp.evaluation.backends import IMAGES_PER_CALL, LOCAL, RAY, BackendError, parse_backend
 from pnp.evaluation.ray_backend import add_ray_arguments
 from pnp.evaluation.records import check_folder
 from pnp.outputs import OUTPUT_FORMATS, OutputOptions
+from pnp.pipelines.loading import model_location, own_resolution
 
 PLACEHOLDER_PROMPT = "checked per row"
 
@@ -28,9 +29,9 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "manifest",
         metavar="MANIFEST",
-        help="a .csv or .jsonl file, a row per source: image (path or URL) or generation-prompt and "
-        "seed, prompt (several separated by ';'), and any setting by its flag's name (steps, "
-        "scale, ...); an id column names the row's files",
+        help="a .csv or .jsonl file, a row per source: image (path or URL) and optional mask (white where it "
+        "may change), or generation-prompt and seed; prompt (several separated by ';'), and any setting by its "
+        "flag's name (steps, scale, ...); an id column names the row's files",
     )
     parser.add_argument(
         "--out",
@@ -75,7 +76,7 @@ def run_batch(args: argparse.Namespace, flag: Callable[[str], str]) -> int:
     from pnp.batch.run import BatchPlan, run
 
     defaults = _defaults(args)
-    rows = read_manifest(args.manifest, defaults, flag)
+    rows = check_masks(read_manifest(args.manifest, defaults, flag), flag, own_resolution(model_location(args.model)))
     options = OutputOptions(args.format, args.quality)
     check_int("images_per_call", args.images_per_call, 1, 64)
     spec = parse_backend(args.backend)

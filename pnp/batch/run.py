@@ -84,7 +84,9 @@ def request(row: Row) -> dict:
     job = row.job
     settings = {k: v for k, v in job.config.as_kwargs().items() if k != "prompt"}
     image = None if job.source.image is None else str(job.source.image)
-    return {"image": image, "seed": job.seed, "settings": settings}
+    # Only where there is one: a row without a mask asks what it asked before masks existed, and is not redone.
+    mask = {} if job.source.mask_file is None else {"mask": str(job.source.mask_file)}
+    return {"image": image, **mask, "seed": job.seed, "settings": settings}
 
 
 def file_translation(plan: BatchPlan, row: Row, translation: Translation) -> dict:
@@ -134,6 +136,7 @@ def write_results(out: Path, records: list[dict], column: Callable[[str], str] =
             "id": record["key"],
             "row": record["row"],
             "image": given.get("image"),
+            **({"mask": given["mask"]} if "mask" in given else {}),
             "seed": asked.get("seed"),
             "worker": record.get("worker"),
             "error": record.get("error"),

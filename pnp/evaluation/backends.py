@@ -22,6 +22,7 @@ from PIL import Image
 from pnp.config import ConfigError, PnPConfig
 from pnp.evaluation.benchmarks import Source
 from pnp.evaluation.piebench import editing_mask
+from pnp.images import load_mask_at
 
 LOCAL = "local"
 # The local backend translates real images with the same prompts and settings (ImageNet-R-TI2I's
@@ -143,8 +144,10 @@ def make_job(source: Source, base: PnPConfig, use_mask: bool = False) -> Job:
 
 
 def job_mask(job: Job) -> Image.Image | None:
-    """The mask a job's source is translated with (``piebench.editing_mask``), or None: without ``use_mask``, or
-    where the source's mask is empty or the whole image."""
+    """The mask a job's source is translated with: its mask file, or with ``use_mask`` its PIE-Bench region
+    (``piebench.editing_mask``); None without either, or where the region is empty or the whole image."""
+    if job.source.mask_file is not None:
+        return load_mask_at(job.source.mask_file)
     if not job.use_mask:
         return None
     with Image.open(job.source.image) as image:  # the header gives the size

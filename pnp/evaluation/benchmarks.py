@@ -24,6 +24,8 @@ class Source:
     image: the source image file (in a batch manifest also an http(s) URL); None for a generated source.
     generation: for a generated source, its prompt, seed, guidance scale and sampling steps.
     mask: PIE-Bench's edited region, run-length encoded over the flattened image.
+    mask_file: a mask image file (in a batch manifest also an http(s) URL), white where the edit may happen:
+        the source is always translated with it (a batch manifest's ``mask`` column).
     info: what the benchmark says about the source, written into the results as it is
         (source prompt, editing type and instruction, ...).
     """
@@ -33,6 +35,7 @@ class Source:
     image: Path | str | None = None
     generation: Generation | None = None
     mask: tuple[int, ...] | None = None
+    mask_file: Path | str | None = None
     editing_type: str | None = None
     info: dict = field(default_factory=dict)
 

@@ -27,23 +27,27 @@ class LocalBackend:
 
     def translate(self, jobs: Iterable[Job]) -> Iterator[Translation]:
         for batch in batches(list(jobs), self.images_per_call):
-            readable, images = [], []
+            readable, images, masks = [], [], []
             for job in batch:
-                try:
-                    images.append(None if job.config.generating else load_image_at(job.source.image))
-                    readable.append(job)
+                try:  # a job whose image or mask cannot be read fails alone
+                    image = None if job.config.generating else load_image_at(job.source.image)
+                    mask = job_mask(job)
                 except Exception as err:
                     if not self.keep_going:
                         raise
                     yield self._failure(job, err)
+                    continue
+                readable.append(job)
+                images.append(image)
+                masks.append(mask)
             if readable:
-                yield from self._call(readable, None if batch[0].config.generating else images)
+                generating = batch[0].config.generating
+                yield from self._call(readable, None if generating else images, masks)
 
-    def _call(self, batch: list[Job], images: list | None) -> Iterator[Translation]:
+    def _call(self, batch: list[Job], images: list | None, masks: list) -> Iterator[Translation]:
         first = batch[0]
+        masks = masks if any(mask is not None for mask in masks) else None
         try:
-            masks = [job_mask(job) for job in batch]
-            masks = masks if any(mask is not None for mask in masks) else None
             generator = noise_generator(first.seed)
             result = self.pipe(image=images, mask_image=masks, generator=generator, **first.config.as_kwargs())
         except Exception as err:

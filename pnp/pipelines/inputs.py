@@ -84,34 +84,18 @@ def mask_values(mask, label: str) -> np.ndarray:
 def edit_masks(masks: list, images: list[PIL.Image.Image], resolution: int, scale: int, dilation: int):
     """Each image's ``pnp.method.mask.EditMask`` (its latent and working-size masks), None where it has none.
 
-    ``images`` are the inputs as given, translated at ``resolution``; ``scale`` is the VAE's factor. A mask
-    must have its image's aspect ratio: sized by the images' rule (``pnp.images.working_size``), it must land
-    on its image's working size, so a mask of another size is scaled with its image (and a mask of the
-    original photo fits an image already read at its working size). Every check is made here, before any
-    model work: ConfigError("mask_image") for a mask of another aspect ratio, or one that marks nothing (all
-    black, or too little for a latent pixel) or everything.
+    ``images`` are the inputs as given, translated at ``resolution``; ``scale`` is the VAE's factor. Each mask
+    passes ``check_mask`` first; then ConfigError("mask_image") for one that marks too little for a latent
+    pixel. Every check is made here, before any model work.
     """
     latent = []
     for n, (mask, image) in enumerate(zip(masks, images)):
         if mask is None:
             latent.append(None)
             continue
-        label = "the mask" if len(masks) == 1 else f"mask {n + 1} of {len(masks)}"
-        values = mask_values(mask, label)
-        width, height = _mask_working_size(values.shape[::-1], image.size, resolution, label)
-        white = binary_mask(torch.from_numpy(values))
-        if not white.any():
-            raise ConfigError(
-                "mask_image",
-                f"{label} is all black: it allows no change anywhere; paint white where the edit may happen",
-            )
-        if white.all():
-            raise ConfigError(
-                "mask_image",
-                f"{label} is all white: every pixel may change, which is the same as giving no mask; leave it out, "
-                "or paint black where the image must stay as it is",
-            )
-        result = EditMask.of(white, (width, height), scale, dilation)
+        label = mask_label(n, len(masks))
+        white = check_mask(mask, image.size, resolution, label)
+        result = EditMask.of(white, working_size(*image.size, resolution), scale, dilation)
         if not result.latent.any():
             raise ConfigError(
                 "mask_image",
@@ -124,8 +108,42 @@ def edit_masks(masks: list, images: list[PIL.Image.Image], resolution: int, scal
     return latent
 
 
-def _mask_working_size(size: tuple[int, int], image_size: tuple[int, int], resolution: int, label: str):
-    """The working size of the image, which the mask (of ``size``) must land on too."""
+def mask_label(index: int, count: int) -> str:
+    """How an error names the mask at ``index`` of ``count``."""
+    return "the mask" if count == 1 else f"mask {index + 1} of {count}"
+
+
+def check_mask(mask, image_size: tuple[int, int], resolution: int | None, label: str) -> torch.Tensor:
+    """The (H, W) bool white area of ``mask`` (any type ``mask_values`` reads) for an image of ``image_size`` =
+    (W, H) translated at ``resolution``; ConfigError("mask_image") for a mask that breaks a rule, calling it
+    ``label``. The pixel rules of every entry point, cheap enough to run before a model loads.
+
+    A mask must have its image's aspect ratio: sized by the images' rule (``pnp.images.working_size``), it must
+    land on its image's working size, so a mask of another size is scaled with its image (and a mask of the
+    original photo fits an image already read at its working size). Without a ``resolution`` (the model's own,
+    not known before it loads) that rule waits for ``edit_masks``. A mask must mark something and not
+    everything.
+    """
+    values = mask_values(mask, label)
+    if resolution is not None:
+        _check_mask_size(values.shape[::-1], image_size, resolution, label)
+    white = binary_mask(torch.from_numpy(values))
+    if not white.any():
+        raise ConfigError(
+            "mask_image",
+            f"{label} is all black: it allows no change anywhere; paint white where the edit may happen",
+        )
+    if white.all():
+        raise ConfigError(
+            "mask_image",
+            f"{label} is all white: every pixel may change, which is the same as giving no mask; leave it out, "
+            "or paint black where the image must stay as it is",
+        )
+    return white
+
+
+def _check_mask_size(size: tuple[int, int], image_size: tuple[int, int], resolution: int, label: str) -> None:
+    """A mask of ``size`` must land on its image's working size."""
     working = working_size(*image_size, resolution)
     try:
         masked = working_size(*size, resolution)
@@ -139,4 +157,3 @@ def _mask_working_size(size: tuple[int, int], image_size: tuple[int, int], resol
             f"{iw / ih:.3g}; at resolution {resolution} they are {masked[0]}x{masked[1]} and "
             f"{working[0]}x{working[1]}); give a mask of the image's size, white where the edit may happen",
         )
-    return working

@@ -108,6 +108,26 @@ def is_sdxl(model: str | Path) -> bool:
     return (json.loads(index.read_text()).get("text_encoder_2") or [None])[0] is not None
 
 
+def own_resolution(model: str | Path) -> int | None:
+    """The image size in pixels that a diffusers folder or hub id (from the local cache only) is made for, read from
+    its configuration files before anything loads: as the pipelines' ``default_resolution``, its UNet's sample size
+    times its VAE's factor (diffusers' rule: 2 per VAE block after the first). None where the files cannot be read
+    so: a random-weight test model, a single-file checkpoint, a hub id not in the cache."""
+    try:
+        unet, vae = (_config_file(model, f"{part}/config.json") for part in ("unet", "vae"))
+        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError, ModelError):
+        return None
+
+
+def _config_file(model: str | Path, name: str) -> dict:
+    from huggingface_hub import hf_hub_download
+
+    local = _local_folder(model)
+    path = local / name if local is not None else Path(hf_hub_download(str(model), name, local_files_only=True))
+    return json.loads(path.read_text())
+
+
 @contextmanager
 def loading_errors(model: str | Path):
     """Turn the loaders' errors into a ModelError that says what to do instead."""

@@ -105,13 +105,17 @@ def text_to_image(
     ).images
 
 
-def translate(pipe, images: Sequence[Image.Image], prompts: Sequence[str], **settings) -> list[Image.Image]:
-    """Each image translated into its own prompt by ``pipe``: one call per distinct prompt, with all its images."""
+def translate(
+    pipe, images: Sequence[Image.Image], prompts: Sequence[str], masks: Sequence[Image.Image] | None = None, **settings
+) -> list[Image.Image]:
+    """Each image translated into its own prompt by ``pipe`` (inside its own mask, given ``masks``): one call per
+    distinct prompt, with all its images."""
     settings = {"num_inference_steps": STEPS, "guidance_scale": GUIDANCE, **settings}
     outputs: list[Image.Image | None] = [None] * len(images)
     for prompt in dict.fromkeys(prompts):
         indices = [k for k, p in enumerate(prompts) if p == prompt]
-        result = pipe(prompt=prompt, image=[images[k] for k in indices], **settings)
+        called = None if masks is None else [masks[k] for k in indices]
+        result = pipe(prompt=prompt, image=[images[k] for k in indices], mask_image=called, **settings)
         for k, image in zip(indices, result.images, strict=True):
             outputs[k] = image
     return outputs

@@ -69,3 +69,47 @@ def test_bad_masks_are_one_line_and_exit_status_2(tmp_path, photo, args, message
     lines = done.stderr.strip().splitlines()
     assert message in lines[-1] and "Traceback" not in done.stderr, done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _refuse_to_load(*args, **kwargs):
+    raise AssertionError("the model loaded before the masks were checked")
+
+
+AT_128 = ["--resolution", "128"]
+
+
+@pytest.mark.parametrize(
+    "mask,resolution,reason",
+    [
+        ("black.png", AT_128, "the mask is all black"),
+        ("black.png", [], "the mask is all black"),
+        ("white.png", AT_128, "the mask is all white"),
+        ("white.png", [], "the mask is all white"),
+        ("square.png", AT_128, "the mask is 128x128 pixels but its image is 160x128"),
+        (
+            "square.png",
+            [],
+            "the mask is 128x128 pixels but its image is 160x128: another aspect ratio (1 against 1.25; ",
+        ),
+        ("notes.png", [], "notes.png is not a readable image"),
+    ],
+)
+def test_bad_masks_are_refused_before_the_model_loads(
+    tmp_path, photo, tiny_model_dir, monkeypatch, capsys, mask, resolution, reason
+):
+    """In process, with a loader that fails if called: each mask rule runs before the model loads. Without a
+    --resolution the size rule takes the model's own (128 px) from its folder's configuration files."""
+    from pnp.app import cli
+
+    photo.save(tmp_path / "in.png")
+    Image.new("L", (160, 128)).save(tmp_path / "black.png")
+    Image.new("L", (160, 128), 255).save(tmp_path / "white.png")
+    drawing((128, 128)).save(tmp_path / "square.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    monkeypatch.setattr(cli, "load_pipeline", _refuse_to_load)
+    args = ["--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / mask), "--prompt", "a cat"]
+    model = ["--model", str(tiny_model_dir)]
+    status = cli.main(["translate", *args, "--out", str(tmp_path / "out"), *model, *resolution])
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and line.startswith("error: --mask: ") and reason in line, line
+    assert not (tmp_path / "out").exists()

@@ -66,7 +66,7 @@ def test_a_rows_bad_setting_is_that_rows_error(tmp_path, cells, error):
     "name, text, message",
     [
         ("m.txt", "image\na.png\n", "is neither .csv nor .jsonl"),
-        ("m.csv", "image,stpes\na.png,3\n", "unknown column 'stpes'; the columns are id, image, prompt"),
+        ("m.csv", "image,stpes\na.png,3\n", "unknown column 'stpes'; the columns are id, image, mask, prompt"),
         ("m.csv", "image\n", "has no rows"),
         ("m.csv", "image,prompt\na.png,a,b\n", "row 1: more cells than the header has columns"),
         ("m.csv", "id,image,prompt\nx,a.png,a\nx,b.png,b\n", "rows 1 and 2 have the same id 'x'"),

@@ -16,15 +16,14 @@ import time
 import numpy as np
 import pytest
 import requests
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from pnp.app.cli import main
 from pnp.evaluation.metrics import METRICS
-from pnp.evaluation.piebench import editing_mask
 from pnp.evaluation.records import MANIFEST
 from pnp.images import resize_for_model
 from support.cog_server import CogServer, write_schema
-from support.evaluation import run_evaluate
+from support.evaluation import near_pie_mask, run_evaluate
 from support.fake_replicate import TOKEN, FakeReplicate
 from support.paths import SAMPLES
 
@@ -321,9 +320,7 @@ def test_use_masks_edits_inside_pie_bench_masks_and_says_so(local_pie_masked, lo
     for ours, theirs in zip(masked["rows"], plain["rows"]):
         source = Image.open(PIE / "annotation_images" / mapping[ours["source"]]["image_path"]).convert("RGB")
         # The output is the source at its working size (128 px) outside the mask: there, with the paste, exactly.
-        # Near the mask's edge the latent grid (8 px) decides: a margin of a latent pixel.
-        region = editing_mask(mapping[ours["source"]]["mask"], 512, 512).resize((128, 128), Image.Resampling.BOX)
-        near = np.asarray(region.point(lambda v: 255 * (v > 0)).filter(ImageFilter.MaxFilter(17))) > 0
+        near = near_pie_mask(PIE, ours["source"])
         output = np.asarray(Image.open(local_pie_masked / ours["output"]).convert("RGB"))
         assert np.array_equal(output[~near], np.asarray(resize_for_model(source, 128))[~near]), ours["source"]
         assert ours["psnr"] > theirs["psnr"], ours["source"]

@@ -11,7 +11,7 @@ from diffusers import UNet2DConditionModel
 from pnp import devices
 from pnp.config import ConfigError
 from pnp.devices import default_dtype
-from pnp.pipelines.loading import ModelError
+from pnp.pipelines.loading import ModelError, model_location, own_resolution
 from pnp.pipelines.pipeline_pnp import PnPPipeline
 from pnp.pipelines.random_models import build_random_pipeline
 from support.hub import unreachable_hub_env
@@ -65,7 +65,7 @@ UNREACHABLE_PROBE = """
 import time
 from pnp.environment import configure_libraries
 configure_libraries()
-from pnp.pipelines.loading import ModelError
+from pnp.pipelines.loading import ModelError, model_location, own_resolution
 from pnp import PnPPipeline
 start = time.perf_counter()
 try:
@@ -155,3 +155,18 @@ def test_without_a_resolution_each_model_works_at_its_own_size(pipe, tiny_v_mode
     assert image.size == (256, 192)
     result = v_pipe(prompt="a cat", generation_prompt="a horse", num_inference_steps=2, generator=torch.Generator())
     assert result.source_image.size == (192, 192)
+
+
+@pytest.mark.parametrize("folder", ["tiny_model_dir", "tiny_sdxl_model_dir", "toy"])
+def test_a_folders_own_resolution_is_read_before_loading_as_the_loaded_pipeline_has_it(request, folder):
+    """The command line checks a mask's size at it before the model loads: it must be the loaded model's size."""
+    model = model_location(folder) if folder == "toy" else request.getfixturevalue(folder)
+    loaded = load_pipeline(model, device="cpu", dtype="float32")
+    assert own_resolution(model) == loaded.default_resolution
+
+
+@pytest.mark.parametrize("model", ["tiny", "model.safetensors", "someone/not-in-the-cache"])
+def test_without_configuration_files_to_read_the_own_resolution_is_unknown(tmp_path, monkeypatch, model):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert own_resolution(model) is None
