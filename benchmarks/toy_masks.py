@@ -35,6 +35,7 @@ MODES = {
     "blend, threshold 1.0": dict(mask_blend_threshold=1.0),
     "blend 1.0 + paste": dict(mask_blend_threshold=1.0, mask_paste=True),
     "blend 1.0 + paste, feather 2": dict(mask_blend_threshold=1.0, mask_paste=True, mask_feather=2),
+    "blend 1.0 + paste, feather 1": dict(mask_blend_threshold=1.0, mask_paste=True, mask_feather=1),
     "blend 1.0 + paste, feather 0": dict(mask_blend_threshold=1.0, mask_paste=True, mask_feather=0),
 }
 
