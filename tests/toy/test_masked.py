@@ -3,9 +3,10 @@
 The figures are ``pnp.toy.masked``'s, as ``python -m benchmarks.toy_masks`` prints them for more
 modes, here for two: no mask, and latent blending to the end with the pixel paste (1-pixel
 feather, whose edge stays inside the mask: the background outside it is the photo's; a 2-pixel
-feather measured 34.9 dB there, the default 8-pixel one about 32 dB, docs/masks.md). Each bound below is a named constant with the value it was measured at
-(committed toy model, 10 steps, guidance 7.5, one torch thread), a little past it so that another
-CPU's last bits cannot flip it, and the issue's goal where the model cannot reach it. To measure
+feather measured 34.9 dB there, the default 8-pixel one about 32 dB, docs/masks.md). Each bound
+below is a named constant with the value it was measured at (committed toy model, 10 steps,
+guidance 7.5, one torch thread), a little past it so that another CPU's last bits cannot flip it,
+and the issue's goal where the model cannot reach it. To measure
 them again (after retraining the toy model, say):
 
     python -m pytest -q -s tests/toy/test_masked.py   # prints both modes' figures
