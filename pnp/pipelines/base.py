@@ -47,6 +47,7 @@ from pnp.pipelines.loading import (
     loading_errors,
     loading_options,
     model_location,
+    vae_scale_factor,
 )
 
 logger = logging.getLogger("pnp.pipeline")
@@ -96,7 +97,7 @@ class PnPBasePipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversionL
         self.register_modules(**components)
         self.register_to_config(**config)
         vae, unet = components["vae"], components["unet"]
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
+        self.vae_scale_factor = vae_scale_factor(vae.config) if vae is not None else 8
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self._interrupt = False
         self._phase = None

@@ -96,16 +96,8 @@ def is_sdxl(model: str | Path) -> bool:
 
     Raises OSError when there is no model_index.json to read (offline, say): ``loading_errors`` says what to do.
     """
-    from huggingface_hub import hf_hub_download
-
-    local = _local_folder(model)
-    if local is None:
-        index = Path(hf_hub_download(str(model), "model_index.json", local_files_only=hub_unreachable()))
-    else:
-        index = local / "model_index.json"
-    if not index.is_file():
-        raise OSError(f"no model_index.json in {local}")
-    return (json.loads(index.read_text()).get("text_encoder_2") or [None])[0] is not None
+    index = _config_file(model, "model_index.json", local_files_only=hub_unreachable())
+    return (index.get("text_encoder_2") or [None])[0] is not None
 
 
 def own_resolution(model: str | Path) -> int | None:
@@ -114,17 +106,26 @@ def own_resolution(model: str | Path) -> int | None:
     times its VAE's factor (diffusers' rule: 2 per VAE block after the first). None where the files cannot be read
     so: a random-weight test model, a single-file checkpoint, a hub id not in the cache."""
     try:
-        unet, vae = (_config_file(model, f"{part}/config.json") for part in ("unet", "vae"))
-        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+        unet, vae = (_config_file(model, f"{part}/config.json", local_files_only=True) for part in ("unet", "vae"))
+        return int(unet["sample_size"]) * vae_scale_factor(vae)
     except (OSError, ValueError, KeyError, TypeError, ModelError):
         return None
 
 
-def _config_file(model: str | Path, name: str) -> dict:
+def vae_scale_factor(vae_config) -> int:
+    """How many image pixels a latent pixel spans on a side: diffusers' rule, 2 per VAE block after the first."""
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
+def _config_file(model: str | Path, name: str, local_files_only: bool) -> dict:
+    """The JSON file ``name`` of a local folder or hub id (from the hub's cache, or fetched unless
+    ``local_files_only``); OSError where there is none to read."""
     from huggingface_hub import hf_hub_download
 
     local = _local_folder(model)
-    path = local / name if local is not None else Path(hf_hub_download(str(model), name, local_files_only=True))
+    path = Path(hf_hub_download(str(model), name, local_files_only=local_files_only)) if local is None else local / name
+    if not path.is_file():
+        raise OSError(f"no {name} in {local}")
     return json.loads(path.read_text())
 
 
